@@ -1,0 +1,3 @@
+"""certwatch: TLS certificate expiry monitor."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from certwatch.cli import main
+
+raise SystemExit(main())

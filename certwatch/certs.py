@@ -1,0 +1,461 @@
+"""Certificates: parse a presented chain and verify it offline.
+
+Everything here is pure: it works on DER bytes, a :class:`TrustStore` and an explicit
+`now`, so an expired or untrusted chain is analysed exactly like a good one, and tests
+can move the clock. Only :func:`load_trust_store` reads files.
+
+Verification uses `cryptography.x509.verification` with its web-PKI policy relaxed where
+OpenSSL, Go and browsers are more lenient (for example a leaf without an authority key
+identifier, common from older private CAs), so certwatch never calls a certificate
+untrusted that real clients accept. Hostname matching is done here (RFC 6125 rules) so a
+mismatch is told apart from an untrusted chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import logging
+import re
+import ssl
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.verification import (
+    Criticality,
+    DNSName,
+    ExtensionPolicy,
+    IPAddress,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+__all__ = [
+    "CertInfo",
+    "TrustStore",
+    "Verification",
+    "hostname_matches",
+    "load_trust_store",
+    "parse_chain",
+    "verify_chain",
+]
+
+log = logging.getLogger(__name__)
+
+_SHA256 = SHA256()
+_DER = Encoding.DER
+_SIGNATURE_NAMES = {
+    oid: name.lower() for name, oid in vars(SignatureAlgorithmOID).items() if name.isupper()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CertInfo:
+    """The parsed fields of one certificate of a presented chain."""
+
+    position: int  # 0 = leaf, 1.. = the certificates the server sent after it
+    subject: str
+    issuer: str
+    common_name: str | None
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    serial: str  # hexadecimal, as tools print it
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str
+    key_type: str
+    key_bits: int | None
+    signature_algorithm: str
+    version: int
+    is_ca: bool
+    self_issued: bool  # subject == issuer; a root, or a self-signed leaf
+    certificate: x509.Certificate = field(repr=False, compare=False)
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return (self.not_after - self.not_before).total_seconds()
+
+
+def _name(name: x509.Name) -> str:
+    try:
+        return name.rfc4514_string()
+    except ValueError:  # undecodable attribute values: show what can be shown
+        return ",".join(f"{a.oid.dotted_string}={a.value!r}" for a in name)
+
+
+def _common_name(name: x509.Name) -> str | None:
+    try:
+        values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return None
+    return str(values[0].value) if values else None
+
+
+def _key(cert: x509.Certificate) -> tuple[str, int | None]:
+    try:
+        key = cert.public_key()
+    except Exception:  # noqa: BLE001 - an unsupported key type is still a certificate
+        return cert.public_key_algorithm_oid.dotted_string, None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}", key.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448", 456
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA", key.key_size
+    return type(key).__name__, None
+
+
+def _sans(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (), ()
+    return (tuple(san.get_values_for_type(x509.DNSName)),
+            tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _serial_hex(serial: int) -> str:
+    return ("-" if serial < 0 else "") + format(abs(serial), "X")
+
+
+def _load_der(der: bytes) -> x509.Certificate:
+    # Peers send what they like (negative serials, say); cryptography warns about some
+    # of it, and a warning is not ours to raise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(der)
+
+
+def parse_certificate(der: bytes, position: int) -> CertInfo:
+    """Parses one DER certificate; raises ValueError for one that cannot be read."""
+    try:
+        cert = _load_der(der)
+        dns_names, ip_addresses = _sans(cert)
+        key_type, key_bits = _key(cert)
+        return CertInfo(
+            position=position,
+            subject=_name(cert.subject),
+            issuer=_name(cert.issuer),
+            common_name=_common_name(cert.subject),
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+            serial=_serial_hex(cert.serial_number),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+            key_type=key_type,
+            key_bits=key_bits,
+            signature_algorithm=_SIGNATURE_NAMES.get(
+                cert.signature_algorithm_oid, cert.signature_algorithm_oid.dotted_string),
+            version=cert.version.value + 1,
+            is_ca=_is_ca(cert),
+            self_issued=cert.subject == cert.issuer,
+            certificate=cert,
+        )
+    except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
+        raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None
+
+
+def parse_chain(ders: Sequence[bytes]) -> tuple[tuple[CertInfo, ...], tuple[str, ...]]:
+    """Parses what it can; returns the certificates and one message per unreadable one."""
+    certs, problems = [], []
+    for position, der in enumerate(ders):
+        try:
+            certs.append(parse_certificate(der, position))
+        except ValueError as exc:
+            problems.append(str(exc))
+    return tuple(certs), tuple(problems)
+
+
+# --- trust -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrustStore:
+    """Trusted roots; built once per configuration, shared by every assessment."""
+
+    roots: tuple[x509.Certificate, ...]
+    store: Store | None  # None when there are no roots at all
+    subjects: frozenset[x509.Name]
+
+    @classmethod
+    def of(cls, roots: Iterable[x509.Certificate]) -> TrustStore:
+        unique = tuple({root.fingerprint(_SHA256): root for root in roots}.values())
+        return cls(unique, Store(list(unique)) if unique else None,
+                   frozenset(root.subject for root in unique))
+
+
+def pem_to_der(block: bytes) -> bytes:
+    body = b"".join(block.strip().splitlines()[1:-1])
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"bad base64: {exc}") from None
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def read_pem_certificates(path: Path) -> list[x509.Certificate]:
+    """Every certificate in a PEM file; one unreadable block does not spoil the rest."""
+    certs = []
+    for block in _PEM_BLOCK.findall(path.read_bytes()):
+        try:
+            certs.append(_load_der(pem_to_der(block)))
+        except ValueError as exc:
+            log.warning("skipping an unreadable certificate in %s: %s", path, exc)
+    return certs
+
+
+def system_roots() -> list[x509.Certificate]:
+    """The operating system's trusted roots (certifi's bundle where there is none)."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return read_pem_certificates(Path(candidate))
+    try:
+        import certifi  # a dependency of httpx, so always there
+    except ImportError:  # pragma: no cover
+        return []
+    return read_pem_certificates(Path(certifi.where()))
+
+
+def load_trust_store(*, system: bool, ca_file: Path | None) -> TrustStore:
+    roots = system_roots() if system else []
+    if ca_file is not None:
+        roots.extend(read_pem_certificates(ca_file))
+    return TrustStore.of(roots)
+
+
+# --- verification ------------------------------------------------------------------------
+
+# Extensions the strict web-PKI profile requires but OpenSSL, Go and browsers do not.
+def _server_auth_allowed(policy: object, cert: x509.Certificate,
+                         eku: x509.ExtendedKeyUsage | None) -> None:
+    """As OpenSSL's purpose check: an EKU, critical or not, must allow serverAuth."""
+    if eku is not None and not {ExtendedKeyUsageOID.SERVER_AUTH,
+                                ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(eku):
+        raise ValueError("extended key usage does not allow TLS server authentication")
+
+
+# OpenSSL also accepts a critical subjectAltName beside a non-empty subject and a
+# critical extended key usage (trustme and some private CAs issue both).
+_RELAXED_EE = (ExtensionPolicy.webpki_defaults_ee()
+               .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+               .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _server_auth_allowed))
+_RELAXED_CA = (ExtensionPolicy.webpki_defaults_ca()
+               .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.SubjectKeyIdentifier, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, None))
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """How clients would judge the chain, with each problem named.
+
+    problems: expired, not_yet_valid, self_signed, untrusted, incomplete_chain,
+    hostname_mismatch. `trusted` says whether a path to a trusted root exists at some
+    moment when every certificate on it is valid, so an expired but otherwise good
+    chain is reported as expired, not as untrusted.
+    """
+
+    trusted: bool
+    hostname_match: bool
+    problems: tuple[str, ...]
+    detail: str  # words for an operator; empty when there is no problem
+    path: tuple[CertInfo, ...] = ()  # leaf to root as a client builds it, when trusted
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _normalise_host(name: str) -> str:
+    name = name.rstrip(".").lower()
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
+def hostname_matches(cert: CertInfo, name: str) -> bool:
+    """RFC 6125: DNS SANs (a whole left-most label may be '*'), IP SANs for IP literals.
+
+    The subject common name is ignored, as modern clients do.
+    """
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return any(ipaddress.ip_address(a) == ip for a in cert.ip_addresses)
+    host = _normalise_host(name)
+    for pattern in cert.dns_names:
+        pattern = _normalise_host(pattern)
+        if pattern == host:
+            return True
+        if pattern.startswith("*.") and "*" not in pattern[2:]:
+            first, _, rest = host.partition(".")
+            if first and rest == pattern[2:] and rest.count(".") >= 1:
+                return True
+    return False
+
+
+def _subject_for(name: str) -> DNSName | IPAddress | None:
+    try:
+        return IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    try:
+        return DNSName(_normalise_host(name))
+    except ValueError:
+        return None
+
+
+def _name_in(cert: CertInfo, wanted: str) -> str:
+    """A name the certificate is valid for: `wanted` if it matches, else one of its SANs."""
+    if hostname_matches(cert, wanted):
+        return wanted
+    for name in cert.dns_names:
+        return name.replace("*", "wildcard", 1) if name.startswith("*.") else name
+    return cert.ip_addresses[0] if cert.ip_addresses else wanted
+
+
+def _build_path(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
+                at: datetime) -> tuple[list[x509.Certificate] | None, str]:
+    subject = _subject_for(name)
+    if trust.store is None:
+        return None, "no trusted roots are configured"
+    if subject is None:
+        return None, f"{name!r} is not a valid DNS name or IP address"
+    verifier = (PolicyBuilder().store(trust.store).time(at)
+                .extension_policies(ca_policy=_RELAXED_CA, ee_policy=_RELAXED_EE)
+                .build_server_verifier(subject))
+    try:
+        return verifier.verify(chain[0].certificate, [c.certificate for c in chain[1:]]), ""
+    except VerificationError as exc:
+        return None, str(exc)
+
+
+def _moment_all_valid(chain: tuple[CertInfo, ...]) -> datetime | None:
+    start = max(c.not_before for c in chain)
+    end = min(c.not_after for c in chain)
+    return start if start < end else None
+
+
+def _missing_issuer(chain: tuple[CertInfo, ...], trust: TrustStore) -> CertInfo | None:
+    """The last certificate reachable from the leaf whose issuer nobody has, if any."""
+    by_subject = {c.certificate.subject: c for c in chain}
+    current, seen = chain[0], set()
+    while not current.self_issued and id(current) not in seen:
+        seen.add(id(current))
+        issuer = current.certificate.issuer
+        if issuer in trust.subjects:
+            return None
+        if issuer not in by_subject:
+            return current
+        current = by_subject[issuer]
+    return None
+
+
+def _validity_problems(certs: Iterable[CertInfo], now: datetime) -> list[str]:
+    problems = []
+    if any(c.not_after <= now for c in certs):
+        problems.append("expired")
+    if any(c.not_before > now for c in certs):
+        problems.append("not_yet_valid")
+    return problems
+
+
+def verify_chain(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
+                 now: datetime) -> Verification:
+    """Judges a presented chain (leaf first) as a client connecting to `name` at `now`."""
+    if not chain:
+        return Verification(False, False, ("untrusted",), "no certificate to verify")
+    leaf = chain[0]
+    hostname_ok = hostname_matches(leaf, name)
+    problems: list[str] = []
+    details: list[str] = []
+    if not hostname_ok:
+        problems.append("hostname_mismatch")
+        names = ", ".join([*leaf.dns_names, *leaf.ip_addresses][:5]) or "no subjectAltName"
+        details.append(f"certificate is not valid for {name!r} (it names {names})")
+
+    # Trust is judged at a moment when the chain is valid, so that time problems are
+    # reported as such rather than as distrust; validity is then checked at `now`.
+    path_name = _name_in(leaf, name)
+    path, error = _build_path(chain, trust, path_name, now)
+    if path is None and (moment := _moment_all_valid(chain)) is not None:
+        path, error = _build_path(chain, trust, path_name, moment)
+    if path is not None:
+        by_fingerprint = {c.fingerprint_sha256: c for c in chain}
+        infos = tuple(
+            by_fingerprint.get(_hex_fingerprint(cert)) or parse_certificate(
+                cert.public_bytes(_DER), index)
+            for index, cert in enumerate(path)
+        )
+        time_problems = _validity_problems(infos, now)
+    else:
+        infos = ()
+        time_problems = _validity_problems(chain, now)
+        if leaf.self_issued and len(chain) == 1:
+            problems.append("self_signed")
+            details.append("the certificate is self-signed and not a trusted root")
+        elif (missing := _missing_issuer(chain, trust)) is not None:
+            problems.append("incomplete_chain")
+            details.append(f"the issuer of certificate {missing.position} ({missing.issuer}) "
+                           "was not sent by the server and is not a trusted root")
+        else:
+            problems.append("untrusted")
+            details.append(f"no path to a trusted root: {error}")
+    for problem in time_problems:
+        problems.append(problem)
+        details.append(_time_detail(problem, infos or chain, now))
+    return Verification(
+        trusted=path is not None,
+        hostname_match=hostname_ok,
+        problems=tuple(problems),
+        detail="; ".join(details),
+        path=infos,
+    )
+
+
+
+def _hex_fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(_SHA256).hex()
+
+
+def _time_detail(problem: str, certs: Iterable[CertInfo], now: datetime) -> str:
+    if problem == "expired":
+        worst = min((c for c in certs if c.not_after <= now), key=lambda c: c.not_after)
+        return f"certificate {worst.position} ({worst.subject}) expired {_iso(worst.not_after)}"
+    early = max((c for c in certs if c.not_before > now), key=lambda c: c.not_before)
+    return f"certificate {early.position} ({early.subject}) is not valid before {_iso(early.not_before)}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

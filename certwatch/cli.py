@@ -1,0 +1,169 @@
+"""Command line: `certwatch check` and `certwatch validate`.
+
+Exit codes follow the monitoring-plugin convention so `check` drops into Nagios,
+Icinga or a cron job: 0 ok, 1 warning, 2 critical or expired, 3 error/unknown. With
+several targets the worst wins, critical over unknown over warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from certwatch import __version__
+from certwatch.assess import Assessment, State, assess
+from certwatch.certs import TrustStore, load_trust_store
+from certwatch.config import PROTOCOLS, TLS_ALIASES, ConfigError, Inventory, build_inventory, load_inventory
+from certwatch.probe import Prober
+from certwatch.report import assessment_to_dict, render_table, sort_key
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
+
+
+def exit_code(assessments: Sequence[Assessment]) -> int:
+    codes = {a.state.exit_code for a in assessments}
+    for code in (EXIT_CRITICAL, EXIT_UNKNOWN, EXIT_WARNING):
+        if code in codes:
+            return code
+    return EXIT_OK if assessments else EXIT_UNKNOWN
+
+
+class TrustStores:
+    """Trust stores by (system roots?, ca_file), each loaded once."""
+
+    def __init__(self) -> None:
+        self._stores: dict[tuple[bool, Path | None], TrustStore] = {}
+
+    def for_endpoint(self, system: bool, ca_file: Path | None) -> TrustStore:
+        key = (system, ca_file)
+        if key not in self._stores:
+            self._stores[key] = load_trust_store(system=system, ca_file=ca_file)
+        return self._stores[key]
+
+
+async def check_inventory(inventory: Inventory, *, prober: Prober | None = None,
+                          trust: TrustStores | None = None) -> list[Assessment]:
+    """Probes every endpoint once, concurrently, and assesses each target."""
+    prober = prober or Prober(max_concurrency=inventory.max_concurrency)
+    trust = trust or TrustStores()
+    results = await asyncio.gather(*(prober.probe(e) for e in inventory.endpoints))
+    now = datetime.now(timezone.utc)
+    return [
+        assess(observation, now, trust.for_endpoint(observation.target.endpoint.system_trust,
+                                                    observation.target.endpoint.ca_file))
+        for observations in results for observation in observations
+    ]
+
+
+def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """HOST, HOST:PORT, [V6]:PORT or a URL such as smtp://mail.example.com."""
+    entry: dict[str, Any]
+    if "://" in spec:
+        entry = {"url": spec}
+    else:
+        parts = urlsplit(f"//{spec}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1  # reported by validation as a bad port
+        entry = {"host": parts.hostname or spec, "protocol": args.protocol}
+        if port is not None:
+            entry["port"] = port
+    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses"):
+        if getattr(args, option) is not None:
+            entry[option] = getattr(args, option)
+    if args.server_name is not None:
+        entry["server_name"] = False if args.server_name == "" else args.server_name
+    if args.insecure:
+        entry["verify"] = False
+    return entry
+
+
+def _load(args: argparse.Namespace) -> Inventory:
+    if args.targets:
+        document = {"endpoints": [_ad_hoc_endpoint(t, args) for t in args.targets]}
+        return build_inventory(document, source="command line")
+    return load_inventory(args.config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        inventory = _load(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_UNKNOWN
+    assessments = sorted(asyncio.run(check_inventory(inventory)), key=sort_key)
+    if args.format == "json":
+        json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        colour = args.colour == "always" or (args.colour == "auto" and sys.stdout.isatty())
+        print(render_table(assessments, colour=colour))
+    return exit_code(assessments)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        inventory = load_inventory(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok, {len(inventory.endpoints)} endpoints")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certwatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"certwatch {__version__}")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser(
+        "check", help="probe once and report",
+        description="Probe every endpoint once and print the result. Exit code: "
+                    "0 ok, 1 warning, 2 critical/expired, 3 error.")
+    check.add_argument("targets", nargs="*", metavar="HOST[:PORT]",
+                       help="ad hoc targets (host, host:port, [v6]:port or a URL such as "
+                            "smtp://mail.example.com); without them -c is read")
+    check.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"),
+                       help="inventory file (default: %(default)s)")
+    check.add_argument("--format", choices=["table", "json"], default="table")
+    check.add_argument("--colour", "--color", choices=["auto", "always", "never"], default="auto")
+    check.add_argument("--protocol", default="tls",
+                       choices=sorted([*PROTOCOLS, *TLS_ALIASES]),
+                       help="for ad hoc targets: tls or a STARTTLS protocol")
+    check.add_argument("--server-name", help="SNI and name to verify ('' sends no SNI)")
+    check.add_argument("--ca-file", help="extra trusted roots (PEM)")
+    check.add_argument("--warn-days", type=float)
+    check.add_argument("--critical-days", type=float)
+    check.add_argument("--timeout", type=float, help="seconds per phase (default 10)")
+    check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
+    check.add_argument("--insecure", action="store_true",
+                       help="do not let verification problems raise the state")
+    check.set_defaults(func=cmd_check)
+
+    validate = commands.add_parser("validate", help="check an inventory file and exit")
+    validate.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"))
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

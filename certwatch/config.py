@@ -1,0 +1,550 @@
+"""The inventory: a YAML file of endpoints, validated into immutable values.
+
+Loading never stops at the first problem: every problem is gathered into one
+:class:`ConfigError` whose lines name the file, the line and the endpoint, so an
+operator fixes a file in one pass. Nothing here touches the network; `ca_file` and
+client certificate paths are only checked for readability.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "ADDRESS_MODES",
+    "ConfigError",
+    "Defaults",
+    "Endpoint",
+    "Inventory",
+    "build_inventory",
+    "PROTOCOLS",
+    "load_inventory",
+    "parse_inventory",
+]
+
+# STARTTLS protocols and the port each is usually found on.
+PROTOCOLS: dict[str, int] = {
+    "tls": 443,
+    "smtp": 25,
+    "imap": 143,
+    "pop3": 110,
+    "ftp": 21,
+    "ldap": 389,
+    "postgres": 5432,
+    "xmpp": 5222,
+}
+# Implicit-TLS names people write: they are plain `tls` on their own port.
+TLS_ALIASES: dict[str, int] = {
+    "https": 443,
+    "smtps": 465,
+    "submissions": 465,
+    "imaps": 993,
+    "pop3s": 995,
+    "ldaps": 636,
+    "ftps": 990,
+}
+URL_SCHEMES: dict[str, str] = {
+    **{alias: "tls" for alias in TLS_ALIASES},
+    **{name: name for name in PROTOCOLS},
+    "postgresql": "postgres",
+}
+ADDRESS_MODES = ("all", "first", "ipv4", "ipv6")
+# Label names certwatch itself puts on every series; user labels may not shadow them.
+RESERVED_LABELS = frozenset(
+    {"name", "host", "port", "address", "server_name", "protocol", "state", "reason",
+     "position", "job", "instance"}
+)
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+MAX_DAYS = 36500
+
+
+class ConfigError(ValueError):
+    """The inventory cannot be used; `problems` lists every reason, one line each."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{source}: {count}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Settings every endpoint inherits unless it overrides them."""
+
+    timeout: float = 10.0  # seconds, for each phase: DNS, connect, STARTTLS, handshake
+    warn_days: float = 30.0
+    critical_days: float = 7.0
+    verify: bool = True
+    system_trust: bool = True  # trust the operating system's roots as well as ca_file
+    ca_file: Path | None = None
+    addresses: str = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One inventory entry. It expands to one target per address when probed."""
+
+    name: str
+    host: str
+    port: int
+    protocol: str = "tls"
+    # SNI and the name verified against the certificate; None sends no SNI (the host
+    # is then verified, which is how an IP literal is checked against IP SANs).
+    server_name: str | None = None
+    addresses: str = "all"
+    timeout: float = 10.0
+    warn_days: float = 30.0
+    critical_days: float = 7.0
+    verify: bool = True
+    system_trust: bool = True
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def verify_name(self) -> str:
+        """The name the certificate must match."""
+        return self.server_name or self.host
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    endpoints: tuple[Endpoint, ...]
+    defaults: Defaults = field(default_factory=Defaults)
+    max_concurrency: int = 100
+    source: str = "<inventory>"
+
+
+# --- YAML with line numbers -------------------------------------------------------
+
+
+class _Mapping(dict):  # type: ignore[type-arg]
+    """A YAML mapping that remembers the line of itself and of each key."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.line = 0
+        self.key_lines: dict[Any, int] = {}
+
+
+class _LineLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:  # type: ignore[override]
+        mapping = _Mapping(super().construct_mapping(node, deep=True))
+        mapping.line = node.start_mark.line + 1
+        mapping.key_lines = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                mapping.key_lines[key] = key_node.start_mark.line + 1
+            except Exception:  # an unhashable key is reported by construct_mapping
+                continue
+        return mapping
+
+
+class _Sequence(list):  # type: ignore[type-arg]
+    """A YAML sequence that remembers the line of each item."""
+
+    item_lines: list[int]
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> _Sequence:
+    sequence = _Sequence(loader.construct_sequence(node, deep=True))
+    sequence.item_lines = [item.start_mark.line + 1 for item in node.value]
+    return sequence
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping
+)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _line_of(mapping: Any, key: str | None = None) -> int:
+    if isinstance(mapping, _Mapping):
+        return mapping.key_lines.get(key, mapping.line) if key is not None else mapping.line
+    return 0
+
+
+# --- validation --------------------------------------------------------------------
+
+
+class _Problems:
+    """Collects problems, each with its line and the entry it belongs to."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[int, int, str]] = []
+
+    def add(self, line: int, where: str, message: str) -> None:
+        place = f"line {line}" if line else "top"
+        text = f"{place}: {where}: {message}" if where else f"{place}: {message}"
+        self._items.append((line, len(self._items), text))
+
+    @property
+    def items(self) -> list[str]:
+        """In file order, so a reader can walk down the file fixing them."""
+        return [text for _, _, text in sorted(self._items)]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
+                 "ca_file", "addresses")
+_ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
+                  "timeout", "warn_days", "critical_days", "verify", "system_trust",
+                  "ca_file", "client_cert", "client_key", "labels")
+_TOP_KEYS = ("defaults", "endpoints", "max_concurrency")
+
+
+def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: _Problems) -> None:
+    for key in mapping:
+        if key in allowed:
+            continue
+        hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+        known = "" if hint else f"; known keys: {', '.join(allowed)}"
+        problems.add(_line_of(mapping, key), where, f"unknown key '{key}'{suggestion}{known}")
+
+
+def _number(value: Any, *, minimum: float, maximum: float) -> float | str:
+    """The value as a float, or a message saying why it is not acceptable."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, not {_describe(value)}"
+    if not minimum <= value <= maximum:
+        return f"must be between {minimum:g} and {maximum:g}, not {value:g}"
+    return float(value)
+
+
+def _describe(value: Any) -> str:
+    """A short, safe description of a wrong value for an error message."""
+    if value is None:
+        return "empty"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    text = text[:60] + ("..." if len(text) > 60 else "")
+    return text if isinstance(value, str) else f"{type(value).__name__} {text}"
+
+
+def _readable_file(value: Any, base: Path) -> Path | str:
+    if not isinstance(value, str) or not value:
+        return f"must be a file path, not {_describe(value)}"
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        return f"file not found: {path}"
+    if not os.access(path, os.R_OK):
+        return f"file not readable: {path}"
+    return path
+
+
+class _Reader:
+    """Reads typed values out of one mapping, recording problems instead of raising."""
+
+    def __init__(self, mapping: dict, where: str, problems: _Problems, base: Path) -> None:
+        self.mapping, self.where, self.problems, self.base = mapping, where, problems, base
+
+    def number(self, key: str, fallback: float, *, minimum: float, maximum: float) -> float:
+        if key not in self.mapping:
+            return fallback
+        result = _number(self.mapping[key], minimum=minimum, maximum=maximum)
+        if isinstance(result, str):
+            self.problems.add(_line_of(self.mapping, key), self.where, f"'{key}' {result}")
+            return fallback
+        return result
+
+    def boolean(self, key: str, fallback: bool) -> bool:
+        if key not in self.mapping:
+            return fallback
+        value = self.mapping[key]
+        if not isinstance(value, bool):
+            self.problems.add(_line_of(self.mapping, key), self.where,
+                              f"'{key}' must be true or false, not {_describe(value)}")
+            return fallback
+        return value
+
+    def choice(self, key: str, fallback: str, choices: tuple[str, ...]) -> str:
+        if key not in self.mapping:
+            return fallback
+        value = self.mapping[key]
+        if value not in choices:
+            self.problems.add(_line_of(self.mapping, key), self.where,
+                              f"'{key}' must be one of {', '.join(choices)}, not {_describe(value)}")
+            return fallback
+        return str(value)
+
+    def path(self, key: str, fallback: Path | None) -> Path | None:
+        if key not in self.mapping or self.mapping[key] is None:
+            return fallback
+        result = _readable_file(self.mapping[key], self.base)
+        if isinstance(result, str):
+            self.problems.add(_line_of(self.mapping, key), self.where, f"'{key}' {result}")
+            return fallback
+        return result
+
+
+def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
+    if raw is None:
+        return Defaults()
+    if not isinstance(raw, dict):
+        problems.add(_line_of(raw), "defaults", f"must be a mapping, not {_describe(raw)}")
+        return Defaults()
+    _unknown_keys(raw, _DEFAULT_KEYS, "defaults", problems)
+    read = _Reader(raw, "defaults", problems, base)
+    base_defaults = Defaults()
+    defaults = Defaults(
+        timeout=read.number("timeout", base_defaults.timeout, minimum=0.1, maximum=600),
+        warn_days=read.number("warn_days", base_defaults.warn_days, minimum=0, maximum=MAX_DAYS),
+        critical_days=read.number("critical_days", base_defaults.critical_days, minimum=0,
+                                  maximum=MAX_DAYS),
+        verify=read.boolean("verify", base_defaults.verify),
+        system_trust=read.boolean("system_trust", base_defaults.system_trust),
+        ca_file=read.path("ca_file", None),
+        addresses=read.choice("addresses", base_defaults.addresses, ADDRESS_MODES),
+    )
+    if defaults.critical_days > defaults.warn_days:
+        problems.add(_line_of(raw, "critical_days"), "defaults",
+                     f"critical_days ({defaults.critical_days:g}) must not exceed "
+                     f"warn_days ({defaults.warn_days:g})")
+    return defaults
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_problem(host: Any) -> str | None:
+    if not isinstance(host, str) or not host.strip():
+        return f"'host' must be a host name or IP address, not {_describe(host)}"
+    if _is_ip(host):
+        return None
+    if len(host) > 253 or not all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
+        for label in host.rstrip(".").split(".")
+    ):
+        return f"'host' is not a valid host name: {host!r}"
+    return None
+
+
+def _from_url(raw: dict, where: str, problems: _Problems) -> dict:
+    """Expands `url: scheme://host:port` into host, port and protocol."""
+    url = raw["url"]
+    line = _line_of(raw, "url")
+    fields: dict[str, Any] = {}
+    if not isinstance(url, str):
+        problems.add(line, where, f"'url' must be a string, not {_describe(url)}")
+        return fields
+    for key in ("host", "port", "protocol"):
+        if key in raw:
+            problems.add(_line_of(raw, key), where, f"give either 'url' or '{key}', not both")
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    scheme = parts.scheme.lower()
+    if scheme not in URL_SCHEMES:
+        problems.add(line, where, f"'url' scheme '{scheme}' is not one of "
+                                  f"{', '.join(sorted(URL_SCHEMES))}")
+        return fields
+    try:
+        port = parts.port
+    except ValueError:
+        problems.add(line, where, f"'url' has a bad port: {url!r}")
+        return fields
+    if not parts.hostname:
+        problems.add(line, where, f"'url' has no host: {url!r}")
+        return fields
+    fields["host"] = parts.hostname
+    fields["protocol"] = URL_SCHEMES[scheme]
+    fields["port"] = port or TLS_ALIASES.get(scheme) or PROTOCOLS[URL_SCHEMES[scheme]]
+    return fields
+
+
+def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: _Problems,
+                   base: Path) -> tuple[str | None, Endpoint | None]:
+    """The endpoint's name (for duplicate checks) and the endpoint, None if invalid."""
+    label = raw.get("name") if isinstance(raw, dict) else None
+    where = f"endpoint {index + 1}" + (f" '{label}'" if isinstance(label, str) else "")
+    if isinstance(raw, str):  # a bare "host:port" or URL is accepted as a shorthand
+        raw = _Mapping(url=raw)
+        raw.line = line
+    if not isinstance(raw, dict):
+        problems.add(line, where, f"must be a mapping or a URL, not {_describe(raw)}")
+        return None, None
+    before = len(problems)
+    _unknown_keys(raw, _ENDPOINT_KEYS, where, problems)
+    read = _Reader(raw, where, problems, base)
+    values = _from_url(raw, where, problems) if "url" in raw else {}
+
+    protocol = values.get("protocol", raw.get("protocol", "tls"))
+    port_default = PROTOCOLS.get(protocol)
+    if isinstance(protocol, str) and protocol in TLS_ALIASES:
+        protocol, port_default = "tls", TLS_ALIASES[protocol]
+    if protocol not in PROTOCOLS:
+        hint = difflib.get_close_matches(str(protocol), [*PROTOCOLS, *TLS_ALIASES], n=1)
+        problems.add(_line_of(raw, "protocol"), where,
+                     f"unknown protocol {_describe(protocol)}"
+                     + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                     + f"; known: {', '.join([*PROTOCOLS, *TLS_ALIASES])}")
+        protocol, port_default = "tls", 443
+
+    host = values.get("host", raw.get("host"))
+    if "url" not in raw or values:
+        if (message := _host_problem(host)) is not None:
+            problems.add(_line_of(raw, "host"), where, message)
+            host = None
+
+    port = values.get("port", raw.get("port", port_default))
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        problems.add(_line_of(raw, "port"), where,
+                     f"'port' must be a whole number from 1 to 65535, not {_describe(port)}")
+        port = None
+
+    server_name: Any = raw.get("server_name", host)
+    if raw.get("server_name", True) in (False, None, ""):
+        server_name = None  # explicitly turned off
+    elif isinstance(server_name, str) and _is_ip(server_name):
+        server_name = None  # SNI never carries an IP literal (RFC 6066 section 3)
+    elif server_name is not None and _host_problem(server_name) is not None:
+        problems.add(_line_of(raw, "server_name"), where,
+                     f"'server_name' must be a host name or false, not {_describe(server_name)}")
+        server_name = None
+
+    warn = read.number("warn_days", defaults.warn_days, minimum=0, maximum=MAX_DAYS)
+    critical = read.number("critical_days", defaults.critical_days, minimum=0, maximum=MAX_DAYS)
+    if critical > warn and ("warn_days" in raw or "critical_days" in raw):
+        problems.add(_line_of(raw, "critical_days"), where,
+                     f"critical_days ({critical:g}) must not exceed warn_days ({warn:g})")
+
+    client_cert = read.path("client_cert", None)
+    client_key = read.path("client_key", None)
+    if ("client_key" in raw) and ("client_cert" not in raw):
+        problems.add(_line_of(raw, "client_key"), where, "'client_key' needs 'client_cert'")
+
+    labels = _read_labels(raw, where, problems)
+    name = raw.get("name")
+    if name is None and host is not None and port is not None:
+        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    elif name is not None and (not isinstance(name, str) or not name.strip()):
+        problems.add(_line_of(raw, "name"), where, f"'name' must be text, not {_describe(name)}")
+        name = None
+
+    endpoint_kwargs = dict(
+        addresses=read.choice("addresses", defaults.addresses, ADDRESS_MODES),
+        timeout=read.number("timeout", defaults.timeout, minimum=0.1, maximum=600),
+        warn_days=warn,
+        critical_days=critical,
+        verify=read.boolean("verify", defaults.verify),
+        system_trust=read.boolean("system_trust", defaults.system_trust),
+        ca_file=read.path("ca_file", defaults.ca_file),
+        client_cert=client_cert,
+        client_key=client_key,
+        labels=labels,
+    )
+    if len(problems) > before or name is None or host is None or port is None:
+        return name, None
+    return name, Endpoint(name=name, host=host, port=port, protocol=protocol,
+                          server_name=server_name, **endpoint_kwargs)
+
+
+def _read_labels(raw: dict, where: str, problems: _Problems) -> tuple[tuple[str, str], ...]:
+    labels = raw.get("labels")
+    if labels is None:
+        return ()
+    line = _line_of(raw, "labels")
+    if not isinstance(labels, dict):
+        problems.add(line, where, f"'labels' must be a mapping of name: value, not {_describe(labels)}")
+        return ()
+    result = []
+    for key, value in labels.items():
+        key_line = _line_of(labels, key)
+        if not isinstance(key, str) or not LABEL_NAME.match(key) or key.startswith("__"):
+            problems.add(key_line, where, f"label name {key!r} must match [a-zA-Z_][a-zA-Z0-9_]*"
+                                          " and not start with '__'")
+        elif key in RESERVED_LABELS:
+            problems.add(key_line, where, f"label name '{key}' is reserved by certwatch")
+        elif isinstance(value, (dict, list)) or value is None:
+            problems.add(key_line, where, f"label '{key}' must be a single value, not {_describe(value)}")
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            result.append((key, text))
+    return tuple(sorted(result))
+
+
+def parse_inventory(text: str, source: str = "<inventory>", base: Path | None = None) -> Inventory:
+    """Validates inventory YAML; raises ConfigError listing every problem."""
+    try:
+        document = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "top"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"{where}: not valid YAML: {reason}"]) from None
+    except RecursionError:
+        raise ConfigError(source, ["top: YAML nested too deeply"]) from None
+    return build_inventory(document, source, base)
+
+
+def build_inventory(document: Any, source: str = "<inventory>", base: Path | None = None) -> Inventory:
+    """Validates an already-parsed document (from YAML, or built by the CLI)."""
+    base = base or Path.cwd()
+    problems = _Problems()
+    if document is None:
+        raise ConfigError(source, ["top: the file is empty; it needs an 'endpoints:' list"])
+    if not isinstance(document, dict):
+        raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {_describe(document)}"])
+    _unknown_keys(document, _TOP_KEYS, "", problems)
+    defaults = _read_defaults(document.get("defaults"), problems, base)
+    concurrency = _Reader(document, "", problems, base).number(
+        "max_concurrency", 100, minimum=1, maximum=100_000)
+    raw_endpoints = document.get("endpoints")
+    if not isinstance(raw_endpoints, list):
+        problems.add(_line_of(document, "endpoints"), "",
+                     f"'endpoints' must be a list, not {_describe(raw_endpoints)}")
+        raw_endpoints = []
+    endpoints: list[Endpoint] = []
+    seen: dict[str, int] = {}
+    lines = getattr(raw_endpoints, "item_lines", [0] * len(raw_endpoints))
+    for index, (raw, line) in enumerate(zip(raw_endpoints, lines)):
+        name, endpoint = _read_endpoint(raw, index, line, defaults, problems, base)
+        if name is not None and name in seen:
+            problems.add(line, f"endpoint {index + 1} '{name}'",
+                         f"duplicate name (first used by endpoint {seen[name] + 1}); "
+                         "give each a distinct 'name'")
+        elif name is not None:
+            seen[name] = index
+        if endpoint is not None:
+            endpoints.append(endpoint)
+    if len(problems):
+        raise ConfigError(source, problems.items)
+    return Inventory(endpoints=tuple(endpoints), defaults=defaults,
+                     max_concurrency=int(concurrency), source=source)
+
+
+def load_inventory(path: Path | str, *, read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:
+    """Reads and validates an inventory file; relative paths in it are relative to it."""
+    path = Path(path)
+    try:
+        data = read(path)
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+    return parse_inventory(text, source=str(path), base=path.parent.resolve())

@@ -1,0 +1,155 @@
+"""Renderings of assessments: JSON-ready dicts for machines, a table for people.
+
+The JSON shape is shared by `certwatch check --format json` and the HTTP API. The
+table makes every peer-supplied string harmless on a terminal (control characters and
+escape sequences are shown, not interpreted).
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from certwatch.assess import Assessment, State
+from certwatch.certs import CertInfo
+
+__all__ = ["assessment_to_dict", "render_table", "rfc3339", "safe_text", "sort_key"]
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
+    return {
+        "position": cert.position,
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "common_name": cert.common_name,
+        "dns_names": list(cert.dns_names),
+        "ip_addresses": list(cert.ip_addresses),
+        "serial": cert.serial,
+        "not_before": rfc3339(cert.not_before),
+        "not_after": rfc3339(cert.not_after),
+        "lifetime_days": round(cert.lifetime_seconds / 86400, 2),
+        "fingerprint_sha256": cert.fingerprint_sha256,
+        "key_type": cert.key_type,
+        "key_bits": cert.key_bits,
+        "signature_algorithm": cert.signature_algorithm,
+        "version": cert.version,
+        "is_ca": cert.is_ca,
+        "self_issued": cert.self_issued,
+    }
+
+
+def assessment_to_dict(a: Assessment) -> dict[str, Any]:
+    endpoint, observation, verification = a.target.endpoint, a.observation, a.verification
+    error = observation.error
+    days_left = a.days_left
+    return {
+        "key": a.target.key,
+        "name": endpoint.name,
+        "host": endpoint.host,
+        "port": endpoint.port,
+        "address": a.target.address,
+        "server_name": endpoint.server_name,
+        "protocol": endpoint.protocol,
+        "state": a.state.value,
+        "reasons": list(a.reasons),
+        "summary": a.summary,
+        "days_left": round(days_left, 2) if days_left is not None else None,
+        "leaf_not_before": rfc3339(a.leaf.not_before) if a.leaf else None,
+        "leaf_not_after": rfc3339(a.leaf.not_after) if a.leaf else None,
+        "earliest_not_after": rfc3339(a.earliest.not_after) if a.earliest else None,
+        "earliest_subject": a.earliest.subject if a.earliest else None,
+        "earliest_position": a.earliest.position if a.earliest else None,
+        "verify": endpoint.verify,
+        "verified": verification.ok if verification else None,
+        "trusted": verification.trusted if verification else None,
+        "verify_error": (verification.detail or None) if verification else None,
+        "verify_problems": list(verification.problems) if verification else [],
+        "hostname_match": verification.hostname_match if verification else None,
+        "tls_version": observation.tls_version,
+        "cipher": observation.cipher,
+        "error_kind": error.kind if error else None,
+        "error_phase": error.phase if error else None,
+        "error": error.detail if error else None,
+        "checked_at": rfc3339(a.checked_at),
+        "probe_started_at": rfc3339(observation.started_at),
+        "probe_duration_seconds": round(observation.duration_seconds, 4),
+        "warn_days": endpoint.warn_days,
+        "critical_days": endpoint.critical_days,
+        "labels": dict(endpoint.labels),
+        "chain": [cert_to_dict(c) for c in a.chain],
+    }
+
+
+def sort_key(a: Assessment) -> tuple[float, int, str]:
+    """Soonest expiry first; targets with no certificate after them, by name."""
+    days = a.days_left
+    return (days if days is not None else float("inf"), -a.state.rank, a.target.key)
+
+
+def safe_text(text: str) -> str:
+    """Makes a peer-supplied string harmless on a terminal: control characters escaped."""
+    return "".join(
+        ch if ch.isprintable() else repr(ch)[1:-1] if ord(ch) < 0x10000 else ch
+        for ch in text
+    )
+
+
+_COLOURS = {
+    State.OK: "\033[32m",
+    State.WARNING: "\033[33m",
+    State.CRITICAL: "\033[31m",
+    State.EXPIRED: "\033[1;31m",
+    State.ERROR: "\033[35m",
+}
+_RESET = "\033[0m"
+
+
+def _row(a: Assessment) -> list[str]:
+    days = a.days_left
+    expiry = a.earliest.not_after.strftime("%Y-%m-%d") if a.earliest else "-"
+    issuer = a.earliest.issuer if a.earliest else ""
+    detail = ", ".join(a.reasons) if a.state is not State.ERROR else a.summary
+    return [
+        a.state.value.upper(),
+        f"{days:.1f}" if days is not None else "-",
+        expiry,
+        a.target.endpoint.name,
+        a.target.address or "-",
+        a.target.endpoint.protocol,
+        issuer,
+        detail,
+    ]
+
+
+def render_table(assessments: Iterable[Assessment], *, colour: bool = False,
+                 width: int | None = None) -> str:
+    headers = ["STATE", "DAYS", "EXPIRES", "NAME", "ADDRESS", "PROTO", "ISSUER", "DETAIL"]
+    ordered: Sequence[Assessment] = sorted(assessments, key=sort_key)
+    rows = [[safe_text(cell) for cell in _row(a)] for a in ordered]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    widths[6] = min(widths[6], 40)  # issuers are long; the JSON output has them whole
+    total = width or shutil.get_terminal_size((200, 24)).columns
+    lines = []
+    for cells, a in [(headers, None), *zip(rows, ordered)]:
+        text = "  ".join(
+            (c if len(c) <= widths[i] else c[: widths[i] - 1] + "…").ljust(widths[i])
+            if i < len(cells) - 1 else c
+            for i, c in enumerate(cells)
+        )
+        text = text[:total] if a is None else text
+        if colour and a is not None:
+            text = f"{_COLOURS[a.state]}{text}{_RESET}"
+        lines.append(text.rstrip())
+    counts = {}
+    for a in ordered:
+        counts[a.state.value] = counts.get(a.state.value, 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) or "no targets")
+    return "\n".join(lines)
