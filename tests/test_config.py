@@ -1,0 +1,173 @@
+"""The inventory loader: good files become values, bad ones one error listing everything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from certwatch.config import ConfigError, Defaults, Endpoint, load_inventory, parse_inventory
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def problems_of(text: str, base: Path | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_inventory(text, source="inv.yaml", base=base)
+    assert str(info.value).startswith("inv.yaml: ")
+    return list(info.value.problems)
+
+
+def test_shipped_inventories_are_valid() -> None:
+    for name in ("certwatch.yaml", "reference.yaml"):
+        inventory = load_inventory(REPO / "config" / name)
+        assert inventory.endpoints
+
+
+def test_defaults_apply_and_endpoints_override(tmp_path: Path) -> None:
+    (tmp_path / "root.pem").write_text("")
+    inventory = parse_inventory(
+        """
+defaults:
+  timeout: 3
+  warn_days: 40
+  ca_file: root.pem
+endpoints:
+  - host: a.example
+  - host: b.example
+    port: 8443
+    warn_days: 20
+    critical_days: 2
+    verify: false
+    labels: {team: payments, tier: 1, on_call: true}
+""",
+        base=tmp_path,
+    )
+    a, b = inventory.endpoints
+    assert a == Endpoint(name="a.example:443", host="a.example", port=443,
+                         server_name="a.example", timeout=3, warn_days=40,
+                         ca_file=tmp_path / "root.pem")
+    assert (b.port, b.warn_days, b.critical_days, b.verify) == (8443, 20, 2, False)
+    assert b.labels == (("on_call", "true"), ("team", "payments"), ("tier", "1"))
+    assert inventory.defaults == Defaults(timeout=3, warn_days=40, ca_file=tmp_path / "root.pem")
+
+
+@pytest.mark.parametrize(
+    ("entry", "host", "port", "protocol"),
+    [
+        ("url: https://www.example.com", "www.example.com", 443, "tls"),
+        ("url: https://www.example.com:8443/login", "www.example.com", 8443, "tls"),
+        ("url: smtp://mail.example.com", "mail.example.com", 25, "smtp"),
+        ("url: imaps://mail.example.com", "mail.example.com", 993, "tls"),
+        ("url: postgresql://db.example.com", "db.example.com", 5432, "postgres"),
+        ("url: 'https://[2001:db8::1]:8443'", "2001:db8::1", 8443, "tls"),
+        ("host: mail.example.com\n    protocol: smtps", "mail.example.com", 465, "tls"),
+        ("host: ldap.example.com\n    protocol: ldap", "ldap.example.com", 389, "ldap"),
+        ("host: x.example.com\n    protocol: xmpp", "x.example.com", 5222, "xmpp"),
+    ],
+)
+def test_url_shorthand_and_protocol_ports(entry: str, host: str, port: int, protocol: str) -> None:
+    (endpoint,) = parse_inventory(f"endpoints:\n  - {entry}\n").endpoints
+    assert (endpoint.host, endpoint.port, endpoint.protocol) == (host, port, protocol)
+
+
+def test_bare_string_entries_are_urls() -> None:
+    a, b = parse_inventory("endpoints: ['a.example:8443', 'smtp://b.example']").endpoints
+    assert (a.host, a.port, a.protocol) == ("a.example", 8443, "tls")
+    assert (b.host, b.port, b.protocol) == ("b.example", 25, "smtp")
+
+
+def test_server_name_rules() -> None:
+    inventory = parse_inventory(
+        """
+endpoints:
+  - {host: 192.0.2.1}
+  - {host: 192.0.2.2, server_name: internal.example}
+  - {host: a.example, server_name: false}
+  - {host: b.example}
+""")
+    names = [e.server_name for e in inventory.endpoints]
+    assert names == [None, "internal.example", None, "b.example"]
+    # With no SNI the host itself is what the certificate must match.
+    assert [e.verify_name for e in inventory.endpoints] == [
+        "192.0.2.1", "internal.example", "a.example", "b.example"]
+    assert inventory.endpoints[0].name == "192.0.2.1:443"
+
+
+def test_every_problem_is_reported_once_with_its_line() -> None:
+    problems = problems_of(
+        """endpoints:
+  - host: a.example
+    prot: tls
+  - host: "bad host"
+    port: 70000
+  - name: dup
+    host: c.example
+  - name: dup
+    host: d.example
+    protocol: smpt
+    timeout: fast
+    ca_file: /nonexistent/root.pem
+    labels: {name: x, "bad-label": y}
+""")
+    assert problems == [
+        "line 3: endpoint 1: unknown key 'prot' (did you mean 'port'?)",
+        "line 4: endpoint 2: 'host' is not a valid host name: 'bad host'",
+        "line 5: endpoint 2: 'port' must be a whole number from 1 to 65535, not int 70000",
+        "line 8: endpoint 4 'dup': duplicate name (first used by endpoint 3); give each a distinct 'name'",
+        "line 10: endpoint 4 'dup': unknown protocol 'smpt' (did you mean 'smtp'?); known: "
+        "tls, smtp, imap, pop3, ftp, ldap, postgres, xmpp, https, smtps, submissions, imaps, "
+        "pop3s, ldaps, ftps",
+        "line 11: endpoint 4 'dup': 'timeout' must be a number, not 'fast'",
+        "line 12: endpoint 4 'dup': 'ca_file' file not found: /nonexistent/root.pem",
+        "line 13: endpoint 4 'dup': label name 'name' is reserved by certwatch",
+        "line 13: endpoint 4 'dup': label name 'bad-label' must match [a-zA-Z_][a-zA-Z0-9_]* "
+        "and not start with '__'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the file is empty"),
+        ("[1, 2]", "must be a mapping with 'endpoints:'"),
+        ("endpoints: {a: 1}", "'endpoints' must be a list"),
+        ("endpoints: [1]", "must be a mapping or a URL, not int 1"),
+        ("endpoints:\n  - host: a.example\n    port: true", "'port' must be a whole number"),
+        ("endpoints:\n  - host: a.example\n    warn_days: 5\n    critical_days: 9",
+         "critical_days (9) must not exceed warn_days (5)"),
+        ("endpoints:\n  - host: a.example\n    addresses: some", "'addresses' must be one of"),
+        ("endpoints:\n  - url: gopher://a.example", "'url' scheme 'gopher' is not one of"),
+        ("endpoints:\n  - url: https://a.example\n    port: 1", "give either 'url' or 'port'"),
+        ("endpoints:\n  - host: a.example\n    client_key: k.pem", "'client_key' file not found"),
+        ("endpoints:\n  - port: 443", "'host' must be a host name or IP address, not empty"),
+        ("endpoints: [\n", "not valid YAML"),
+        ("defaults: {verify: yes please}\nendpoints: []", "'verify' must be true or false"),
+        ("max_concurrency: 0\nendpoints: []", "'max_concurrency' must be between 1 and 100000"),
+        ("endpoints: []\nendpoint: []", "unknown key 'endpoint' (did you mean 'endpoints'?)"),
+    ],
+)
+def test_bad_inventories_say_why(text: str, expected: str) -> None:
+    assert any(expected in problem for problem in problems_of(text)), problems_of(text)
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_inventory(tmp_path / "missing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"endpoints: [\xff\xfe]")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_inventory(binary)
+
+
+def test_relative_paths_are_relative_to_the_inventory(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "root.pem").write_text("")
+    inventory_file = tmp_path / "sub" / "inv.yaml"
+    inventory_file.write_text("endpoints:\n  - host: a.example\n    ca_file: root.pem\n")
+    (endpoint,) = load_inventory(inventory_file).endpoints
+    assert endpoint.ca_file == tmp_path / "sub" / "root.pem"
+
+
+def test_deeply_nested_yaml_is_a_clear_error() -> None:
+    assert problems_of("endpoints: " + "[" * 5000 + "]" * 5000) == ["top: YAML nested too deeply"]
