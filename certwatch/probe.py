@@ -65,7 +65,8 @@ class ProbeError:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.kind} during {self.phase}: {self.detail}"
+        where = "" if self.kind == self.phase else f" ({self.phase})"
+        return f"{self.kind}{where}: {self.detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errn
 def classify(exc: BaseException, phase: str, timeout: float) -> ProbeError:
     """Translates an exception raised during `phase` into a ProbeError."""
     if isinstance(exc, TimeoutError):
-        return ProbeError("timeout", phase, f"no answer within {timeout:g}s during {phase}")
+        return ProbeError("timeout", phase, f"no answer within {timeout:g}s")
     if isinstance(exc, socket.gaierror):
         return ProbeError("dns", phase, exc.strerror or str(exc))
     if isinstance(exc, StartTLSError):
@@ -189,13 +190,25 @@ def client_context(client_cert: Path | None = None, client_key: Path | None = No
 
 
 def _presented_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The chain as the server sent it, leaf first; empty if none arrived."""
     public = getattr(ssl_object, "get_unverified_chain", None)  # public from Python 3.13
     certs = public() if public is not None else ssl_object._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
     if not certs:
-        leaf = ssl_object.getpeercert(binary_form=True)
-        return (leaf,) if leaf else ()
+        return ()
     return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
                  for c in certs)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Closes at once: abort() never waits for a close_notify a peer may never send.
+
+    abort() closes the socket in a callback it schedules; yielding once lets that run,
+    so the connection is gone before the caller releases its slot and the connection
+    bound stays exact. (wait_closed() is no use here: after a failed start_tls the
+    stream's protocol no longer hears of the close.)
+    """
+    writer.transport.abort()
+    await asyncio.sleep(0)
 
 
 # --- the prober ---------------------------------------------------------------------
@@ -271,5 +284,4 @@ class Prober:
             finally:
                 _handshake_objects.reset(token)
                 if writer is not None:
-                    # abort(): never wait for a close_notify from a peer that may not send one
-                    writer.transport.abort()
+                    await _close(writer)

@@ -7,7 +7,6 @@ escape sequences are shown, not interpreted).
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
@@ -95,10 +94,7 @@ def sort_key(a: Assessment) -> tuple[float, int, str]:
 
 def safe_text(text: str) -> str:
     """Makes a peer-supplied string harmless on a terminal: control characters escaped."""
-    return "".join(
-        ch if ch.isprintable() else repr(ch)[1:-1] if ord(ch) < 0x10000 else ch
-        for ch in text
-    )
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 _COLOURS = {
@@ -128,14 +124,12 @@ def _row(a: Assessment) -> list[str]:
     ]
 
 
-def render_table(assessments: Iterable[Assessment], *, colour: bool = False,
-                 width: int | None = None) -> str:
+def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> str:
     headers = ["STATE", "DAYS", "EXPIRES", "NAME", "ADDRESS", "PROTO", "ISSUER", "DETAIL"]
     ordered: Sequence[Assessment] = sorted(assessments, key=sort_key)
     rows = [[safe_text(cell) for cell in _row(a)] for a in ordered]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     widths[6] = min(widths[6], 40)  # issuers are long; the JSON output has them whole
-    total = width or shutil.get_terminal_size((200, 24)).columns
     lines = []
     for cells, a in [(headers, None), *zip(rows, ordered)]:
         text = "  ".join(
@@ -143,11 +137,10 @@ def render_table(assessments: Iterable[Assessment], *, colour: bool = False,
             if i < len(cells) - 1 else c
             for i, c in enumerate(cells)
         )
-        text = text[:total] if a is None else text
         if colour and a is not None:
             text = f"{_COLOURS[a.state]}{text}{_RESET}"
         lines.append(text.rstrip())
-    counts = {}
+    counts: dict[str, int] = {}
     for a in ordered:
         counts[a.state.value] = counts.get(a.state.value, 0) + 1
     lines.append("")
