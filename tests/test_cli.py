@@ -1,0 +1,127 @@
+"""`certwatch check` and `certwatch validate` as a user runs them: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.pki import make_intermediate, make_leaf, make_root
+from tests.servers import TLSServer, closed_port
+
+NOW = datetime.now(timezone.utc)
+DAY = timedelta(days=1)
+
+
+def certwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certwatch", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Three servers: 90 days left, 20 days left, and one whose issuer's name is hostile."""
+    directory = tmp_path_factory.mktemp("cli")
+    root = make_root("CLI Root", not_before=NOW - DAY, not_after=NOW + 3000 * DAY)
+    inter = make_intermediate(root, "CLI Intermediate", not_before=NOW - DAY,
+                              not_after=NOW + 2000 * DAY)
+    (directory / "root.pem").write_bytes(root.cert_pem)
+    ok = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 90 * DAY)
+    warn = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 20 * DAY)
+    evil_ca = make_intermediate(root, "evil\x1b[2J\x1b]0;pwned\x07<b>", not_before=NOW - DAY,
+                                not_after=NOW + 2000 * DAY)
+    hostile = make_leaf(evil_ca, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 90 * DAY)
+    with TLSServer({None: ok.write(directory, "ok")}) as a, \
+            TLSServer({None: warn.write(directory, "warn")}) as b, \
+            TLSServer({None: hostile.write(directory, "hostile")}) as c:
+        yield directory, a, b, c
+
+
+def test_json_output_has_the_documented_fields(servers) -> None:  # type: ignore[no-untyped-def]
+    directory, ok, warn, _ = servers
+    inventory = directory / "inv.yaml"
+    inventory.write_text(f"""
+defaults: {{ca_file: root.pem, system_trust: false}}
+endpoints:
+  - {{name: fine, host: 127.0.0.1, port: {ok.port}, server_name: svc.test, labels: {{team: a}}}}
+  - {{name: soon, host: 127.0.0.1, port: {warn.port}, server_name: svc.test}}
+""")
+    result = certwatch("check", "-c", str(inventory), "--format", "json")
+    assert result.returncode == 1, result.stderr  # the worst is a warning
+    soon, fine = json.loads(result.stdout)  # sorted: soonest expiry first
+    assert (soon["name"], soon["state"], soon["reasons"]) == ("soon", "warning", ["expiring"])
+    assert (fine["name"], fine["state"], fine["labels"]) == ("fine", "ok", {"team": "a"})
+    for field in ("name", "host", "port", "address", "server_name", "protocol", "state",
+                  "reasons", "days_left", "leaf_not_after", "earliest_not_after",
+                  "earliest_subject", "verified", "verify_error", "hostname_match",
+                  "tls_version", "cipher", "error_kind", "error", "labels", "chain"):
+        assert field in fine, field
+    assert fine["verified"] is True and fine["hostname_match"] is True
+    assert fine["leaf_not_after"].endswith("Z")
+    assert datetime.fromisoformat(fine["leaf_not_after"]) > NOW + 89 * DAY
+    assert [c["subject"] for c in fine["chain"]] == ["CN=svc.test", "CN=CLI Intermediate"]
+    assert len(fine["chain"][0]["fingerprint_sha256"]) == 64
+
+
+def test_ad_hoc_targets_and_exit_codes(servers) -> None:  # type: ignore[no-untyped-def]
+    directory, ok, warn, _ = servers
+    common = ["--server-name", "svc.test", "--ca-file", str(directory / "root.pem")]
+    assert certwatch("check", f"127.0.0.1:{ok.port}", *common).returncode == 0
+    assert certwatch("check", f"127.0.0.1:{warn.port}", *common).returncode == 1
+    critical = certwatch("check", f"127.0.0.1:{warn.port}", *common, "--critical-days", "25",
+                         "--warn-days", "40")
+    assert critical.returncode == 2
+    # Without the private root the chain is untrusted: critical.
+    assert certwatch("check", f"127.0.0.1:{ok.port}", "--server-name", "svc.test").returncode == 2
+    unreachable = certwatch("check", f"127.0.0.1:{closed_port()}", *common)
+    assert unreachable.returncode == 3
+    assert "refused" in unreachable.stdout
+    # Critical outranks unknown; unknown outranks warning.
+    both = certwatch("check", f"127.0.0.1:{closed_port()}", f"127.0.0.1:{warn.port}", *common,
+                     "--critical-days", "25", "--warn-days", "40")
+    assert both.returncode == 2
+    mixed = certwatch("check", f"127.0.0.1:{closed_port()}", f"127.0.0.1:{warn.port}", *common)
+    assert mixed.returncode == 3
+
+
+def test_table_is_sorted_and_shows_hostile_names_harmlessly(servers) -> None:  # type: ignore[no-untyped-def]
+    directory, ok, warn, hostile = servers
+    result = certwatch("check", f"127.0.0.1:{ok.port}", f"127.0.0.1:{warn.port}",
+                       f"127.0.0.1:{hostile.port}", "--server-name", "svc.test",
+                       "--ca-file", str(directory / "root.pem"), "--colour", "always")
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["STATE", "DAYS", "EXPIRES", "NAME"]
+    assert "WARNING" in lines[1] and lines[1].startswith("\x1b[33m")  # soonest first, coloured
+    assert "\x07" not in result.stdout and "\x1b]" not in result.stdout
+    assert r"CN=evil\x1b[2J\x1b]0\;pwned\x07\<b\>" in result.stdout  # shown, not obeyed
+    assert result.stdout.count("\x1b[") == 2 * 3  # only our colour codes: on and off per row
+    assert "2 ok, 1 warning" in result.stdout.replace("1 warning, 2 ok", "2 ok, 1 warning")
+    plain = certwatch("check", f"127.0.0.1:{ok.port}", "--server-name", "svc.test",
+                      "--ca-file", str(directory / "root.pem"))
+    assert "\x1b" not in plain.stdout  # never colour when not asked and not a terminal
+
+
+def test_validate(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("endpoints:\n  - url: https://a.example\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("endpoints:\n  - host: a.example\n    warn_day: 3\n")
+    ok = certwatch("validate", "-c", str(good))
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"{good}: ok, 1 endpoints")
+    failed = certwatch("validate", "-c", str(bad))
+    assert failed.returncode == 1
+    assert f"{bad}: 1 problem:" in failed.stderr
+    assert "line 3: endpoint 1: unknown key 'warn_day' (did you mean 'warn_days'?)" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_check_with_a_bad_inventory_is_unknown(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("endpoints: 3\n")
+    result = certwatch("check", "-c", str(bad))
+    assert result.returncode == 3
+    assert "'endpoints' must be a list" in result.stderr
