@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= config/certwatch.yaml
 
-.PHONY: venv check test bench clean
+.PHONY: venv run check test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+run: venv  ## the daemon on the shipped inventory; open http://127.0.0.1:9795/
+	$(VENV)/bin/certwatch run -c $(CONFIG)
 
 check: venv  ## one-shot check of the shipped inventory
 	$(VENV)/bin/certwatch check -c $(CONFIG)

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from certwatch.config import Endpoint
 from cryptography.x509.verification import (
     Criticality,
     DNSName,
@@ -45,6 +46,7 @@ from cryptography.x509.verification import (
 __all__ = [
     "CertInfo",
     "TrustStore",
+    "TrustStores",
     "Verification",
     "hostname_matches",
     "load_trust_store",
@@ -248,6 +250,19 @@ def load_trust_store(*, system: bool, ca_file: Path | None) -> TrustStore:
     if ca_file is not None:
         roots.extend(read_pem_certificates(ca_file))
     return TrustStore.of(roots)
+
+
+class TrustStores:
+    """Trust stores by (system roots?, ca_file), each loaded once."""
+
+    def __init__(self) -> None:
+        self._stores: dict[tuple[bool, Path | None], TrustStore] = {}
+
+    def for_endpoint(self, endpoint: Endpoint) -> TrustStore:
+        key = (endpoint.system_trust, endpoint.ca_file)
+        if key not in self._stores:
+            self._stores[key] = load_trust_store(system=key[0], ca_file=key[1])
+        return self._stores[key]
 
 
 # --- verification ------------------------------------------------------------------------

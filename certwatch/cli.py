@@ -1,4 +1,4 @@
-"""Command line: `certwatch check` and `certwatch validate`.
+"""Command line: `certwatch run` (the daemon), `certwatch check` and `certwatch validate`.
 
 Exit codes follow the monitoring-plugin convention so `check` drops into Nagios,
 Icinga or a cron job: 0 ok, 1 warning, 2 critical or expired, 3 error/unknown. With
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,8 @@ from urllib.parse import urlsplit
 
 from certwatch import __version__
 from certwatch.assess import Assessment, State, assess
-from certwatch.certs import TrustStore, load_trust_store
+from certwatch.certs import TrustStores
+from certwatch.logs import configure_logging
 from certwatch.config import PROTOCOLS, TLS_ALIASES, ConfigError, Inventory, build_inventory, load_inventory
 from certwatch.probe import Prober
 from certwatch.report import assessment_to_dict, render_table, sort_key
@@ -37,19 +37,6 @@ def exit_code(assessments: Sequence[Assessment]) -> int:
     return EXIT_OK if assessments else EXIT_UNKNOWN
 
 
-class TrustStores:
-    """Trust stores by (system roots?, ca_file), each loaded once."""
-
-    def __init__(self) -> None:
-        self._stores: dict[tuple[bool, Path | None], TrustStore] = {}
-
-    def for_endpoint(self, system: bool, ca_file: Path | None) -> TrustStore:
-        key = (system, ca_file)
-        if key not in self._stores:
-            self._stores[key] = load_trust_store(system=system, ca_file=ca_file)
-        return self._stores[key]
-
-
 async def check_inventory(inventory: Inventory, *, prober: Prober | None = None,
                           trust: TrustStores | None = None) -> list[Assessment]:
     """Probes every endpoint once, concurrently, and assesses each target."""
@@ -58,8 +45,7 @@ async def check_inventory(inventory: Inventory, *, prober: Prober | None = None,
     results = await asyncio.gather(*(prober.probe(e) for e in inventory.endpoints))
     now = datetime.now(timezone.utc)
     return [
-        assess(observation, now, trust.for_endpoint(observation.target.endpoint.system_trust,
-                                                    observation.target.endpoint.ca_file))
+        assess(observation, now, trust.for_endpoint(observation.target.endpoint))
         for observations in results for observation in observations
     ]
 
@@ -121,12 +107,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import prometheus_client
+
+    from certwatch.daemon import Daemon  # the daemon's dependencies are not needed by check
+
+    # `_created` series double every counter for little use; the shell sets this once.
+    prometheus_client.disable_created_metrics()
+    return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
+                              grace=args.grace).run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="certwatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"certwatch {__version__}")
-    parser.add_argument("--log-level", default="warning",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="default: info for run, warning otherwise")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"], default="auto",
+                        help="auto: text on a terminal, JSON lines otherwise")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run", help="run the monitoring daemon",
+        description="Probe the inventory on a schedule and serve /metrics, the JSON API and "
+                    "the status page. SIGHUP or an edit of the file reloads it.")
+    run.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"),
+                     help="inventory file (default: %(default)s)")
+    run.add_argument("--listen", help="HOST:PORT or :PORT for HTTP (default: the inventory's "
+                                      "'listen', else :9795)")
+    run.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
+                     help="how often to check the inventory file for changes")
+    run.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                     help="on SIGTERM, how long probes in flight may take to finish")
+    run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
         "check", help="probe once and report",
@@ -160,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = args.log_level or ("info" if args.command == "run" else "warning")
+    configure_logging(level, args.log_format if args.command == "run" else "text")
     return int(args.func(args))
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Endpoint",
     "Inventory",
     "build_inventory",
+    "split_listen",
     "PROTOCOLS",
     "load_inventory",
     "parse_inventory",
@@ -60,8 +61,10 @@ URL_SCHEMES: dict[str, str] = {
 ADDRESS_MODES = ("all", "first", "ipv4", "ipv6")
 # Label names certwatch itself puts on every series; user labels may not shadow them.
 RESERVED_LABELS = frozenset(
-    {"name", "host", "port", "address", "server_name", "protocol", "state", "reason",
-     "position", "job", "instance"}
+    {"name", "host", "port", "address", "server_name", "protocol", "job", "instance",
+     # labels certwatch's own series add beside the target's
+     "state", "problem", "position", "role", "serial", "fingerprint_sha256", "subject",
+     "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher"}
 )
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DAYS = 36500
@@ -88,6 +91,8 @@ class Defaults:
     system_trust: bool = True  # trust the operating system's roots as well as ca_file
     ca_file: Path | None = None
     addresses: str = "all"
+    interval: float = 3600.0  # seconds between probes of a target
+    retry_interval: float = 300.0  # sooner, after a failed probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,8 @@ class Endpoint:
     client_cert: Path | None = None
     client_key: Path | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    interval: float = 3600.0
+    retry_interval: float = 300.0
 
     @property
     def verify_name(self) -> str:
@@ -118,11 +125,16 @@ class Endpoint:
         return self.server_name or self.host
 
 
+DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
+
+
 @dataclass(frozen=True, slots=True)
 class Inventory:
     endpoints: tuple[Endpoint, ...]
     defaults: Defaults = field(default_factory=Defaults)
     max_concurrency: int = 100
+    listen: str = DEFAULT_LISTEN  # the daemon's HTTP server: "HOST:PORT" or ":PORT"
+    demo: bool = False  # start local demo endpoints and watch them too
     source: str = "<inventory>"
 
 
@@ -200,11 +212,15 @@ class _Problems:
 
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
-                 "ca_file", "addresses")
+                 "ca_file", "addresses", "interval", "retry_interval")
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
-                  "ca_file", "client_cert", "client_key", "labels")
-_TOP_KEYS = ("defaults", "endpoints", "max_concurrency")
+                  "ca_file", "client_cert", "client_key", "labels", "interval",
+                  "retry_interval")
+_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_INTERVAL, MAX_INTERVAL = 1.0, 30 * 86400.0
 
 
 def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: _Problems) -> None:
@@ -267,6 +283,22 @@ class _Reader:
             return fallback
         return result
 
+    def duration(self, key: str, fallback: float) -> float:
+        """Seconds, written as a number or as "90s", "5m", "1h", "1d"."""
+        if key not in self.mapping:
+            return fallback
+        value = self.mapping[key]
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match:
+            value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        result = _number(value, minimum=MIN_INTERVAL, maximum=MAX_INTERVAL)
+        if isinstance(result, str):
+            self.problems.add(_line_of(self.mapping, key), self.where,
+                              f"'{key}' must be a duration such as 300, \"5m\" or \"1h\" "
+                              f"between 1s and 30d, not {_describe(self.mapping[key])}")
+            return fallback
+        return result
+
     def boolean(self, key: str, fallback: bool) -> bool:
         if key not in self.mapping:
             return fallback
@@ -315,6 +347,8 @@ def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
         system_trust=read.boolean("system_trust", base_defaults.system_trust),
         ca_file=read.path("ca_file", None),
         addresses=read.choice("addresses", base_defaults.addresses, ADDRESS_MODES),
+        interval=read.duration("interval", base_defaults.interval),
+        retry_interval=read.duration("retry_interval", base_defaults.retry_interval),
     )
     if defaults.critical_days > defaults.warn_days:
         problems.add(_line_of(raw, "critical_days"), "defaults",
@@ -455,6 +489,8 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         client_cert=client_cert,
         client_key=client_key,
         labels=labels,
+        interval=read.duration("interval", defaults.interval),
+        retry_interval=read.duration("retry_interval", defaults.retry_interval),
     )
     if len(problems) > before or name is None or host is None or port is None:
         return name, None
@@ -510,8 +546,13 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
         raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {_describe(document)}"])
     _unknown_keys(document, _TOP_KEYS, "", problems)
     defaults = _read_defaults(document.get("defaults"), problems, base)
-    concurrency = _Reader(document, "", problems, base).number(
-        "max_concurrency", 100, minimum=1, maximum=100_000)
+    top = _Reader(document, "", problems, base)
+    concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
+    demo = top.boolean("demo", False)
+    listen = document.get("listen", DEFAULT_LISTEN)
+    if (message := listen_problem(listen)) is not None:
+        problems.add(_line_of(document, "listen"), "", message)
+        listen = DEFAULT_LISTEN
     raw_endpoints = document.get("endpoints")
     if not isinstance(raw_endpoints, list):
         problems.add(_line_of(document, "endpoints"), "",
@@ -533,7 +574,26 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     if len(problems):
         raise ConfigError(source, problems.items)
     return Inventory(endpoints=tuple(endpoints), defaults=defaults,
-                     max_concurrency=int(concurrency), source=source)
+                     max_concurrency=int(concurrency), listen=listen, demo=demo, source=source)
+
+
+def split_listen(listen: str) -> tuple[str | None, int]:
+    """ "HOST:PORT", "[V6]:PORT" or ":PORT" (every interface) as (host or None, port)."""
+    host, _, port = listen.rpartition(":")
+    return (host.strip("[]") or None), int(port)
+
+
+def listen_problem(listen: Any) -> str | None:
+    """Why `listen` is not a usable address, or None."""
+    try:
+        if not isinstance(listen, str):
+            raise ValueError
+        _, port = split_listen(listen)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        return f"'listen' must be HOST:PORT or :PORT, not {_describe(listen)}"
+    return None
 
 
 def load_inventory(path: Path | str, *, read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:

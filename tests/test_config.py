@@ -19,9 +19,10 @@ def problems_of(text: str, base: Path | None = None) -> list[str]:
 
 
 def test_shipped_inventories_are_valid() -> None:
-    for name in ("certwatch.yaml", "reference.yaml"):
-        inventory = load_inventory(REPO / "config" / name)
-        assert inventory.endpoints
+    default = load_inventory(REPO / "config" / "certwatch.yaml")
+    assert default.demo  # the newcomer's default watches local demo endpoints
+    reference = load_inventory(REPO / "config" / "reference.yaml")
+    assert len(reference.endpoints) == 7 and not reference.demo
 
 
 def test_defaults_apply_and_endpoints_override(tmp_path: Path) -> None:
@@ -171,3 +172,34 @@ def test_relative_paths_are_relative_to_the_inventory(tmp_path: Path) -> None:
 
 def test_deeply_nested_yaml_is_a_clear_error() -> None:
     assert problems_of("endpoints: " + "[" * 5000 + "]" * 5000) == ["top: YAML nested too deeply"]
+
+
+def test_daemon_settings() -> None:
+    inventory = parse_inventory(
+        """
+listen: "127.0.0.1:9999"
+demo: true
+defaults: {interval: 2h, retry_interval: 90s}
+endpoints:
+  - {host: a.example, interval: 300}
+  - {host: b.example, retry_interval: "1.5m"}
+""")
+    a, b = inventory.endpoints
+    assert (inventory.listen, inventory.demo) == ("127.0.0.1:9999", True)
+    assert (a.interval, a.retry_interval) == (300, 90)
+    assert (b.interval, b.retry_interval) == (7200, 90)
+    assert parse_inventory("endpoints: []").listen == ":9795"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("listen: 9795\nendpoints: []", "'listen' must be HOST:PORT or :PORT, not int 9795"),
+        ("listen: 'host:port'\nendpoints: []", "'listen' must be HOST:PORT or :PORT"),
+        ("defaults: {interval: soon}\nendpoints: []", "'interval' must be a duration"),
+        ("defaults: {interval: 0.5}\nendpoints: []", "between 1s and 30d"),
+        ("endpoints:\n  - {host: a.example, retry_interval: 40d}", "'retry_interval' must be a duration"),
+    ],
+)
+def test_bad_daemon_settings(text: str, expected: str) -> None:
+    assert any(expected in problem for problem in problems_of(text)), problems_of(text)

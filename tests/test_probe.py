@@ -307,8 +307,10 @@ def _client_connections(port: int) -> int:
         with open(table) as rows:
             for row in list(rows)[1:]:
                 fields = row.split()
-                remote_port, state = int(fields[2].rsplit(":", 1)[1], 16), fields[3]
-                count += remote_port == port and state in ("01", "02")  # ESTABLISHED, SYN_SENT
+                remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                # ESTABLISHED or SYN_SENT, and still held by a file descriptor (inode 0: an
+                # orphan the process already closed, which the kernel may list a moment longer)
+                count += remote_port == port and state in ("01", "02") and inode != "0"
     return count
 
 

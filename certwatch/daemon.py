@@ -1,0 +1,313 @@
+"""The daemon: schedules probes, keeps the store, serves HTTP, reloads, shuts down cleanly.
+
+This is the shell around the pure core. One object owns the running inventory and swaps
+it whole on reload; a bad new file is rejected and the old inventory keeps running.
+
+Scheduling: each endpoint is one APScheduler job that runs once and reschedules itself:
+`interval` after a success, `retry_interval` after a failure, each with jitter so a large
+inventory spreads out over time. A job never overlaps itself, and the prober's semaphore
+bounds the connections of the whole daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import signal
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from aiohttp import web
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from certwatch.assess import assess
+from certwatch.certs import TrustStores
+from certwatch.config import ConfigError, Endpoint, Inventory, build_inventory, load_inventory, split_listen
+from certwatch.demo import DemoEndpoints
+from certwatch.metrics import DaemonMetrics, TargetCollector
+from certwatch.probe import Prober
+from certwatch.store import Change, Store, TargetStatus, merge
+from certwatch.web import create_app
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger(__name__)
+
+FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
+MAX_JITTER = 300.0  # seconds; jitter is 10% of the interval, at most this
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _jittered(seconds: float) -> float:
+    spread = min(seconds * 0.1, MAX_JITTER)
+    return seconds + random.uniform(-spread, spread)
+
+
+class Daemon:
+    """`certwatch run`: one instance per process."""
+
+    def __init__(self, config_path: Path, *, listen: str | None = None,
+                 reload_poll: float = 5.0, grace: float = 10.0) -> None:
+        self.config_path = config_path
+        self.listen_override = listen
+        self.reload_poll = reload_poll
+        self.grace = grace
+        self.metrics = DaemonMetrics()
+        self.registry = self.metrics.registry
+        self.store = Store()
+        self.bound_port: int | None = None
+        self._inventory: Inventory | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._trust = TrustStores()
+        self._prober: Prober | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self._due: dict[str, datetime] = {}
+        self._lag: dict[str, float] = {}
+        self._running: set[str] = set()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._unprobed: set[str] = set()
+        self._notices: list[str] = []
+        self._file_signature: tuple[int, int, int] | None = None
+        self._stop = asyncio.Event()
+        self._demo: DemoEndpoints | None = None
+        self._demo_dir: tempfile.TemporaryDirectory[str] | None = None
+        self.registry.register(TargetCollector(self.store.snapshot, self._worst_lag))
+
+    # --- the view the web layer reads -------------------------------------------------
+
+    def snapshot(self) -> Mapping[str, TargetStatus]:
+        return self.store.snapshot()
+
+    def next_probe_at(self, endpoint_name: str) -> datetime | None:
+        return self._due.get(endpoint_name)
+
+    def ready(self) -> bool:
+        return self._inventory is not None and not self._unprobed
+
+    def notices(self) -> list[str]:
+        return list(self._notices)
+
+    def _worst_lag(self) -> float:
+        return max(self._lag.values(), default=0.0)
+
+    # --- configuration ------------------------------------------------------------------
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def _load(self) -> Inventory:
+        inventory = load_inventory(self.config_path)
+        if not inventory.demo:
+            return inventory
+        if self._demo is None:
+            self._demo_dir = tempfile.TemporaryDirectory(prefix="certwatch-demo-")
+            self._demo = await DemoEndpoints(Path(self._demo_dir.name)).__aenter__()
+            log.info("demo endpoints started", extra={"count": len(self._demo.inventory_entries())})
+        demo = build_inventory({"endpoints": self._demo.inventory_entries()}, source="demo")
+        clash = {e.name for e in demo.endpoints} & {e.name for e in inventory.endpoints}
+        if clash:
+            raise ConfigError(str(self.config_path),
+                              [f"endpoint names {sorted(clash)} are used by the demo endpoints"])
+        return dataclasses.replace(inventory, endpoints=inventory.endpoints + demo.endpoints)
+
+    def _apply(self, inventory: Inventory) -> None:
+        """Swaps in a validated inventory: new and changed endpoints are probed promptly,
+        removed ones vanish, unchanged ones keep their state and schedule."""
+        old = self._endpoints
+        new = {e.name: e for e in inventory.endpoints}
+        if self._inventory is None:  # readiness waits for the first sweep of the first load
+            self._unprobed = set(new)
+            self.metrics.ready.set(0 if new else 1)
+        if self._prober is None or inventory.max_concurrency != self._prober.max_concurrency:
+            self._prober = Prober(max_concurrency=inventory.max_concurrency)
+        self._inventory, self._endpoints, self._trust = inventory, new, TrustStores()
+        for name in old.keys() - new.keys():
+            self._unschedule(name)
+        for key in self.store.retain(set(new)):
+            log.info("target removed", extra={"target": key})
+        now = _utcnow()
+        for name, endpoint in new.items():
+            if old.get(name) != endpoint:
+                self._schedule(name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
+        self.metrics.endpoints.set(len(new))
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(now.timestamp())
+        self.metrics.reloads.labels("success").inc()
+
+    async def reload(self, why: str) -> bool:
+        self._file_signature = self._signature()
+        try:
+            inventory = await self._load()
+        except ConfigError as exc:
+            self.metrics.reload_ok.set(0)
+            self.metrics.reloads.labels("failure").inc()
+            self._notices = [f"configuration reload ({why}) failed; still running the previous "
+                             f"inventory. {exc}"]
+            log.error("configuration rejected; the previous inventory keeps running",
+                      extra={"why": why, "source": exc.source, "problems": list(exc.problems)})
+            return False
+        previous = self._inventory
+        self._apply(inventory)
+        self._notices = []
+        if previous is not None and inventory.listen != previous.listen and not self.listen_override:
+            log.warning("'listen' changed; restart certwatch to apply it",
+                        extra={"listen": inventory.listen})
+        log.info("configuration loaded", extra={"why": why, "endpoints": len(self._endpoints)})
+        return True
+
+    async def _watch_config_file(self) -> None:
+        """Polls the file: an edit reloads, as SIGHUP does."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.reload_poll)
+            signature = self._signature()
+            if signature is None and self._file_signature is not None:
+                self._file_signature = None
+                self._notices = [f"configuration file {self.config_path} is missing; "
+                                 "still running the previous inventory"]
+                log.error("configuration file is missing; the previous inventory keeps running",
+                          extra={"path": str(self.config_path)})
+            elif signature is not None and signature != self._file_signature:
+                await self.reload("file changed")
+
+    # --- scheduling and probing ---------------------------------------------------------
+
+    def _schedule(self, name: str, when: datetime) -> None:
+        assert self._scheduler is not None
+        self._due[name] = when
+        self._scheduler.add_job(self._run_endpoint, "date", run_date=when, args=[name], id=name,
+                                replace_existing=True, misfire_grace_time=None)
+
+    def _unschedule(self, name: str) -> None:
+        self._due.pop(name, None)
+        self._lag.pop(name, None)
+        self._first_probe_done(name)  # a removed endpoint no longer holds readiness back
+        if self._scheduler is not None:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(name)
+
+    async def _run_endpoint(self, name: str) -> None:
+        endpoint = self._endpoints.get(name)
+        if endpoint is None or self._stop.is_set():
+            return
+        if name in self._running:  # a reload asked for a probe while one is under way
+            self._schedule(name, _utcnow() + timedelta(seconds=1))
+            return
+        task = asyncio.current_task()
+        assert task is not None and self._prober is not None
+        self._running.add(name)
+        self._in_flight.add(task)
+        due = self._due.get(name, _utcnow())
+        failed = True
+        try:
+            observations = await self._prober.probe(endpoint)
+            now = _utcnow()
+            trust = self._trust.for_endpoint(endpoint)
+            fresh = [assess(o, now, trust) for o in observations]
+            if self._endpoints.get(name) is not endpoint:
+                return  # reloaded meanwhile: the new definition has its own probe coming
+            statuses = merge(self.store.of_endpoint(name), fresh, endpoint,
+                             lambda observation: assess(observation, now, trust))
+            self._log_changes(self.store.replace_endpoint(name, statuses))
+            for status in statuses:
+                error = status.last_error
+                self.metrics.probes.labels("success" if error is None else "failure",
+                                           error.kind if error else "").inc()
+            self._lag[name] = max(0.0, (min(o.started_at for o in observations) - due).total_seconds())
+            failed = any(not s.probe_success for s in statuses)
+            self._first_probe_done(name)
+        except Exception:
+            log.exception("probe of %s failed inside certwatch", name)
+        finally:
+            self._running.discard(name)
+            self._in_flight.discard(task)
+            if self._endpoints.get(name) is endpoint and not self._stop.is_set():
+                wait = endpoint.retry_interval if failed else endpoint.interval
+                self._schedule(name, _utcnow() + timedelta(seconds=_jittered(wait)))
+
+    def _first_probe_done(self, name: str) -> None:
+        if name in self._unprobed:
+            self._unprobed.discard(name)
+            if not self._unprobed:
+                self.metrics.ready.set(1)
+                log.info("first sweep finished", extra={"targets": len(self.store.snapshot())})
+
+    @staticmethod
+    def _log_changes(changes: list[Change]) -> None:
+        for change in changes:
+            status = change.status
+            log.info(
+                "state %s -> %s: %s" % (change.before.value if change.before else "new",
+                                        status.state.value, status.target.key),
+                extra={"target": status.target.key, "before": change.before.value
+                       if change.before else None, "state": status.state.value,
+                       "reasons": list(status.assessment.reasons),
+                       "summary": status.assessment.summary},
+            )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
+        self._scheduler.start()
+        try:
+            if not await self.reload("start-up"):
+                return 2
+            assert self._inventory is not None
+            runner = web.AppRunner(create_app(self), access_log=None)
+            await runner.setup()
+            host, port = split_listen(self.listen_override or self._inventory.listen)
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+            self.bound_port = sockets[0].getsockname()[1] if sockets else port
+            log.info("listening on http://%s:%s/", host or "0.0.0.0", self.bound_port,
+                     extra={"port": self.bound_port})
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP,
+                                    lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+            watcher = asyncio.create_task(self._watch_config_file())
+            await self._stop.wait()
+            log.info("stopping: letting probes in flight finish", extra={"in_flight": len(self._in_flight)})
+            await self._shutdown(runner, watcher)
+            return 0
+        finally:
+            if self._scheduler.running:
+                self._scheduler.shutdown(wait=False)
+            if self._demo is not None:
+                await self._demo.__aexit__(None, None, None)
+            if self._demo_dir is not None:
+                self._demo_dir.cleanup()
+
+    async def _shutdown(self, runner: web.AppRunner, watcher: asyncio.Task[None]) -> None:
+        assert self._scheduler is not None
+        self._scheduler.shutdown(wait=False)
+        watcher.cancel()
+        if self._in_flight:
+            done, pending = await asyncio.wait(set(self._in_flight), timeout=self.grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("probes cancelled after the grace time", extra={"count": len(pending)})
+                await asyncio.wait(pending, timeout=1)
+        await runner.cleanup()
+        log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,137 @@
+"""The latest status of every target, and how a new probe result updates it.
+
+The store's mapping is replaced whole on every update (copy on write), so the metrics
+collector and the HTTP API read a consistent snapshot without locks. The update rule
+itself, :func:`merge`, is pure.
+
+A failed probe does not erase what was known: the last certificate read stays reported
+(judged afresh at `now`, so it still crosses thresholds on time) beside the error, so a
+flapping network neither hides an expiring certificate nor makes its alerts flap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping, Sequence
+
+from certwatch.assess import Assessment, State
+from certwatch.config import Endpoint
+from certwatch.probe import Observation, ProbeError, Target
+
+__all__ = ["Store", "TargetStatus", "merge"]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """What is known of one target now."""
+
+    assessment: Assessment  # the latest certificate read (or the latest error if none ever was)
+    last_error: ProbeError | None  # why the latest probe failed; None if it succeeded
+    consecutive_failures: int
+    last_probe_at: datetime
+    last_probe_duration: float
+
+    @property
+    def target(self) -> Target:
+        return self.assessment.target
+
+    @property
+    def state(self) -> State:
+        return self.assessment.state
+
+    @property
+    def probe_success(self) -> bool:
+        return self.last_error is None
+
+    @property
+    def certificate_read_at(self) -> datetime | None:
+        return self.assessment.observation.started_at if self.assessment.leaf else None
+
+
+Rejudge = Callable[[Observation], Assessment]
+
+
+def _failure(assessment: Assessment) -> ProbeError | None:
+    error = assessment.observation.error
+    if error is None and assessment.leaf is None:
+        return ProbeError("no_certificate", "handshake", assessment.summary)
+    return error
+
+
+def merge(previous: Sequence[TargetStatus], fresh: Sequence[Assessment], endpoint: Endpoint,
+          rejudge: Rejudge) -> list[TargetStatus]:
+    """The endpoint's new statuses after one probe; `fresh` has one assessment per address.
+
+    `rejudge` assesses an old observation again at the current time; it is used only
+    where a probe failed and an earlier certificate is still the best knowledge.
+    """
+    known = {status.target.key: status for status in previous}
+
+    def carried(old: TargetStatus, latest: Assessment) -> TargetStatus:
+        observation = dataclasses.replace(
+            old.assessment.observation, target=Target(endpoint, old.target.address))
+        return TargetStatus(rejudge(observation), _failure(latest), old.consecutive_failures + 1,
+                            latest.observation.started_at, latest.observation.duration_seconds)
+
+    # The name did not resolve: every address we knew keeps its certificate, failed.
+    if len(fresh) == 1 and fresh[0].target.address is None:
+        with_certificates = [s for s in previous if s.assessment.leaf is not None]
+        if with_certificates:
+            return [carried(old, fresh[0]) for old in with_certificates]
+
+    statuses = []
+    for assessment in fresh:
+        old = known.get(assessment.target.key)
+        error = _failure(assessment)
+        if assessment.leaf is None and old is not None and old.assessment.leaf is not None:
+            statuses.append(carried(old, assessment))
+            continue
+        failures = 0 if error is None else (old.consecutive_failures if old else 0) + 1
+        statuses.append(TargetStatus(assessment, error, failures,
+                                     assessment.observation.started_at,
+                                     assessment.observation.duration_seconds))
+    return statuses
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A target whose state changed (before is None for a new target)."""
+
+    before: State | None
+    status: TargetStatus
+
+
+class Store:
+    """Latest status per target key, as an immutable snapshot replaced on each update."""
+
+    def __init__(self) -> None:
+        self._targets: Mapping[str, TargetStatus] = MappingProxyType({})
+
+    def snapshot(self) -> Mapping[str, TargetStatus]:
+        return self._targets
+
+    def of_endpoint(self, name: str) -> list[TargetStatus]:
+        return [s for s in self._targets.values() if s.target.endpoint.name == name]
+
+    def replace_endpoint(self, name: str, statuses: Iterable[TargetStatus]) -> list[Change]:
+        """Sets the endpoint's statuses (dropping addresses it no longer has)."""
+        before = {s.target.key: s.state for s in self.of_endpoint(name)}
+        updated = {k: s for k, s in self._targets.items() if s.target.endpoint.name != name}
+        changes = []
+        for status in statuses:
+            updated[status.target.key] = status
+            if before.get(status.target.key) is not status.state:
+                changes.append(Change(before.get(status.target.key), status))
+        self._targets = MappingProxyType(updated)
+        return changes
+
+    def retain(self, names: set[str]) -> list[str]:
+        """Drops targets of endpoints no longer in the inventory; returns their keys."""
+        gone = [k for k, s in self._targets.items() if s.target.endpoint.name not in names]
+        if gone:
+            self._targets = MappingProxyType(
+                {k: s for k, s in self._targets.items() if k not in gone})
+        return gone

@@ -1,0 +1,97 @@
+"""The daemon's HTTP server: /metrics, /healthz, /readyz, the JSON API and the status page.
+
+aiohttp serves in the daemon's own event loop; handlers only read the store's snapshot,
+so a scrape never waits for a probe.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from certwatch import __version__
+from certwatch.report import assessment_to_dict, rfc3339, sort_key
+from certwatch.statuspage import CONTENT_SECURITY_POLICY, render_status_page
+from certwatch.store import TargetStatus
+
+__all__ = ["DaemonView", "create_app", "status_to_dict"]
+
+# The status page shows peer-supplied text; forbid anything but its own stylesheet.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class DaemonView(Protocol):
+    """What the web layer may read of the daemon."""
+
+    registry: CollectorRegistry
+
+    def snapshot(self) -> Mapping[str, TargetStatus]: ...
+    def next_probe_at(self, endpoint_name: str) -> datetime | None: ...
+    def ready(self) -> bool: ...
+    def notices(self) -> list[str]: ...
+
+
+def status_to_dict(status: TargetStatus, next_probe_at: datetime | None) -> dict[str, Any]:
+    """The API shape: the `check --format json` fields plus the daemon's own."""
+    error = status.last_error
+    return {
+        **assessment_to_dict(status.assessment),
+        "probe_success": status.probe_success,
+        "last_probe_at": rfc3339(status.last_probe_at),
+        "next_probe_at": rfc3339(next_probe_at),
+        "last_error": ({"kind": error.kind, "phase": error.phase, "detail": error.detail}
+                       if error else None),
+        "consecutive_failures": status.consecutive_failures,
+        "certificate_read_at": rfc3339(status.certificate_read_at),
+    }
+
+
+def _targets(view: DaemonView, keep: Callable[[TargetStatus], bool] = lambda s: True) -> list[dict[str, Any]]:
+    statuses = sorted((s for s in view.snapshot().values() if keep(s)),
+                      key=lambda s: sort_key(s.assessment))
+    return [status_to_dict(s, view.next_probe_at(s.target.endpoint.name)) for s in statuses]
+
+
+def create_app(view: DaemonView) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(view.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if view.ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: the first sweep has not finished\n")
+
+    async def targets(request: web.Request) -> web.Response:
+        return web.json_response(_targets(view))
+
+    async def target(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        found = _targets(view, lambda s: s.target.endpoint.name == name)
+        if not found:
+            return web.json_response({"error": f"no target named {name!r}"}, status=404)
+        return web.json_response(found)
+
+    async def page(request: web.Request) -> web.Response:
+        html = render_status_page(_targets(view), now=datetime.now(timezone.utc),
+                                  version=__version__, ready=view.ready(), notices=view.notices())
+        return web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/targets", targets)
+    app.router.add_get("/api/v1/targets/{name}", target)
+    return app

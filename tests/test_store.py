@@ -1,0 +1,135 @@
+"""The store's update rule and the metrics made from it: pure, with time injected."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from certwatch.assess import Assessment, State, assess
+from certwatch.certs import TrustStore
+from certwatch.config import Endpoint
+from certwatch.metrics import TargetCollector
+from certwatch.probe import Observation, ProbeError, Target
+from certwatch.store import Store, merge
+from tests.pki import Issued, make_leaf, make_root
+
+NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
+DAY = timedelta(days=1)
+ENDPOINT = Endpoint(name="web", host="svc.test", port=443, server_name="svc.test",
+                    labels=(("team", "pay"),))
+REFUSED = ProbeError("refused", "connect", "connection refused")
+NO_DNS = ProbeError("dns", "dns", "Name or service not known")
+
+
+@pytest.fixture(scope="module")
+def root() -> Issued:
+    return make_root("Store Root", not_before=NOW - 100 * DAY, not_after=NOW + 3000 * DAY)
+
+
+def judged(root: Issued, *, at: datetime = NOW, address: str | None = "127.0.0.1",
+           left: float | None = 40, error: ProbeError | None = None) -> Assessment:
+    chain: tuple[bytes, ...] = ()
+    if left is not None:
+        leaf = make_leaf(root, ["svc.test"], not_before=NOW - 10 * DAY, not_after=NOW + left * DAY)
+        chain = (leaf.cert.public_bytes(Encoding.DER),)
+    observation = Observation(Target(ENDPOINT, address), at, 0.05, chain=chain,
+                              tls_version="TLSv1.3" if chain else None, error=error)
+    return assess(observation, at, TrustStore.of([root.cert]))
+
+
+def rejudge_at(root: Issued, at: datetime):  # type: ignore[no-untyped-def]
+    return lambda observation: assess(observation, at, TrustStore.of([root.cert]))
+
+
+def test_success_resets_failures(root: Issued) -> None:
+    (first,) = merge([], [judged(root, error=None)], ENDPOINT, rejudge_at(root, NOW))
+    assert (first.state, first.probe_success, first.consecutive_failures) == (State.OK, True, 0)
+
+
+def test_failure_keeps_the_last_certificate_judged_afresh(root: Issued) -> None:
+    (good,) = merge([], [judged(root, left=40)], ENDPOINT, rejudge_at(root, NOW))
+    later = NOW + 15 * DAY  # the certificate now has 25 days left: a warning, though unreachable
+    failed = judged(root, at=later, left=None, error=REFUSED)
+    (status,) = merge([good], [failed], ENDPOINT, rejudge_at(root, later))
+    assert status.state is State.WARNING
+    assert status.last_error == REFUSED
+    assert status.consecutive_failures == 1
+    assert status.last_probe_at == later
+    assert status.certificate_read_at == NOW
+    (again,) = merge([status], [failed], ENDPOINT, rejudge_at(root, later))
+    assert again.consecutive_failures == 2
+
+
+def test_dns_failure_keeps_every_known_address(root: Issued) -> None:
+    statuses = merge([], [judged(root, address="127.0.0.1"), judged(root, address="127.0.0.2")],
+                     ENDPOINT, rejudge_at(root, NOW))
+    dns = judged(root, address=None, left=None, error=NO_DNS)
+    after = merge(statuses, [dns], ENDPOINT, rejudge_at(root, NOW))
+    assert sorted(s.target.key for s in after) == ["web@127.0.0.1", "web@127.0.0.2"]
+    assert all(s.last_error == NO_DNS and s.state is State.OK for s in after)
+
+
+def test_never_read_target_reports_the_error(root: Issued) -> None:
+    (status,) = merge([], [judged(root, left=None, error=REFUSED)], ENDPOINT, rejudge_at(root, NOW))
+    assert (status.state, status.consecutive_failures) == (State.ERROR, 1)
+    assert status.certificate_read_at is None
+
+
+def test_vanished_addresses_are_dropped(root: Issued) -> None:
+    store = Store()
+    two = merge([], [judged(root, address="127.0.0.1"), judged(root, address="127.0.0.2")],
+                ENDPOINT, rejudge_at(root, NOW))
+    changes = store.replace_endpoint("web", two)
+    assert [(c.before, c.status.state) for c in changes] == [(None, State.OK), (None, State.OK)]
+    one = merge(two, [judged(root, address="127.0.0.2")], ENDPOINT, rejudge_at(root, NOW))
+    assert store.replace_endpoint("web", one) == []  # no state changed: nothing to log
+    assert list(store.snapshot()) == ["web@127.0.0.2"]
+    assert store.retain(set()) == ["web@127.0.0.2"]
+    assert not store.snapshot()
+
+
+def scrape(store: Store, lag: float = 0.0) -> dict[str, list]:  # type: ignore[type-arg]
+    registry = CollectorRegistry()
+    registry.register(TargetCollector(store.snapshot, lambda: lag))
+    text = generate_latest(registry).decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def test_metrics_follow_the_snapshot(root: Issued) -> None:
+    store = Store()
+    store.replace_endpoint("web", merge([], [judged(root, left=5)], ENDPOINT, rejudge_at(root, NOW)))
+    families = scrape(store, lag=1.5)
+    (expiry,) = families["certwatch_cert_expiry_timestamp_seconds"]
+    assert expiry.value == (NOW + 5 * DAY).timestamp()
+    assert expiry.labels["team"] == "pay" and expiry.labels["address"] == "127.0.0.1"
+    current = [s.labels["state"] for s in families["certwatch_target_state"] if s.value == 1]
+    assert current == ["critical"]
+    by_state = {s.labels["state"]: s.value for s in families["certwatch_targets"]}
+    assert by_state["critical"] == 1 and by_state["ok"] == 0
+    assert families["certwatch_scan_lag_seconds"][0].value == 1.5
+    (tls,) = families["certwatch_tls_info"]
+    assert tls.labels["version"] == "TLSv1.3"
+
+    store.retain(set())  # the endpoint left the inventory: its series leave with it
+    families = scrape(store)
+    assert "certwatch_cert_expiry_timestamp_seconds" not in families
+    assert {s.labels["state"]: s.value for s in families["certwatch_targets"]}["critical"] == 0
+
+
+def test_user_labels_are_unioned_across_targets(root: Issued) -> None:
+    other = Endpoint(name="db", host="db.test", port=5432, protocol="postgres",
+                     server_name="db.test", labels=(("env", "prod"),))
+    store = Store()
+    store.replace_endpoint("web", merge([], [judged(root)], ENDPOINT, rejudge_at(root, NOW)))
+    failed = assess(Observation(Target(other, None), NOW, 0.1, error=NO_DNS), NOW,
+                    TrustStore.of([root.cert]))
+    store.replace_endpoint("db", merge([], [failed], other, rejudge_at(root, NOW)))
+    samples = scrape(store)["certwatch_probe_success"]
+    assert sorted((s.labels["name"], s.labels["team"], s.labels["env"]) for s in samples) == [
+        ("db", "", "prod"), ("web", "pay", "")]
+    (error,) = scrape(store)["certwatch_probe_error_info"]
+    assert (error.labels["kind"], error.labels["phase"]) == ("dns", "dns")
