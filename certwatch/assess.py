@@ -81,7 +81,8 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
     """Judges one observation. Never raises for any input the probe can produce."""
     target = observation.target
     endpoint = target.endpoint
-    chain, parse_problems = parse_chain(observation.chain)
+    parsed = parse_chain(observation.chain)
+    chain, parse_problems = parsed.infos, parsed.problems
     leaf_readable = bool(chain) and chain[0].position == 0
 
     if not leaf_readable:
@@ -102,7 +103,7 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
     elif state is not State.OK:
         reasons.append("expiring")
 
-    verification = verify_chain(chain, trust, endpoint.verify_name, now)
+    verification = verify_chain(parsed, trust, endpoint.verify_name, now)
     rejected = [p for p in verification.problems if p != "expired"]
     if endpoint.verify and rejected:
         # Clients reject this certificate today: that is an outage, whatever the expiry.

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import re
 import ssl
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -47,6 +48,7 @@ __all__ = [
     "CertInfo",
     "TrustStore",
     "TrustStores",
+    "ParsedChain",
     "Verification",
     "hostname_matches",
     "load_trust_store",
@@ -83,7 +85,6 @@ class CertInfo:
     version: int
     is_ca: bool
     self_issued: bool  # subject == issuer; a root, or a self-signed leaf
-    certificate: x509.Certificate = field(repr=False, compare=False)
 
     @property
     def lifetime_seconds(self) -> float:
@@ -143,21 +144,27 @@ def _serial_hex(serial: int) -> str:
     return ("-" if serial < 0 else "") + format(abs(serial), "X")
 
 
-def _load_der(der: bytes) -> x509.Certificate:
-    # Peers send what they like (negative serials, say); cryptography warns about some
-    # of it, and a warning is not ours to raise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        return x509.load_der_x509_certificate(der)
 
 
 def parse_certificate(der: bytes, position: int) -> CertInfo:
     """Parses one DER certificate; raises ValueError for one that cannot be read."""
+    return _parse(der, position)[0]
+
+
+def _parse(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate]:
+    # Peers send what they like (negative serials, say); cryptography warns about some
+    # of it when a field is read, and a warning is not ours to raise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return _parse_fields(der, position)
+
+
+def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate]:
     try:
-        cert = _load_der(der)
+        cert = x509.load_der_x509_certificate(der)
         dns_names, ip_addresses = _sans(cert)
         key_type, key_bits = _key(cert)
-        return CertInfo(
+        info = CertInfo(
             position=position,
             subject=_name(cert.subject),
             issuer=_name(cert.issuer),
@@ -175,21 +182,34 @@ def parse_certificate(der: bytes, position: int) -> CertInfo:
             version=cert.version.value + 1,
             is_ca=_is_ca(cert),
             self_issued=cert.subject == cert.issuer,
-            certificate=cert,
         )
     except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
         raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None
+    return info, cert
 
 
-def parse_chain(ders: Sequence[bytes]) -> tuple[tuple[CertInfo, ...], tuple[str, ...]]:
-    """Parses what it can; returns the certificates and one message per unreadable one."""
-    certs, problems = [], []
+@dataclass(frozen=True, slots=True)
+class ParsedChain:
+    """A presented chain, parsed. The x509 objects serve verification only and are not
+    kept afterwards: an Assessment holds the CertInfos, which are much smaller."""
+
+    infos: tuple[CertInfo, ...]
+    certificates: tuple[x509.Certificate, ...]  # parallel to infos
+    problems: tuple[str, ...]  # one message per certificate that could not be read
+
+
+def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
+    """Parses what it can of a chain; unreadable certificates become messages."""
+    infos, certificates, problems = [], [], []
     for position, der in enumerate(ders):
         try:
-            certs.append(parse_certificate(der, position))
+            info, certificate = _parse(der, position)
         except ValueError as exc:
             problems.append(str(exc))
-    return tuple(certs), tuple(problems)
+            continue
+        infos.append(info)
+        certificates.append(certificate)
+    return ParsedChain(tuple(infos), tuple(certificates), tuple(problems))
 
 
 # --- trust -----------------------------------------------------------------------------
@@ -202,12 +222,18 @@ class TrustStore:
     roots: tuple[x509.Certificate, ...]
     store: Store | None  # None when there are no roots at all
     subjects: frozenset[x509.Name]
+    infos: Mapping[str, CertInfo]  # by SHA-256 fingerprint, parsed once, shared by all
 
     @classmethod
     def of(cls, roots: Iterable[x509.Certificate]) -> TrustStore:
-        unique = tuple({root.fingerprint(_SHA256): root for root in roots}.values())
-        return cls(unique, Store(list(unique)) if unique else None,
-                   frozenset(root.subject for root in unique))
+        unique = {root.fingerprint(_SHA256).hex(): root for root in roots}
+        infos = {}
+        for fingerprint, root in unique.items():
+            with contextlib.suppress(ValueError):  # a root we cannot describe still anchors
+                infos[fingerprint] = parse_certificate(root.public_bytes(_DER), -1)
+        certs = tuple(unique.values())
+        return cls(certs, Store(list(certs)) if certs else None,
+                   frozenset(root.subject for root in certs), infos)
 
 
 def pem_to_der(block: bytes) -> bytes:
@@ -226,7 +252,7 @@ def read_pem_certificates(path: Path) -> list[x509.Certificate]:
     certs = []
     for block in _PEM_BLOCK.findall(path.read_bytes()):
         try:
-            certs.append(_load_der(pem_to_der(block)))
+            certs.append(_parse(pem_to_der(block), -1)[1])
         except ValueError as exc:
             log.warning("skipping an unreadable certificate in %s: %s", path, exc)
     return certs
@@ -303,6 +329,7 @@ class Verification:
     problems: tuple[str, ...]
     detail: str  # words for an operator; empty when there is no problem
     path: tuple[CertInfo, ...] = ()  # leaf to root as a client builds it, when trusted
+                                     # (a trust anchor has position -1)
 
     @property
     def ok(self) -> bool:
@@ -360,7 +387,7 @@ def _name_in(cert: CertInfo, wanted: str) -> str:
     return cert.ip_addresses[0] if cert.ip_addresses else wanted
 
 
-def _build_path(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
+def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
                 at: datetime) -> tuple[list[x509.Certificate] | None, str]:
     subject = _subject_for(name)
     if trust.store is None:
@@ -371,7 +398,7 @@ def _build_path(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
                 .extension_policies(ca_policy=_RELAXED_CA, ee_policy=_RELAXED_EE)
                 .build_server_verifier(subject))
     try:
-        return verifier.verify(chain[0].certificate, [c.certificate for c in chain[1:]]), ""
+        return verifier.verify(chain.certificates[0], list(chain.certificates[1:])), ""
     except VerificationError as exc:
         return None, str(exc)
 
@@ -382,18 +409,18 @@ def _moment_all_valid(chain: tuple[CertInfo, ...]) -> datetime | None:
     return start if start < end else None
 
 
-def _missing_issuer(chain: tuple[CertInfo, ...], trust: TrustStore) -> CertInfo | None:
+def _missing_issuer(chain: ParsedChain, trust: TrustStore) -> CertInfo | None:
     """The last certificate reachable from the leaf whose issuer nobody has, if any."""
-    by_subject = {c.certificate.subject: c for c in chain}
-    current, seen = chain[0], set()
-    while not current.self_issued and id(current) not in seen:
-        seen.add(id(current))
-        issuer = current.certificate.issuer
+    by_subject = {cert.subject: index for index, cert in enumerate(chain.certificates)}
+    index, seen = 0, set()
+    while not chain.infos[index].self_issued and index not in seen:
+        seen.add(index)
+        issuer = chain.certificates[index].issuer
         if issuer in trust.subjects:
             return None
         if issuer not in by_subject:
-            return current
-        current = by_subject[issuer]
+            return chain.infos[index]
+        index = by_subject[issuer]
     return None
 
 
@@ -406,12 +433,11 @@ def _validity_problems(certs: Iterable[CertInfo], now: datetime) -> list[str]:
     return problems
 
 
-def verify_chain(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
-                 now: datetime) -> Verification:
+def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime) -> Verification:
     """Judges a presented chain (leaf first) as a client connecting to `name` at `now`."""
-    if not chain:
+    if not chain.infos:
         return Verification(False, False, ("untrusted",), "no certificate to verify")
-    leaf = chain[0]
+    leaf = chain.infos[0]
     hostname_ok = hostname_matches(leaf, name)
     problems: list[str] = []
     details: list[str] = []
@@ -424,20 +450,16 @@ def verify_chain(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
     # reported as such rather than as distrust; validity is then checked at `now`.
     path_name = _name_in(leaf, name)
     path, error = _build_path(chain, trust, path_name, now)
-    if path is None and (moment := _moment_all_valid(chain)) is not None:
+    if path is None and (moment := _moment_all_valid(chain.infos)) is not None:
         path, error = _build_path(chain, trust, path_name, moment)
+    infos: tuple[CertInfo, ...] = ()
     if path is not None:
-        by_fingerprint = {c.fingerprint_sha256: c for c in chain}
-        infos = tuple(
-            by_fingerprint.get(_hex_fingerprint(cert)) or parse_certificate(
-                cert.public_bytes(_DER), index)
-            for index, cert in enumerate(path)
-        )
+        known = {**trust.infos, **{c.fingerprint_sha256: c for c in chain.infos}}
+        infos = tuple(info for cert in path if (info := known.get(_hex_fingerprint(cert))))
         time_problems = _validity_problems(infos, now)
     else:
-        infos = ()
-        time_problems = _validity_problems(chain, now)
-        if leaf.self_issued and len(chain) == 1:
+        time_problems = _validity_problems(chain.infos, now)
+        if leaf.self_issued and len(chain.infos) == 1:
             problems.append("self_signed")
             details.append("the certificate is self-signed and not a trusted root")
         elif (missing := _missing_issuer(chain, trust)) is not None:
@@ -449,7 +471,7 @@ def verify_chain(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
             details.append(f"no path to a trusted root: {error}")
     for problem in time_problems:
         problems.append(problem)
-        details.append(_time_detail(problem, infos or chain, now))
+        details.append(_time_detail(problem, infos or chain.infos, now))
     return Verification(
         trusted=path is not None,
         hostname_match=hostname_ok,
@@ -459,7 +481,6 @@ def verify_chain(chain: tuple[CertInfo, ...], trust: TrustStore, name: str,
     )
 
 
-
 def _hex_fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(_SHA256).hex()
 
@@ -467,9 +488,13 @@ def _hex_fingerprint(cert: x509.Certificate) -> str:
 def _time_detail(problem: str, certs: Iterable[CertInfo], now: datetime) -> str:
     if problem == "expired":
         worst = min((c for c in certs if c.not_after <= now), key=lambda c: c.not_after)
-        return f"certificate {worst.position} ({worst.subject}) expired {_iso(worst.not_after)}"
+        return f"{_which(worst)} ({worst.subject}) expired {_iso(worst.not_after)}"
     early = max((c for c in certs if c.not_before > now), key=lambda c: c.not_before)
-    return f"certificate {early.position} ({early.subject}) is not valid before {_iso(early.not_before)}"
+    return f"{_which(early)} ({early.subject}) is not valid before {_iso(early.not_before)}"
+
+
+def _which(cert: CertInfo) -> str:
+    return "the trusted root" if cert.position < 0 else f"certificate {cert.position}"
 
 
 def _iso(moment: datetime) -> str:

@@ -43,6 +43,10 @@ __all__ = ["Observation", "ProbeError", "Prober", "Target", "classify", "system_
 log = logging.getLogger(__name__)
 
 STREAM_LIMIT = 16 * 1024  # longest line a STARTTLS peer may send before we give up
+# Look-ups run in the loop's default thread pool (at least 5 threads). Admitting fewer
+# at once means a look-up's deadline starts when a thread takes it, not while it queues
+# behind thousands of others (which made slow-but-fine resolvers look like timeouts).
+DNS_CONCURRENCY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,14 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """Every address of `host`, in the order the system resolver gives them."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def select_addresses(addresses: list[str], mode: str) -> list[str]:
@@ -219,6 +231,7 @@ class Prober:
 
     def __init__(self, *, max_concurrency: int = 100, resolver: Resolver = system_resolver) -> None:
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._dns_slots = asyncio.Semaphore(DNS_CONCURRENCY)
         self._resolver = resolver
         self._contexts: dict[tuple[Path | None, Path | None], ssl.SSLContext] = {}
         self.max_concurrency = max_concurrency
@@ -233,8 +246,7 @@ class Prober:
         """Probes every selected address of the endpoint; never raises."""
         started_at, start = datetime.now(timezone.utc), time.monotonic()
         try:
-            async with asyncio.timeout(endpoint.timeout):
-                addresses = await self._resolver(endpoint.host, endpoint.port)
+            addresses = await self._resolve(endpoint)
             selected = select_addresses(addresses, endpoint.addresses)
             if not selected:
                 raise socket.gaierror(socket.EAI_NONAME,
@@ -244,6 +256,12 @@ class Prober:
             return (Observation(Target(endpoint, None), started_at,
                                 time.monotonic() - start, error=error),)
         return tuple(await asyncio.gather(*(self.probe_address(endpoint, a) for a in selected)))
+
+    async def _resolve(self, endpoint: Endpoint) -> list[str]:
+        if _is_ip(endpoint.host):
+            return [endpoint.host]
+        async with self._dns_slots, asyncio.timeout(endpoint.timeout):
+            return await self._resolver(endpoint.host, endpoint.port)
 
     async def probe_address(self, endpoint: Endpoint, address: str) -> Observation:
         """One connection and handshake to `address`; never raises."""
