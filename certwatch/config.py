@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "Defaults",
     "Endpoint",
+    "AlertSettings",
     "Inventory",
     "build_inventory",
     "split_listen",
@@ -125,6 +126,22 @@ class Endpoint:
         return self.server_name or self.host
 
 
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """The `alerts:` section. Sink entries stay raw here: certwatch.sinks validates them
+    (and reads their secrets from the environment or files) when the daemon loads."""
+
+    state_dir: Path = Path("/var/lib/certwatch")
+    external_url: str | None = None
+    repeat_warning: float = 86400.0  # re-send an open warning daily
+    repeat_critical: float = 4 * 3600.0
+    probe_failures: int = 3  # consecutive failed probes before a probe alert
+    retry_initial: float = 5.0
+    retry_max: float = 300.0
+    give_up_after: float = 86400.0
+    sinks: tuple[Any, ...] = ()
+
+
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
 
 
@@ -135,6 +152,7 @@ class Inventory:
     max_concurrency: int = 100
     listen: str = DEFAULT_LISTEN  # the daemon's HTTP server: "HOST:PORT" or ":PORT"
     demo: bool = False  # start local demo endpoints and watch them too
+    alerts: AlertSettings | None = None  # None: no notifications, no state database
     source: str = "<inventory>"
 
 
@@ -217,7 +235,8 @@ _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "add
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
                   "retry_interval")
-_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo")
+_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts")
+_ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_INTERVAL, MAX_INTERVAL = 1.0, 30 * 86400.0
@@ -355,6 +374,52 @@ def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
                      f"critical_days ({defaults.critical_days:g}) must not exceed "
                      f"warn_days ({defaults.warn_days:g})")
     return defaults
+
+
+def _read_alerts(raw: Any, problems: _Problems, base: Path) -> AlertSettings | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        problems.add(_line_of(raw), "alerts", f"must be a mapping, not {_describe(raw)}")
+        return None
+    _unknown_keys(raw, _ALERT_KEYS, "alerts", problems)
+    read = _Reader(raw, "alerts", problems, base)
+    fallback = AlertSettings()
+    state_dir = raw.get("state_dir", str(fallback.state_dir))
+    if not isinstance(state_dir, str) or not state_dir:
+        problems.add(_line_of(raw, "state_dir"), "alerts", "'state_dir' must be a directory path")
+        state_dir = str(fallback.state_dir)
+    url = raw.get("external_url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        problems.add(_line_of(raw, "external_url"), "alerts",
+                     f"'external_url' must be an http(s) URL, not {_describe(url)}")
+        url = None
+    nested = {}
+    for section, keys in (("repeat", ("warning", "critical")),
+                          ("retry", ("initial", "maximum", "give_up_after"))):
+        value = raw.get(section) or _Mapping()
+        if not isinstance(value, dict):
+            problems.add(_line_of(raw, section), "alerts", f"'{section}' must be a mapping")
+            value = _Mapping()
+        _unknown_keys(value, keys, f"alerts.{section}", problems)
+        nested[section] = _Reader(value, f"alerts.{section}", problems, base)
+    sinks = raw.get("sinks", [])
+    if not isinstance(sinks, list):
+        problems.add(_line_of(raw, "sinks"), "alerts", "'sinks' must be a list")
+        sinks = []
+    path = Path(os.path.expanduser(state_dir))
+    return AlertSettings(
+        state_dir=path if path.is_absolute() else base / path,
+        external_url=url.rstrip("/") if url else None,
+        repeat_warning=nested["repeat"].duration("warning", fallback.repeat_warning),
+        repeat_critical=nested["repeat"].duration("critical", fallback.repeat_critical),
+        probe_failures=int(read.number("probe_failures", fallback.probe_failures, minimum=1,
+                                       maximum=1000)),
+        retry_initial=nested["retry"].duration("initial", fallback.retry_initial),
+        retry_max=nested["retry"].duration("maximum", fallback.retry_max),
+        give_up_after=nested["retry"].duration("give_up_after", fallback.give_up_after),
+        sinks=tuple(sinks),
+    )
 
 
 def _is_ip(text: str) -> bool:
@@ -549,6 +614,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     top = _Reader(document, "", problems, base)
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
     demo = top.boolean("demo", False)
+    alerts = _read_alerts(document.get("alerts"), problems, base)
     listen = document.get("listen", DEFAULT_LISTEN)
     if (message := listen_problem(listen)) is not None:
         problems.add(_line_of(document, "listen"), "", message)
@@ -574,7 +640,8 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     if len(problems):
         raise ConfigError(source, problems.items)
     return Inventory(endpoints=tuple(endpoints), defaults=defaults,
-                     max_concurrency=int(concurrency), listen=listen, demo=demo, source=source)
+                     max_concurrency=int(concurrency), listen=listen, demo=demo,
+                     alerts=alerts, source=source)
 
 
 def split_listen(listen: str) -> tuple[str | None, int]:

@@ -1,0 +1,210 @@
+"""Alert decisions: from each target's status to notifications. Pure; `now` is passed in.
+
+Per target and kind there is at most one open alert (an incident):
+    expiry        the certificate is within warn_days (warning), critical_days
+                  (critical) or expired (critical)
+    verification  clients reject the certificate (untrusted, name mismatch, ...): critical
+    probe         the probe failed `after_failures` times in a row: critical
+
+An alert triggers when its condition starts, escalates within the same incident
+(warning -> critical, e.g. 29 -> 6 days), is re-sent at the repeat interval of its
+severity, and resolves when the condition ends (a renewal: "old -> new expiry") or when
+the target leaves the inventory. Keys are stable across restarts (target key + kind), so
+a pager's deduplication works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+from certwatch.assess import State
+from certwatch.report import rfc3339
+from certwatch.store import TargetStatus
+
+__all__ = ["Alert", "AlertPolicy", "Notification", "SEVERITIES", "decide", "severity_rank"]
+
+SEVERITIES = ("warning", "critical")
+KINDS = ("expiry", "verification", "probe")
+ACTIONS = ("trigger", "escalate", "remind", "resolve")
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    repeat: Mapping[str, timedelta] = field(default_factory=lambda: {
+        "warning": timedelta(hours=24), "critical": timedelta(hours=4)})
+    probe_failures: int = 3  # consecutive failed probes before a probe alert
+    external_url: str | None = None  # the status page, linked from notifications
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One open incident, as persisted."""
+
+    key: str  # "<target key>/<kind>": stable across restarts
+    kind: str
+    severity: str
+    started_at: datetime
+    last_sent_at: datetime
+    summary: str
+    details: Mapping[str, Any]
+    target: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One message to deliver: what a sink needs to act, no more."""
+
+    id: str  # unique per notification; the outbox's idempotency key
+    alert_key: str  # stable per incident: PagerDuty dedup_key, Alertmanager labels
+    kind: str
+    action: str  # trigger | escalate | remind | resolve
+    severity: str  # for resolve: the severity the alert had
+    created_at: datetime
+    started_at: datetime  # when the incident began
+    summary: str  # one line for a person
+    target: Mapping[str, Any]  # name, host, port, address, server_name, protocol, labels
+    details: Mapping[str, Any]  # subject, issuer, not_after, days_left, state, reasons, ...
+    url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "alert_key": self.alert_key, "kind": self.kind,
+            "action": self.action, "severity": self.severity,
+            "created_at": rfc3339(self.created_at), "started_at": rfc3339(self.started_at),
+            "summary": self.summary, "target": dict(self.target), "details": dict(self.details),
+            "url": self.url,
+        }
+
+
+def _target_fields(status: TargetStatus) -> dict[str, Any]:
+    endpoint = status.target.endpoint
+    return {
+        "key": status.target.key, "name": endpoint.name, "host": endpoint.host,
+        "port": endpoint.port, "address": status.target.address,
+        "server_name": endpoint.server_name, "protocol": endpoint.protocol,
+        "labels": dict(endpoint.labels),
+    }
+
+
+def _details(status: TargetStatus) -> dict[str, Any]:
+    a = status.assessment
+    days = a.days_left
+    return {
+        "state": a.state.value,
+        "reasons": list(a.reasons),
+        "subject": a.earliest.subject if a.earliest else None,
+        "issuer": a.earliest.issuer if a.earliest else None,
+        "not_after": rfc3339(a.earliest.not_after) if a.earliest else None,
+        "days_left": round(days, 2) if days is not None else None,
+        "fingerprint_sha256": a.earliest.fingerprint_sha256 if a.earliest else None,
+        "verify_error": a.verification.detail if a.verification and a.verification.detail else None,
+        "error": str(status.last_error) if status.last_error else None,
+        "consecutive_failures": status.consecutive_failures,
+    }
+
+
+def conditions(status: TargetStatus, policy: AlertPolicy) -> dict[str, tuple[str, str]]:
+    """The alert kinds whose condition holds now: kind -> (severity, summary)."""
+    a, name = status.assessment, status.target.key
+    found: dict[str, tuple[str, str]] = {}
+    if a.earliest is not None and a.state is not State.ERROR:
+        days = a.days_left or 0.0
+        endpoint = status.target.endpoint
+        if days <= 0:
+            found["expiry"] = ("critical", f"{name}: certificate expired {-days:.1f} days ago")
+        elif days < endpoint.critical_days:
+            found["expiry"] = ("critical", f"{name}: certificate expires in {days:.1f} days")
+        elif days < endpoint.warn_days:
+            found["expiry"] = ("warning", f"{name}: certificate expires in {days:.1f} days")
+        verification = a.verification
+        rejected = [p for p in verification.problems if p != "expired"] if verification else []
+        if endpoint.verify and rejected:
+            found["verification"] = (
+                "critical", f"{name}: clients reject the certificate ({', '.join(rejected)})")
+    if status.consecutive_failures >= policy.probe_failures and status.last_error is not None:
+        found["probe"] = ("critical", f"{name}: {status.consecutive_failures} probes failed in a "
+                                      f"row: {status.last_error}")
+    return found
+
+
+def _notification_id(alert_key: str, action: str, now: datetime) -> str:
+    return hashlib.sha256(f"{alert_key}|{action}|{now.isoformat()}".encode()).hexdigest()[:32]
+
+
+def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], now: datetime,
+           policy: AlertPolicy, *, removed_targets: Iterable[str] = ()
+           ) -> tuple[dict[str, Alert | None], list[Notification]]:
+    """The alerts to store (None: delete) and the notifications to send.
+
+    `statuses` are the targets just probed; `removed_targets` are target keys that left
+    the inventory (their open alerts resolve).
+    """
+    changes: dict[str, Alert | None] = {}
+    notices: list[Notification] = []
+
+    def notify(alert: Alert, action: str, summary: str, details: Mapping[str, Any]) -> None:
+        notices.append(Notification(
+            id=_notification_id(alert.key, action, now), alert_key=alert.key, kind=alert.kind,
+            action=action, severity=alert.severity, created_at=now, started_at=alert.started_at,
+            summary=summary, target=alert.target, details=details, url=policy.external_url))
+
+    for status in statuses:
+        target = _target_fields(status)
+        details = _details(status)
+        holding = conditions(status, policy)
+        for kind in KINDS:
+            key = f"{status.target.key}/{kind}"
+            alert = open_alerts.get(key)
+            if kind in holding:
+                severity, summary = holding[kind]
+                if alert is None:
+                    alert = Alert(key, kind, severity, now, now, summary, details, target)
+                    changes[key] = alert
+                    notify(alert, "trigger", summary, details)
+                elif severity_rank(severity) > severity_rank(alert.severity):
+                    alert = dataclasses.replace(alert, severity=severity, last_sent_at=now,
+                                                summary=summary, details=details, target=target)
+                    changes[key] = alert
+                    notify(alert, "escalate", summary, details)
+                elif now - alert.last_sent_at >= policy.repeat[alert.severity]:
+                    # Severity never drops within an incident: a renewal that still
+                    # leaves a warning keeps the critical open until it clears.
+                    alert = dataclasses.replace(alert, last_sent_at=now, summary=summary,
+                                                details=details, target=target)
+                    changes[key] = alert
+                    notify(alert, "remind", summary, details)
+                else:
+                    changes[key] = dataclasses.replace(alert, summary=summary, details=details,
+                                                       target=target)
+            elif alert is not None:
+                changes[key] = None
+                notify(alert, "resolve", _resolution(alert, status, details), details)
+
+    for target_key in removed_targets:
+        for kind in KINDS:
+            alert = open_alerts.get(f"{target_key}/{kind}")
+            if alert is not None:
+                changes[alert.key] = None
+                notify(alert, "resolve", f"{target_key}: removed from the inventory",
+                       {**alert.details, "removed": True})
+    return changes, notices
+
+
+def _resolution(alert: Alert, status: TargetStatus, details: Mapping[str, Any]) -> str:
+    name = status.target.key
+    if alert.kind == "expiry":
+        old, new = alert.details.get("not_after"), details.get("not_after")
+        if old != new:
+            return f"{name}: certificate renewed, expiry {old} -> {new}"
+        return f"{name}: certificate expiry is no longer within the thresholds"
+    if alert.kind == "verification":
+        return f"{name}: clients accept the certificate again"
+    return f"{name}: probes succeed again"
