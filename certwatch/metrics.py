@@ -122,7 +122,9 @@ def collect_targets(statuses: Iterable[TargetStatus]) -> list[Metric]:
             out.add("certwatch_cert_hostname_match",
                     "1 if the leaf is valid for the name checked, else 0.", labels,
                     1.0 if verification.hostname_match else 0.0)
-            for problem in verification.problems:
+            # verify: false means "judge expiry only": its problems are shown in the API
+            # and status page, but no alert rule should see them.
+            for problem in verification.problems if status.target.endpoint.verify else ():
                 out.add("certwatch_cert_verify_problem",
                         "Present for each reason clients would reject the chain.", labels, 1.0,
                         problem=problem)
