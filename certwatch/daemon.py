@@ -32,6 +32,8 @@ from certwatch.certs import TrustStores
 from certwatch.config import ConfigError, Endpoint, Inventory, build_inventory, load_inventory, split_listen
 from certwatch.demo import DemoEndpoints
 from certwatch.metrics import DaemonMetrics, TargetCollector
+from certwatch.notifier import AlertsConfig, Notifier, alerts_config
+from certwatch.outbox import Outbox, StateError
 from certwatch.probe import Prober
 from certwatch.store import Change, Store, TargetStatus, merge
 from certwatch.web import create_app
@@ -79,6 +81,8 @@ class Daemon:
         self._notices: list[str] = []
         self._file_signature: tuple[int, int, int] | None = None
         self._stop = asyncio.Event()
+        self._notifier: Notifier | None = None
+        self._alerts_config: AlertsConfig | None = None
         self._demo: DemoEndpoints | None = None
         self._demo_dir: tempfile.TemporaryDirectory[str] | None = None
         self.registry.register(TargetCollector(self.store.snapshot, self._worst_lag))
@@ -95,7 +99,11 @@ class Daemon:
         return self._inventory is not None and not self._unprobed
 
     def notices(self) -> list[str]:
-        return list(self._notices)
+        degraded = self._notifier.degraded if self._notifier else None
+        return list(self._notices) + ([f"alerting degraded: {degraded}"] if degraded else [])
+
+    def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]:
+        return self._notifier.alerts_by_target() if self._notifier else {}
 
     def _worst_lag(self) -> float:
         return max(self._lag.values(), default=0.0)
@@ -109,7 +117,15 @@ class Daemon:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    async def _load(self) -> Inventory:
+    async def _load(self) -> tuple[Inventory, AlertsConfig | None]:
+        inventory = await self._load_inventory()
+        alerts = None
+        if inventory.alerts is not None:
+            alerts = alerts_config(inventory.alerts, str(self.config_path), os.environ,
+                                   self.config_path.parent.resolve())
+        return inventory, alerts
+
+    async def _load_inventory(self) -> Inventory:
         inventory = load_inventory(self.config_path)
         if not inventory.demo:
             return inventory
@@ -124,7 +140,7 @@ class Daemon:
                               [f"endpoint names {sorted(clash)} are used by the demo endpoints"])
         return dataclasses.replace(inventory, endpoints=inventory.endpoints + demo.endpoints)
 
-    def _apply(self, inventory: Inventory) -> None:
+    def _apply(self, inventory: Inventory, alerts: AlertsConfig | None) -> None:
         """Swaps in a validated inventory: new and changed endpoints are probed promptly,
         removed ones vanish, unchanged ones keep their state and schedule."""
         old = self._endpoints
@@ -137,8 +153,14 @@ class Daemon:
         self._inventory, self._endpoints, self._trust = inventory, new, TrustStores()
         for name in old.keys() - new.keys():
             self._unschedule(name)
-        for key in self.store.retain(set(new)):
+        removed = self.store.retain(set(new))
+        for key in removed:
             log.info("target removed", extra={"target": key})
+        self._alerts_config = alerts
+        if self._notifier is not None:
+            if alerts is not None:
+                self._notifier.reconfigure(alerts)
+            self._notifier.observe([], removed)
         now = _utcnow()
         for name, endpoint in new.items():
             if old.get(name) != endpoint:
@@ -151,7 +173,7 @@ class Daemon:
     async def reload(self, why: str) -> bool:
         self._file_signature = self._signature()
         try:
-            inventory = await self._load()
+            inventory, alerts = await self._load()
         except ConfigError as exc:
             self.metrics.reload_ok.set(0)
             self.metrics.reloads.labels("failure").inc()
@@ -161,7 +183,7 @@ class Daemon:
                       extra={"why": why, "source": exc.source, "problems": list(exc.problems)})
             return False
         previous = self._inventory
-        self._apply(inventory)
+        self._apply(inventory, alerts)
         self._notices = []
         if previous is not None and inventory.listen != previous.listen and not self.listen_override:
             log.warning("'listen' changed; restart certwatch to apply it",
@@ -220,9 +242,13 @@ class Daemon:
             fresh = [assess(o, now, trust) for o in observations]
             if self._endpoints.get(name) is not endpoint:
                 return  # reloaded meanwhile: the new definition has its own probe coming
-            statuses = merge(self.store.of_endpoint(name), fresh, endpoint,
+            previous = self.store.of_endpoint(name)
+            statuses = merge(previous, fresh, endpoint,
                              lambda observation: assess(observation, now, trust))
             self._log_changes(self.store.replace_endpoint(name, statuses))
+            if self._notifier is not None:
+                vanished = {s.target.key for s in previous} - {s.target.key for s in statuses}
+                self._notifier.observe(statuses, sorted(vanished))
             for status in statuses:
                 error = status.last_error
                 self.metrics.probes.labels("success" if error is None else "failure",
@@ -269,6 +295,15 @@ class Daemon:
             if not await self.reload("start-up"):
                 return 2
             assert self._inventory is not None
+            notifier_task = None
+            if self._alerts_config is not None:
+                try:
+                    outbox = Outbox(self._alerts_config.state_dir / "certwatch.db")
+                except StateError as exc:
+                    log.error("%s", exc)
+                    return 2
+                self._notifier = Notifier(self._alerts_config, outbox, self.registry)
+                notifier_task = asyncio.create_task(self._notifier.run(self._stop))
             runner = web.AppRunner(create_app(self), access_log=None)
             await runner.setup()
             host, port = split_listen(self.listen_override or self._inventory.listen)
@@ -285,7 +320,7 @@ class Daemon:
             watcher = asyncio.create_task(self._watch_config_file())
             await self._stop.wait()
             log.info("stopping: letting probes in flight finish", extra={"in_flight": len(self._in_flight)})
-            await self._shutdown(runner, watcher)
+            await self._shutdown(runner, watcher, notifier_task)
             return 0
         finally:
             if self._scheduler.running:
@@ -295,7 +330,8 @@ class Daemon:
             if self._demo_dir is not None:
                 self._demo_dir.cleanup()
 
-    async def _shutdown(self, runner: web.AppRunner, watcher: asyncio.Task[None]) -> None:
+    async def _shutdown(self, runner: web.AppRunner, watcher: asyncio.Task[None],
+                        notifier_task: asyncio.Task[None] | None) -> None:
         assert self._scheduler is not None
         self._scheduler.shutdown(wait=False)
         watcher.cancel()
@@ -306,6 +342,13 @@ class Daemon:
             if pending:
                 log.warning("probes cancelled after the grace time", extra={"count": len(pending)})
                 await asyncio.wait(pending, timeout=1)
+        if notifier_task is not None:
+            # The loop ends at its next wake-up; what is undelivered stays in the outbox.
+            done, _ = await asyncio.wait({notifier_task}, timeout=self.grace)
+            if not done:
+                notifier_task.cancel()
+        if self._notifier is not None:
+            self._notifier.outbox.close()
         await runner.cleanup()
         log.info("stopped")
 

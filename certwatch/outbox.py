@@ -142,6 +142,13 @@ class Outbox:
                 (error, "pending" if retry_at is not None else "dead", retry_at,
                  delivery.notification.id, delivery.sink))
 
+    def prune(self, before: float) -> int:
+        """Forgets delivered and dead notifications created before `before`."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM outbox WHERE status != 'pending' AND created_at < ?", (before,))
+        return cursor.rowcount
+
     def pending_stats(self) -> tuple[int, float | None]:
         """(undelivered count, creation time of the oldest undelivered)."""
         count, oldest = self._db.execute(

@@ -252,12 +252,31 @@ def _expires_cell(target: Mapping[str, Any]) -> str:
     return when
 
 
+def _alerts(target: Mapping[str, Any], now: datetime) -> str:
+    """Open alerts and how their last notification fared."""
+    lines = []
+    for alert in target.get("alerts") or []:
+        if not isinstance(alert, Mapping):
+            continue
+        sent = ""
+        last = alert.get("last_notification")
+        if isinstance(last, Mapping) and isinstance(last.get("sinks"), Mapping):
+            sent = "; " + ", ".join(f"{_text(name)}: {_text(info.get('status'))}"
+                                    for name, info in sorted(last["sinks"].items())
+                                    if isinstance(info, Mapping))
+        lines.append(f'<div class="sub">alert: {_text(alert.get("kind"))} '
+                     f'({_text(alert.get("severity"))}) since {_ago(alert.get("started_at"), now)}'
+                     f"{sent}</div>")
+    return "".join(lines)
+
+
 def _row(target: Mapping[str, Any], now: datetime) -> str:
     state = _state(target)
     days = target.get("days_left")
     checked = _ago(target.get("last_probe_at") or target.get("checked_at"), now)
     cells = [
-        ("state", "State", f'<span class="badge s-{state}">{_text(target.get("state"))}</span>'),
+        ("state", "State",
+         f'<span class="badge s-{state}">{_text(target.get("state"))}</span>{_alerts(target, now)}'),
         ("days", "Days left", f"{days:.1f}" if isinstance(days, (int, float)) else ""),
         ("expires", "Expires", _expires_cell(target)),
         ("endpoint", "Endpoint", _endpoint_cell(target)),

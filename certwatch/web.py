@@ -36,9 +36,11 @@ class DaemonView(Protocol):
     def next_probe_at(self, endpoint_name: str) -> datetime | None: ...
     def ready(self) -> bool: ...
     def notices(self) -> list[str]: ...
+    def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]: ...
 
 
-def status_to_dict(status: TargetStatus, next_probe_at: datetime | None) -> dict[str, Any]:
+def status_to_dict(status: TargetStatus, next_probe_at: datetime | None,
+                   alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The API shape: the `check --format json` fields plus the daemon's own."""
     error = status.last_error
     return {
@@ -50,13 +52,16 @@ def status_to_dict(status: TargetStatus, next_probe_at: datetime | None) -> dict
                        if error else None),
         "consecutive_failures": status.consecutive_failures,
         "certificate_read_at": rfc3339(status.certificate_read_at),
+        "alerts": alerts or [],
     }
 
 
 def _targets(view: DaemonView, keep: Callable[[TargetStatus], bool] = lambda s: True) -> list[dict[str, Any]]:
     statuses = sorted((s for s in view.snapshot().values() if keep(s)),
                       key=lambda s: sort_key(s.assessment))
-    return [status_to_dict(s, view.next_probe_at(s.target.endpoint.name)) for s in statuses]
+    alerts = view.alerts_by_target()
+    return [status_to_dict(s, view.next_probe_at(s.target.endpoint.name), alerts.get(s.target.key))
+            for s in statuses]
 
 
 def create_app(view: DaemonView) -> web.Application:
