@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,6 +101,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         inventory = load_inventory(args.config)
+        if inventory.alerts is not None:  # sinks and their secrets, as the daemon reads them
+            from certwatch.notifier import alerts_config
+
+            alerts_config(inventory.alerts, str(args.config), os.environ,
+                          args.config.parent.resolve())
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
