@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import tempfile
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
 MAX_JITTER = 300.0  # seconds; jitter is 10% of the interval, at most this
+CLOCK_CHECK = 5.0  # seconds between comparisons of the wall and monotonic clocks
+CLOCK_JUMP = 30.0  # a disagreement larger than this is a clock jump, not drift
 
 
 def _utcnow() -> datetime:
@@ -206,6 +209,30 @@ class Daemon:
             elif signature is not None and signature != self._file_signature:
                 await self.reload("file changed")
 
+    async def _watch_clock(self) -> None:
+        """Keeps the schedule when the wall clock jumps.
+
+        APScheduler runs jobs at wall-clock times, so a clock set back an hour would
+        delay every probe by an hour (and one set forward would fire them all at once).
+        Comparing the wall clock with the monotonic clock finds a jump; every due time
+        then moves by the same amount, so each probe keeps the wait it had left.
+        """
+        wall, mono = time.time(), time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), CLOCK_CHECK)
+            now_wall, now_mono = time.time(), time.monotonic()
+            jump = (now_wall - wall) - (now_mono - mono)
+            wall, mono = now_wall, now_mono
+            if abs(jump) < CLOCK_JUMP:
+                continue
+            log.warning("the wall clock jumped by %+.0f s; moving every scheduled probe with it",
+                        jump, extra={"jump_seconds": round(jump, 1)})
+            self.metrics.clock_jumps.inc()
+            for name, due in list(self._due.items()):
+                if name not in self._running:
+                    self._schedule(name, due + timedelta(seconds=jump))
+
     # --- scheduling and probing ---------------------------------------------------------
 
     def _schedule(self, name: str, when: datetime) -> None:
@@ -318,8 +345,10 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP,
                                     lambda: asyncio.ensure_future(self.reload("SIGHUP")))
             watcher = asyncio.create_task(self._watch_config_file())
+            clock_watch = asyncio.create_task(self._watch_clock())
             await self._stop.wait()
             log.info("stopping: letting probes in flight finish", extra={"in_flight": len(self._in_flight)})
+            clock_watch.cancel()
             await self._shutdown(runner, watcher, notifier_task)
             return 0
         finally:

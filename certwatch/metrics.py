@@ -176,6 +176,9 @@ class DaemonMetrics:
                                registry=self.registry)
         self.ready = Gauge("certwatch_ready", "1 once the first sweep has finished.",
                            registry=self.registry)
+        self.clock_jumps = Counter("certwatch_clock_jumps",
+                                   "Wall-clock jumps detected (the schedule was moved with them).",
+                                   registry=self.registry)
         info = Gauge("certwatch_build_info", "certwatch's version, as labels.",
                      ["version", "python_version"], registry=self.registry)
         info.labels(__version__, platform.python_version()).set(1)
