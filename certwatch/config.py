@@ -27,6 +27,8 @@ __all__ = [
     "AlertSettings",
     "Inventory",
     "build_inventory",
+    "describe",
+    "line_of",
     "split_listen",
     "PROTOCOLS",
     "load_inventory",
@@ -200,7 +202,8 @@ _LineLoader.add_constructor(
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
-def _line_of(mapping: Any, key: str | None = None) -> int:
+def line_of(mapping: Any, key: str | None = None) -> int:
+    """The YAML line of a mapping, or of one of its keys (0 when unknown)."""
     if isinstance(mapping, _Mapping):
         return mapping.key_lines.get(key, mapping.line) if key is not None else mapping.line
     return 0
@@ -249,19 +252,19 @@ def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems:
         hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         known = "" if hint else f"; known keys: {', '.join(allowed)}"
-        problems.add(_line_of(mapping, key), where, f"unknown key '{key}'{suggestion}{known}")
+        problems.add(line_of(mapping, key), where, f"unknown key '{key}'{suggestion}{known}")
 
 
 def _number(value: Any, *, minimum: float, maximum: float) -> float | str:
     """The value as a float, or a message saying why it is not acceptable."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, not {_describe(value)}"
+        return f"must be a number, not {describe(value)}"
     if not minimum <= value <= maximum:
         return f"must be between {minimum:g} and {maximum:g}, not {value:g}"
     return float(value)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     """A short, safe description of a wrong value for an error message."""
     if value is None:
         return "empty"
@@ -276,7 +279,7 @@ def _describe(value: Any) -> str:
 
 def _readable_file(value: Any, base: Path) -> Path | str:
     if not isinstance(value, str) or not value:
-        return f"must be a file path, not {_describe(value)}"
+        return f"must be a file path, not {describe(value)}"
     path = Path(os.path.expanduser(value))
     if not path.is_absolute():
         path = base / path
@@ -298,7 +301,7 @@ class _Reader:
             return fallback
         result = _number(self.mapping[key], minimum=minimum, maximum=maximum)
         if isinstance(result, str):
-            self.problems.add(_line_of(self.mapping, key), self.where, f"'{key}' {result}")
+            self.problems.add(line_of(self.mapping, key), self.where, f"'{key}' {result}")
             return fallback
         return result
 
@@ -312,9 +315,9 @@ class _Reader:
             value = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         result = _number(value, minimum=MIN_INTERVAL, maximum=MAX_INTERVAL)
         if isinstance(result, str):
-            self.problems.add(_line_of(self.mapping, key), self.where,
+            self.problems.add(line_of(self.mapping, key), self.where,
                               f"'{key}' must be a duration such as 300, \"5m\" or \"1h\" "
-                              f"between 1s and 30d, not {_describe(self.mapping[key])}")
+                              f"between 1s and 30d, not {describe(self.mapping[key])}")
             return fallback
         return result
 
@@ -323,8 +326,8 @@ class _Reader:
             return fallback
         value = self.mapping[key]
         if not isinstance(value, bool):
-            self.problems.add(_line_of(self.mapping, key), self.where,
-                              f"'{key}' must be true or false, not {_describe(value)}")
+            self.problems.add(line_of(self.mapping, key), self.where,
+                              f"'{key}' must be true or false, not {describe(value)}")
             return fallback
         return value
 
@@ -333,8 +336,8 @@ class _Reader:
             return fallback
         value = self.mapping[key]
         if value not in choices:
-            self.problems.add(_line_of(self.mapping, key), self.where,
-                              f"'{key}' must be one of {', '.join(choices)}, not {_describe(value)}")
+            self.problems.add(line_of(self.mapping, key), self.where,
+                              f"'{key}' must be one of {', '.join(choices)}, not {describe(value)}")
             return fallback
         return str(value)
 
@@ -343,7 +346,7 @@ class _Reader:
             return fallback
         result = _readable_file(self.mapping[key], self.base)
         if isinstance(result, str):
-            self.problems.add(_line_of(self.mapping, key), self.where, f"'{key}' {result}")
+            self.problems.add(line_of(self.mapping, key), self.where, f"'{key}' {result}")
             return fallback
         return result
 
@@ -352,7 +355,7 @@ def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
     if raw is None:
         return Defaults()
     if not isinstance(raw, dict):
-        problems.add(_line_of(raw), "defaults", f"must be a mapping, not {_describe(raw)}")
+        problems.add(line_of(raw), "defaults", f"must be a mapping, not {describe(raw)}")
         return Defaults()
     _unknown_keys(raw, _DEFAULT_KEYS, "defaults", problems)
     read = _Reader(raw, "defaults", problems, base)
@@ -370,7 +373,7 @@ def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
         retry_interval=read.duration("retry_interval", base_defaults.retry_interval),
     )
     if defaults.critical_days > defaults.warn_days:
-        problems.add(_line_of(raw, "critical_days"), "defaults",
+        problems.add(line_of(raw, "critical_days"), "defaults",
                      f"critical_days ({defaults.critical_days:g}) must not exceed "
                      f"warn_days ({defaults.warn_days:g})")
     return defaults
@@ -380,32 +383,32 @@ def _read_alerts(raw: Any, problems: _Problems, base: Path) -> AlertSettings | N
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        problems.add(_line_of(raw), "alerts", f"must be a mapping, not {_describe(raw)}")
+        problems.add(line_of(raw), "alerts", f"must be a mapping, not {describe(raw)}")
         return None
     _unknown_keys(raw, _ALERT_KEYS, "alerts", problems)
     read = _Reader(raw, "alerts", problems, base)
     fallback = AlertSettings()
     state_dir = raw.get("state_dir", str(fallback.state_dir))
     if not isinstance(state_dir, str) or not state_dir:
-        problems.add(_line_of(raw, "state_dir"), "alerts", "'state_dir' must be a directory path")
+        problems.add(line_of(raw, "state_dir"), "alerts", "'state_dir' must be a directory path")
         state_dir = str(fallback.state_dir)
     url = raw.get("external_url")
     if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-        problems.add(_line_of(raw, "external_url"), "alerts",
-                     f"'external_url' must be an http(s) URL, not {_describe(url)}")
+        problems.add(line_of(raw, "external_url"), "alerts",
+                     f"'external_url' must be an http(s) URL, not {describe(url)}")
         url = None
     nested = {}
     for section, keys in (("repeat", ("warning", "critical")),
                           ("retry", ("initial", "maximum", "give_up_after"))):
         value = raw.get(section) or _Mapping()
         if not isinstance(value, dict):
-            problems.add(_line_of(raw, section), "alerts", f"'{section}' must be a mapping")
+            problems.add(line_of(raw, section), "alerts", f"'{section}' must be a mapping")
             value = _Mapping()
         _unknown_keys(value, keys, f"alerts.{section}", problems)
         nested[section] = _Reader(value, f"alerts.{section}", problems, base)
     sinks = raw.get("sinks", [])
     if not isinstance(sinks, list):
-        problems.add(_line_of(raw, "sinks"), "alerts", "'sinks' must be a list")
+        problems.add(line_of(raw, "sinks"), "alerts", "'sinks' must be a list")
         sinks = []
     path = Path(os.path.expanduser(state_dir))
     return AlertSettings(
@@ -432,7 +435,7 @@ def _is_ip(text: str) -> bool:
 
 def _host_problem(host: Any) -> str | None:
     if not isinstance(host, str) or not host.strip():
-        return f"'host' must be a host name or IP address, not {_describe(host)}"
+        return f"'host' must be a host name or IP address, not {describe(host)}"
     if _is_ip(host):
         return None
     if len(host) > 253 or not all(
@@ -446,14 +449,14 @@ def _host_problem(host: Any) -> str | None:
 def _from_url(raw: dict, where: str, problems: _Problems) -> dict:
     """Expands `url: scheme://host:port` into host, port and protocol."""
     url = raw["url"]
-    line = _line_of(raw, "url")
+    line = line_of(raw, "url")
     fields: dict[str, Any] = {}
     if not isinstance(url, str):
-        problems.add(line, where, f"'url' must be a string, not {_describe(url)}")
+        problems.add(line, where, f"'url' must be a string, not {describe(url)}")
         return fields
     for key in ("host", "port", "protocol"):
         if key in raw:
-            problems.add(_line_of(raw, key), where, f"give either 'url' or '{key}', not both")
+            problems.add(line_of(raw, key), where, f"give either 'url' or '{key}', not both")
     parts = urlsplit(url if "://" in url else f"https://{url}")
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
@@ -483,7 +486,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         raw = _Mapping(url=raw)
         raw.line = line
     if not isinstance(raw, dict):
-        problems.add(line, where, f"must be a mapping or a URL, not {_describe(raw)}")
+        problems.add(line, where, f"must be a mapping or a URL, not {describe(raw)}")
         return None, None
     before = len(problems)
     _unknown_keys(raw, _ENDPOINT_KEYS, where, problems)
@@ -496,8 +499,8 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         protocol, port_default = "tls", TLS_ALIASES[protocol]
     if protocol not in PROTOCOLS:
         hint = difflib.get_close_matches(str(protocol), [*PROTOCOLS, *TLS_ALIASES], n=1)
-        problems.add(_line_of(raw, "protocol"), where,
-                     f"unknown protocol {_describe(protocol)}"
+        problems.add(line_of(raw, "protocol"), where,
+                     f"unknown protocol {describe(protocol)}"
                      + (f" (did you mean '{hint[0]}'?)" if hint else "")
                      + f"; known: {', '.join([*PROTOCOLS, *TLS_ALIASES])}")
         protocol, port_default = "tls", 443
@@ -505,13 +508,13 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     host = values.get("host", raw.get("host"))
     if "url" not in raw or values:
         if (message := _host_problem(host)) is not None:
-            problems.add(_line_of(raw, "host"), where, message)
+            problems.add(line_of(raw, "host"), where, message)
             host = None
 
     port = values.get("port", raw.get("port", port_default))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        problems.add(_line_of(raw, "port"), where,
-                     f"'port' must be a whole number from 1 to 65535, not {_describe(port)}")
+        problems.add(line_of(raw, "port"), where,
+                     f"'port' must be a whole number from 1 to 65535, not {describe(port)}")
         port = None
 
     server_name: Any = raw.get("server_name", host)
@@ -520,27 +523,27 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     elif isinstance(server_name, str) and _is_ip(server_name):
         server_name = None  # SNI never carries an IP literal (RFC 6066 section 3)
     elif server_name is not None and _host_problem(server_name) is not None:
-        problems.add(_line_of(raw, "server_name"), where,
-                     f"'server_name' must be a host name or false, not {_describe(server_name)}")
+        problems.add(line_of(raw, "server_name"), where,
+                     f"'server_name' must be a host name or false, not {describe(server_name)}")
         server_name = None
 
     warn = read.number("warn_days", defaults.warn_days, minimum=0, maximum=MAX_DAYS)
     critical = read.number("critical_days", defaults.critical_days, minimum=0, maximum=MAX_DAYS)
     if critical > warn and ("warn_days" in raw or "critical_days" in raw):
-        problems.add(_line_of(raw, "critical_days"), where,
+        problems.add(line_of(raw, "critical_days"), where,
                      f"critical_days ({critical:g}) must not exceed warn_days ({warn:g})")
 
     client_cert = read.path("client_cert", None)
     client_key = read.path("client_key", None)
     if ("client_key" in raw) and ("client_cert" not in raw):
-        problems.add(_line_of(raw, "client_key"), where, "'client_key' needs 'client_cert'")
+        problems.add(line_of(raw, "client_key"), where, "'client_key' needs 'client_cert'")
 
     labels = _read_labels(raw, where, problems)
     name = raw.get("name")
     if name is None and host is not None and port is not None:
         name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     elif name is not None and (not isinstance(name, str) or not name.strip()):
-        problems.add(_line_of(raw, "name"), where, f"'name' must be text, not {_describe(name)}")
+        problems.add(line_of(raw, "name"), where, f"'name' must be text, not {describe(name)}")
         name = None
 
     endpoint_kwargs = dict(
@@ -567,20 +570,20 @@ def _read_labels(raw: dict, where: str, problems: _Problems) -> tuple[tuple[str,
     labels = raw.get("labels")
     if labels is None:
         return ()
-    line = _line_of(raw, "labels")
+    line = line_of(raw, "labels")
     if not isinstance(labels, dict):
-        problems.add(line, where, f"'labels' must be a mapping of name: value, not {_describe(labels)}")
+        problems.add(line, where, f"'labels' must be a mapping of name: value, not {describe(labels)}")
         return ()
     result = []
     for key, value in labels.items():
-        key_line = _line_of(labels, key)
+        key_line = line_of(labels, key)
         if not isinstance(key, str) or not LABEL_NAME.match(key) or key.startswith("__"):
             problems.add(key_line, where, f"label name {key!r} must match [a-zA-Z_][a-zA-Z0-9_]*"
                                           " and not start with '__'")
         elif key in RESERVED_LABELS:
             problems.add(key_line, where, f"label name '{key}' is reserved by certwatch")
         elif isinstance(value, (dict, list)) or value is None:
-            problems.add(key_line, where, f"label '{key}' must be a single value, not {_describe(value)}")
+            problems.add(key_line, where, f"label '{key}' must be a single value, not {describe(value)}")
         else:
             text = str(value).lower() if isinstance(value, bool) else str(value)
             result.append((key, text))
@@ -608,7 +611,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     if document is None:
         raise ConfigError(source, ["top: the file is empty; it needs an 'endpoints:' list"])
     if not isinstance(document, dict):
-        raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {_describe(document)}"])
+        raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {describe(document)}"])
     _unknown_keys(document, _TOP_KEYS, "", problems)
     defaults = _read_defaults(document.get("defaults"), problems, base)
     top = _Reader(document, "", problems, base)
@@ -617,12 +620,12 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     alerts = _read_alerts(document.get("alerts"), problems, base)
     listen = document.get("listen", DEFAULT_LISTEN)
     if (message := listen_problem(listen)) is not None:
-        problems.add(_line_of(document, "listen"), "", message)
+        problems.add(line_of(document, "listen"), "", message)
         listen = DEFAULT_LISTEN
     raw_endpoints = document.get("endpoints")
     if not isinstance(raw_endpoints, list):
-        problems.add(_line_of(document, "endpoints"), "",
-                     f"'endpoints' must be a list, not {_describe(raw_endpoints)}")
+        problems.add(line_of(document, "endpoints"), "",
+                     f"'endpoints' must be a list, not {describe(raw_endpoints)}")
         raw_endpoints = []
     endpoints: list[Endpoint] = []
     seen: dict[str, int] = {}
@@ -659,7 +662,7 @@ def listen_problem(listen: Any) -> str | None:
         if not 0 <= port <= 65535:
             raise ValueError
     except ValueError:
-        return f"'listen' must be HOST:PORT or :PORT, not {_describe(listen)}"
+        return f"'listen' must be HOST:PORT or :PORT, not {describe(listen)}"
     return None
 
 

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from certwatch.alerts import SEVERITIES, Notification, severity_rank
+from certwatch.config import describe, line_of
 from certwatch.report import rfc3339
 
 __all__ = [
@@ -710,26 +711,6 @@ _UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _ADDRESS = re.compile(r"^[^\s<>@,;\"]+@[^\s<>@,;\"]+$")
 
 
-def _line(mapping: Any, key: str | None = None) -> int:
-    """The YAML line of a mapping (or of one of its keys) when the config loader kept it."""
-    key_lines = getattr(mapping, "key_lines", None)
-    if key is not None and isinstance(key_lines, dict) and key in key_lines:
-        return int(key_lines[key])
-    return int(getattr(mapping, "line", 0) or 0)
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "empty"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    text = text[:60] + ("..." if len(text) > 60 else "")
-    return text if isinstance(value, str) else f"{type(value).__name__} {text}"
-
-
 class _Entry:
     """Reads one sink entry, recording problems (never a secret's value) as it goes."""
 
@@ -740,7 +721,7 @@ class _Entry:
         self.failed = False
 
     def problem(self, key: str | None, message: str) -> None:
-        line = _line(self.raw, key)
+        line = line_of(self.raw, key)
         self.problems.append(f"line {line}: {self.where}: {message}" if line
                              else f"{self.where}: {message}")
         self.failed = True
@@ -753,7 +734,7 @@ class _Entry:
             return None
         if not isinstance(value, str) or not value.strip() or _CONTROL.search(value):
             self.problem(key, f"'{key}' must be a non-empty single-line string, "
-                              f"not {_describe(value)}")
+                              f"not {describe(value)}")
             return None
         return value.strip()
 
@@ -767,14 +748,14 @@ class _Entry:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not minimum <= value <= maximum:
             self.problem(key, f"'{key}' must be a duration such as 10, \"10s\" or \"5m\" between "
-                              f"{minimum:g}s and {maximum:g}s, not {_describe(self.raw[key])}")
+                              f"{minimum:g}s and {maximum:g}s, not {describe(self.raw[key])}")
             return fallback
         return float(value)
 
     def boolean(self, key: str, fallback: bool) -> bool:
         value = self.raw.get(key, fallback)
         if not isinstance(value, bool):
-            self.problem(key, f"'{key}' must be true or false, not {_describe(value)}")
+            self.problem(key, f"'{key}' must be true or false, not {describe(value)}")
             return fallback
         return value
 
@@ -798,12 +779,12 @@ class _Entry:
         key = given[0]
         ref = self.raw[key]
         if not isinstance(ref, str) or not ref.strip():
-            self.problem(key, f"'{key}' must be a non-empty string, not {_describe(ref)}")
+            self.problem(key, f"'{key}' must be a non-empty string, not {describe(ref)}")
             return None
         if key == env_key:
             if not _ENV_NAME.match(ref):
                 self.problem(key, f"'{key}' must name an environment variable, "
-                                  f"not {_describe(ref)}")
+                                  f"not {describe(ref)}")
                 return None
             value = self.environ.get(ref)
             if value is None:
@@ -882,17 +863,17 @@ def parse_sinks(raw: Any, where: str, environ: Mapping[str, str],
     if raw is None:
         return sinks, problems
     if not isinstance(raw, list):
-        line = _line(raw)
+        line = line_of(raw)
         problems.append((f"line {line}: " if line else "")
-                        + f"{where}: must be a list of sinks, not {_describe(raw)}")
+                        + f"{where}: must be a list of sinks, not {describe(raw)}")
         return sinks, problems
     seen: dict[str, str] = {}
     for index, item in enumerate(raw):
         label = f"{where}[{index}]"
         if not isinstance(item, dict):
-            line = _line(raw)
+            line = line_of(raw)
             problems.append((f"line {line}: " if line else "")
-                            + f"{label}: must be a mapping, not {_describe(item)}")
+                            + f"{label}: must be a mapping, not {describe(item)}")
             continue
         name = item.get("name")
         if isinstance(name, str) and name.strip():
@@ -918,7 +899,7 @@ def _parse_one(entry: _Entry) -> Sink | None:
             entry.problem(None, f"'type' is required: one of {', '.join(_KEYS)}")
         else:
             hint = difflib.get_close_matches(str(kind), list(_KEYS), n=1, cutoff=0.6)
-            entry.problem("type", f"unknown type {_describe(kind)}"
+            entry.problem("type", f"unknown type {describe(kind)}"
                                   + (f" (did you mean '{hint[0]}'?)" if hint
                                      else f"; known types: {', '.join(_KEYS)}"))
         return None
@@ -927,7 +908,7 @@ def _parse_one(entry: _Entry) -> Sink | None:
         if key in allowed:
             continue
         hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-        entry.problem(str(key), f"unknown key {_describe(key)} for a {kind} sink"
+        entry.problem(str(key), f"unknown key {describe(key)} for a {kind} sink"
                       + (f" (did you mean '{hint[0]}'?)" if hint
                          else f"; known keys: {', '.join(allowed)}"))
 
@@ -937,7 +918,7 @@ def _parse_one(entry: _Entry) -> Sink | None:
     min_severity = raw.get("min_severity", "warning")
     if min_severity not in SEVERITIES:
         entry.problem("min_severity", f"'min_severity' must be one of {', '.join(SEVERITIES)}, "
-                                      f"not {_describe(min_severity)}")
+                                      f"not {describe(min_severity)}")
         min_severity = "warning"
     match = _read_match(entry)
     default_timeout = _SMTP_TIMEOUT if kind == "email" else _HTTP_TIMEOUT
@@ -982,16 +963,16 @@ def _read_match(entry: _Entry) -> Mapping[str, str]:
     if raw is None:
         return _empty_labels()
     if not isinstance(raw, dict):
-        entry.problem("match", f"'match' must be a mapping of label: value, not {_describe(raw)}")
+        entry.problem("match", f"'match' must be a mapping of label: value, not {describe(raw)}")
         return _empty_labels()
     result: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not _LABEL_NAME.match(key):
-            entry.problem("match", f"'match' label name {_describe(key)} must match "
+            entry.problem("match", f"'match' label name {describe(key)} must match "
                                    "[a-zA-Z_][a-zA-Z0-9_]*")
         elif isinstance(value, (dict, list)) or value is None:
             entry.problem("match", f"'match' label '{key}' must be a single value, "
-                                   f"not {_describe(value)}")
+                                   f"not {describe(value)}")
         else:
             # The same spelling the inventory gives label values (true -> "true").
             result[key] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -1003,7 +984,7 @@ def _parse_email(entry: _Entry, common: dict[str, Any]) -> EmailSink | None:
     host = entry.string("smtp_host", required=True)
     port = raw.get("smtp_port", 587)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        entry.problem("smtp_port", f"'smtp_port' must be a port number, not {_describe(port)}")
+        entry.problem("smtp_port", f"'smtp_port' must be a port number, not {describe(port)}")
     starttls = entry.boolean("starttls", True)
     username = entry.string("username")
     password = entry.secret("password", required=username is not None, what="the SMTP password")
@@ -1013,19 +994,19 @@ def _parse_email(entry: _Entry, common: dict[str, Any]) -> EmailSink | None:
         entry.problem("starttls", "'starttls: false' would send the password in clear text")
     sender = entry.string("from", required=True)
     if sender is not None and not _ADDRESS.match(email.utils.parseaddr(sender)[1] or "-"):
-        entry.problem("from", f"'from' must be an email address, not {_describe(sender)}")
+        entry.problem("from", f"'from' must be an email address, not {describe(sender)}")
     to_raw = raw.get("to")
     to: list[str] = []
     if isinstance(to_raw, str):
         to_raw = [to_raw]
     if not isinstance(to_raw, list) or not to_raw:
         entry.problem("to" if "to" in raw else None,
-                      f"'to' must be a list of email addresses, not {_describe(to_raw)}")
+                      f"'to' must be a list of email addresses, not {describe(to_raw)}")
     else:
         for address in to_raw:
             if not isinstance(address, str) or _CONTROL.search(address) \
                     or not _ADDRESS.match(email.utils.parseaddr(address)[1] or "-"):
-                entry.problem("to", f"'to' entry {_describe(address)} is not an email address")
+                entry.problem("to", f"'to' entry {describe(address)} is not an email address")
             else:
                 to.append(address.strip())
     ca_file = None
