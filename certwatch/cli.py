@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -118,10 +119,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from certwatch.daemon import Daemon  # the daemon's dependencies are not needed by check
 
+    web_config = None
+    if args.web_config is not None:
+        from certwatch.webconfig import load_web_config
+
+        try:
+            web_config = load_web_config(args.web_config)
+        except ConfigError as exc:
+            logging.getLogger("certwatch.webconfig").error(
+                "web configuration rejected: %s", exc,
+                extra={"source": exc.source, "problems": list(exc.problems)})
+            return 2
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()
     return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
-                              grace=args.grace).run())
+                              grace=args.grace, web_config=web_config).run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,8 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "'listen', else :9795)")
     run.add_argument("--reload-interval", type=float, default=5.0, metavar="SECONDS",
                      help="how often to check the inventory file for changes")
-    run.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+    run.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                      help="on SIGTERM, how long probes in flight may take to finish")
+    run.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path,
+                     metavar="FILE",
+                     help="TLS, client certificates and basic auth for the HTTP server, in "
+                          "Prometheus exporter-toolkit's web configuration format")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(

@@ -26,7 +26,11 @@ __all__ = [
     "Endpoint",
     "AlertSettings",
     "Inventory",
+    "Problems",
     "build_inventory",
+    "load_yaml",
+    "read_text",
+    "unknown_keys",
     "describe",
     "line_of",
     "split_listen",
@@ -78,6 +82,9 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
+        # One printable line each: a key or value from the file may hold newlines or
+        # terminal escape sequences, which an operator's terminal must not act on.
+        problems = ["".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in p) for p in problems]
         self.problems = tuple(problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{source}: {count}:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -212,7 +219,7 @@ def line_of(mapping: Any, key: str | None = None) -> int:
 # --- validation --------------------------------------------------------------------
 
 
-class _Problems:
+class Problems:
     """Collects problems, each with its line and the entry it belongs to."""
 
     def __init__(self) -> None:
@@ -245,14 +252,17 @@ _UNIT_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_INTERVAL, MAX_INTERVAL = 1.0, 30 * 86400.0
 
 
-def _unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: _Problems) -> None:
+def unknown_keys(mapping: dict, allowed: tuple[str, ...], where: str, problems: Problems,
+                 skip: tuple[str, ...] = ()) -> None:
+    """Reports keys not in `allowed`, suggesting the closest; `skip` keys are the
+    caller's to report (with a reason of their own)."""
     for key in mapping:
-        if key in allowed:
+        if key in allowed or key in skip:
             continue
-        hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if isinstance(key, str) else []
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         known = "" if hint else f"; known keys: {', '.join(allowed)}"
-        problems.add(line_of(mapping, key), where, f"unknown key '{key}'{suggestion}{known}")
+        problems.add(line_of(mapping, key), where, f"unknown key {describe(key)}{suggestion}{known}")
 
 
 def _number(value: Any, *, minimum: float, maximum: float) -> float | str:
@@ -260,7 +270,11 @@ def _number(value: Any, *, minimum: float, maximum: float) -> float | str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, not {describe(value)}"
     if not minimum <= value <= maximum:
-        return f"must be between {minimum:g} and {maximum:g}, not {value:g}"
+        try:
+            shown = f"{value:g}"
+        except OverflowError:  # an integer too large for a float
+            shown = describe(value)
+        return f"must be between {minimum:g} and {maximum:g}, not {shown}"
     return float(value)
 
 
@@ -272,7 +286,10 @@ def describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        return "a very long integer"
     text = text[:60] + ("..." if len(text) > 60 else "")
     return text if isinstance(value, str) else f"{type(value).__name__} {text}"
 
@@ -283,7 +300,11 @@ def _readable_file(value: Any, base: Path) -> Path | str:
     path = Path(os.path.expanduser(value))
     if not path.is_absolute():
         path = base / path
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:  # a name too long, say
+        return f"file cannot be looked up: {exc.strerror or exc}"
+    if not found:
         return f"file not found: {path}"
     if not os.access(path, os.R_OK):
         return f"file not readable: {path}"
@@ -293,7 +314,7 @@ def _readable_file(value: Any, base: Path) -> Path | str:
 class _Reader:
     """Reads typed values out of one mapping, recording problems instead of raising."""
 
-    def __init__(self, mapping: dict, where: str, problems: _Problems, base: Path) -> None:
+    def __init__(self, mapping: dict, where: str, problems: Problems, base: Path) -> None:
         self.mapping, self.where, self.problems, self.base = mapping, where, problems, base
 
     def number(self, key: str, fallback: float, *, minimum: float, maximum: float) -> float:
@@ -351,13 +372,13 @@ class _Reader:
         return result
 
 
-def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
+def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
     if raw is None:
         return Defaults()
     if not isinstance(raw, dict):
         problems.add(line_of(raw), "defaults", f"must be a mapping, not {describe(raw)}")
         return Defaults()
-    _unknown_keys(raw, _DEFAULT_KEYS, "defaults", problems)
+    unknown_keys(raw, _DEFAULT_KEYS, "defaults", problems)
     read = _Reader(raw, "defaults", problems, base)
     base_defaults = Defaults()
     defaults = Defaults(
@@ -379,13 +400,13 @@ def _read_defaults(raw: Any, problems: _Problems, base: Path) -> Defaults:
     return defaults
 
 
-def _read_alerts(raw: Any, problems: _Problems, base: Path) -> AlertSettings | None:
+def _read_alerts(raw: Any, problems: Problems, base: Path) -> AlertSettings | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
         problems.add(line_of(raw), "alerts", f"must be a mapping, not {describe(raw)}")
         return None
-    _unknown_keys(raw, _ALERT_KEYS, "alerts", problems)
+    unknown_keys(raw, _ALERT_KEYS, "alerts", problems)
     read = _Reader(raw, "alerts", problems, base)
     fallback = AlertSettings()
     state_dir = raw.get("state_dir", str(fallback.state_dir))
@@ -404,7 +425,7 @@ def _read_alerts(raw: Any, problems: _Problems, base: Path) -> AlertSettings | N
         if not isinstance(value, dict):
             problems.add(line_of(raw, section), "alerts", f"'{section}' must be a mapping")
             value = _Mapping()
-        _unknown_keys(value, keys, f"alerts.{section}", problems)
+        unknown_keys(value, keys, f"alerts.{section}", problems)
         nested[section] = _Reader(value, f"alerts.{section}", problems, base)
     sinks = raw.get("sinks", [])
     if not isinstance(sinks, list):
@@ -442,11 +463,11 @@ def _host_problem(host: Any) -> str | None:
         re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
         for label in host.rstrip(".").split(".")
     ):
-        return f"'host' is not a valid host name: {host!r}"
+        return f"'host' is not a valid host name: {describe(host)}"
     return None
 
 
-def _from_url(raw: dict, where: str, problems: _Problems) -> dict:
+def _from_url(raw: dict, where: str, problems: Problems) -> dict:
     """Expands `url: scheme://host:port` into host, port and protocol."""
     url = raw["url"]
     line = line_of(raw, "url")
@@ -457,7 +478,11 @@ def _from_url(raw: dict, where: str, problems: _Problems) -> dict:
     for key in ("host", "port", "protocol"):
         if key in raw:
             problems.add(line_of(raw, key), where, f"give either 'url' or '{key}', not both")
-    parts = urlsplit(url if "://" in url else f"https://{url}")
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+    except ValueError as exc:  # an unclosed "[" of an IPv6 address, say
+        problems.add(line, where, f"'url' is not a valid URL ({exc}): {describe(url)}")
+        return fields
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
         problems.add(line, where, f"'url' scheme '{scheme}' is not one of "
@@ -477,11 +502,11 @@ def _from_url(raw: dict, where: str, problems: _Problems) -> dict:
     return fields
 
 
-def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: _Problems,
+def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
                    base: Path) -> tuple[str | None, Endpoint | None]:
     """The endpoint's name (for duplicate checks) and the endpoint, None if invalid."""
     label = raw.get("name") if isinstance(raw, dict) else None
-    where = f"endpoint {index + 1}" + (f" '{label}'" if isinstance(label, str) else "")
+    where = f"endpoint {index + 1}" + (f" {describe(label)}" if isinstance(label, str) else "")
     if isinstance(raw, str):  # a bare "host:port" or URL is accepted as a shorthand
         raw = _Mapping(url=raw)
         raw.line = line
@@ -489,15 +514,15 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         problems.add(line, where, f"must be a mapping or a URL, not {describe(raw)}")
         return None, None
     before = len(problems)
-    _unknown_keys(raw, _ENDPOINT_KEYS, where, problems)
+    unknown_keys(raw, _ENDPOINT_KEYS, where, problems)
     read = _Reader(raw, where, problems, base)
     values = _from_url(raw, where, problems) if "url" in raw else {}
 
     protocol = values.get("protocol", raw.get("protocol", "tls"))
-    port_default = PROTOCOLS.get(protocol)
+    port_default = PROTOCOLS.get(protocol) if isinstance(protocol, str) else None
     if isinstance(protocol, str) and protocol in TLS_ALIASES:
         protocol, port_default = "tls", TLS_ALIASES[protocol]
-    if protocol not in PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         hint = difflib.get_close_matches(str(protocol), [*PROTOCOLS, *TLS_ALIASES], n=1)
         problems.add(line_of(raw, "protocol"), where,
                      f"unknown protocol {describe(protocol)}"
@@ -566,7 +591,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
                           server_name=server_name, **endpoint_kwargs)
 
 
-def _read_labels(raw: dict, where: str, problems: _Problems) -> tuple[tuple[str, str], ...]:
+def _read_labels(raw: dict, where: str, problems: Problems) -> tuple[tuple[str, str], ...]:
     labels = raw.get("labels")
     if labels is None:
         return ()
@@ -578,12 +603,14 @@ def _read_labels(raw: dict, where: str, problems: _Problems) -> tuple[tuple[str,
     for key, value in labels.items():
         key_line = line_of(labels, key)
         if not isinstance(key, str) or not LABEL_NAME.match(key) or key.startswith("__"):
-            problems.add(key_line, where, f"label name {key!r} must match [a-zA-Z_][a-zA-Z0-9_]*"
+            problems.add(key_line, where, f"label name {describe(key)} must match [a-zA-Z_][a-zA-Z0-9_]*"
                                           " and not start with '__'")
         elif key in RESERVED_LABELS:
             problems.add(key_line, where, f"label name '{key}' is reserved by certwatch")
         elif isinstance(value, (dict, list)) or value is None:
             problems.add(key_line, where, f"label '{key}' must be a single value, not {describe(value)}")
+        elif isinstance(value, int) and value.bit_length() > 64:
+            problems.add(key_line, where, f"label '{key}' is too long a number")
         else:
             text = str(value).lower() if isinstance(value, bool) else str(value)
             result.append((key, text))
@@ -592,27 +619,37 @@ def _read_labels(raw: dict, where: str, problems: _Problems) -> tuple[tuple[str,
 
 def parse_inventory(text: str, source: str = "<inventory>", base: Path | None = None) -> Inventory:
     """Validates inventory YAML; raises ConfigError listing every problem."""
+    return build_inventory(load_yaml(text, source), source, base)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """YAML (mappings and lists remember their lines); any bad input is one ConfigError."""
     try:
-        document = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "top"
-        reason = getattr(exc, "problem", None) or str(exc)
+        reason = getattr(exc, "problem", None) or str(exc).partition("\n")[0]
         raise ConfigError(source, [f"{where}: not valid YAML: {reason}"]) from None
     except RecursionError:
         raise ConfigError(source, ["top: YAML nested too deeply"]) from None
-    return build_inventory(document, source, base)
+    except Exception as exc:  # noqa: BLE001 - any bad input is one ConfigError
+        # PyYAML's constructors raise plain exceptions for a value that only looks like
+        # its tag or type: 2001-13-45, !!int x, an empty !!float, !!bool maybe, an
+        # integer of 5,000 digits.
+        raise ConfigError(source, [f"top: not valid YAML: a value cannot be read "
+                                   f"({type(exc).__name__}: {exc})"]) from None
 
 
 def build_inventory(document: Any, source: str = "<inventory>", base: Path | None = None) -> Inventory:
     """Validates an already-parsed document (from YAML, or built by the CLI)."""
     base = base or Path.cwd()
-    problems = _Problems()
+    problems = Problems()
     if document is None:
         raise ConfigError(source, ["top: the file is empty; it needs an 'endpoints:' list"])
     if not isinstance(document, dict):
         raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {describe(document)}"])
-    _unknown_keys(document, _TOP_KEYS, "", problems)
+    unknown_keys(document, _TOP_KEYS, "", problems)
     defaults = _read_defaults(document.get("defaults"), problems, base)
     top = _Reader(document, "", problems, base)
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
@@ -666,15 +703,19 @@ def listen_problem(listen: Any) -> str | None:
     return None
 
 
-def load_inventory(path: Path | str, *, read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:
-    """Reads and validates an inventory file; relative paths in it are relative to it."""
-    path = Path(path)
+def read_text(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> str:
+    """A configuration file's text; unreadable or non-UTF-8 is a ConfigError."""
     try:
         data = read(path)
     except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+        raise ConfigError(str(path), [f"top: cannot read the file: {exc.strerror or exc}"]) from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
-    return parse_inventory(text, source=str(path), base=path.parent.resolve())
+        raise ConfigError(str(path), [f"top: not UTF-8 text (byte {exc.start})"]) from None
+
+
+def load_inventory(path: Path | str, *, read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:
+    """Reads and validates an inventory file; relative paths in it are relative to it."""
+    path = Path(path)
+    return parse_inventory(read_text(path, read), source=str(path), base=path.parent.resolve())

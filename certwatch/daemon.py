@@ -38,6 +38,7 @@ from certwatch.outbox import Outbox, StateError
 from certwatch.probe import Prober
 from certwatch.store import Change, Store, TargetStatus, merge
 from certwatch.web import create_app
+from certwatch.webconfig import ServerTLS, TLSLoadError, WebConfig, log_serving
 
 __all__ = ["Daemon"]
 
@@ -62,8 +63,10 @@ class Daemon:
     """`certwatch run`: one instance per process."""
 
     def __init__(self, config_path: Path, *, listen: str | None = None,
-                 reload_poll: float = 5.0, grace: float = 10.0) -> None:
+                 reload_poll: float = 5.0, grace: float = 5.0,
+                 web_config: WebConfig | None = None) -> None:
         self.config_path = config_path
+        self.web_config = web_config  # TLS, client certificates, basic auth of the HTTP server
         self.listen_override = listen
         self.reload_poll = reload_poll
         self.grace = grace
@@ -316,12 +319,22 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Signals first: as PID 1 in a container, a SIGTERM during start-up must stop us.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
         self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
         self._scheduler.start()
         try:
             if not await self.reload("start-up"):
                 return 2
             assert self._inventory is not None
+            server_tls = None
+            if self.web_config is not None and self.web_config.tls is not None:
+                try:  # validated by the CLI; the files may have changed since
+                    server_tls = ServerTLS(self.web_config.tls)
+                except TLSLoadError as exc:
+                    log.error("web configuration %s: %s", self.web_config.source, exc)
+                    return 2
             notifier_task = None
             if self._alerts_config is not None:
                 try:
@@ -331,17 +344,22 @@ class Daemon:
                     return 2
                 self._notifier = Notifier(self._alerts_config, outbox, self.registry)
                 notifier_task = asyncio.create_task(self._notifier.run(self._stop))
-            runner = web.AppRunner(create_app(self), access_log=None)
+            runner = web.AppRunner(create_app(self, self.web_config), access_log=None)
             await runner.setup()
             host, port = split_listen(self.listen_override or self._inventory.listen)
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port,
+                               ssl_context=server_tls.context if server_tls else None)
             await site.start()
             sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
             self.bound_port = sockets[0].getsockname()[1] if sockets else port
-            log.info("listening on http://%s:%s/", host or "0.0.0.0", self.bound_port,
-                     extra={"port": self.bound_port})
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._stop.set)
+            scheme = "https" if server_tls else "http"
+            log.info("listening on %s://%s:%s/", scheme, host or "0.0.0.0", self.bound_port,
+                     extra={"port": self.bound_port, "scheme": scheme,
+                            "basic_auth": bool(self.web_config and self.web_config.basic_auth_users)})
+            if server_tls is not None:
+                log_serving(server_tls)
+            elif self.web_config is not None and self.web_config.basic_auth_users:
+                log.warning("basic auth without TLS: passwords cross the network in clear text")
             loop.add_signal_handler(signal.SIGHUP,
                                     lambda: asyncio.ensure_future(self.reload("SIGHUP")))
             watcher = asyncio.create_task(self._watch_config_file())

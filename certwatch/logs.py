@@ -55,3 +55,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     # APScheduler logs every job run at INFO; that is noise at our scale.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request's full URL at INFO, and a webhook URL is a credential
+    # (Slack's, for one): its own lines are kept out at any level.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

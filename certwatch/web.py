@@ -7,7 +7,7 @@ so a scrape never waits for a probe.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,6 +16,9 @@ from certwatch import __version__
 from certwatch.report import assessment_to_dict, rfc3339, sort_key
 from certwatch.statuspage import CONTENT_SECURITY_POLICY, render_status_page
 from certwatch.store import TargetStatus
+
+if TYPE_CHECKING:
+    from certwatch.webconfig import WebConfig
 
 __all__ = ["DaemonView", "create_app", "status_to_dict"]
 
@@ -64,7 +67,38 @@ def _targets(view: DaemonView, keep: Callable[[TargetStatus], bool] = lambda s: 
             for s in statuses]
 
 
-def create_app(view: DaemonView) -> web.Application:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _security(config: WebConfig) -> tuple[list[Any], Callable[[web.Request, web.StreamResponse], Awaitable[None]]]:
+    """The web configuration's basic auth (a middleware) and headers (a response hook)."""
+    from certwatch.webconfig import BasicAuth
+
+    middlewares: list[Any] = []
+    if config.basic_auth_users:
+        auth = BasicAuth(config.basic_auth_users)
+        open_paths = config.http.open_paths
+
+        @web.middleware
+        async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+            # It wraps unknown paths too: an anonymous client cannot learn which paths exist.
+            if request.path in open_paths or await auth.check(request.headers.get("Authorization")):
+                return await handler(request)
+            return web.Response(status=401, text="401 Unauthorized\n",
+                                headers={"WWW-Authenticate": auth.challenge})
+
+        middlewares.append(basic_auth)
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        # A header a handler set itself wins: the status page's strict CSP guards
+        # peer-supplied text and must not be loosened by a site-wide setting.
+        for name, value in config.http.headers:
+            response.headers.setdefault(name, value)
+
+    return middlewares, add_headers
+
+
+def create_app(view: DaemonView, web_config: WebConfig | None = None) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(view.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -92,7 +126,10 @@ def create_app(view: DaemonView) -> web.Application:
                                   version=__version__, ready=view.ready(), notices=view.notices())
         return web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
 
-    app = web.Application()
+    middlewares, add_headers = _security(web_config) if web_config else ([], None)
+    app = web.Application(middlewares=middlewares)
+    if add_headers is not None:
+        app.on_response_prepare.append(add_headers)
     app.router.add_get("/", page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

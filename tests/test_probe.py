@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import ssl
 import threading
 import time
@@ -297,20 +299,28 @@ def test_closed_port_and_unresolvable_name(pki: PKI) -> None:
 
 
 def _client_connections(port: int) -> int:
-    """Sockets of this machine connected or connecting TO `port` (the client side).
+    """This process's sockets connected or connecting TO `port` (the client side).
 
     Read from the kernel's table rather than from the server, which only notices a
-    client's close a moment later and would count that connection a little too long.
+    client's close a moment later and would count that connection a little too long;
+    only sockets held by this process count (other test runs may use the same port
+    number on another loopback address).
     """
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                ours.add(link[8:-1])
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as rows:
             for row in list(rows)[1:]:
                 fields = row.split()
                 remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
-                # ESTABLISHED or SYN_SENT, and still held by a file descriptor (inode 0: an
-                # orphan the process already closed, which the kernel may list a moment longer)
-                count += remote_port == port and state in ("01", "02") and inode != "0"
+                # ESTABLISHED or SYN_SENT, and still held by one of our descriptors (not an
+                # orphan already closed, which the kernel may list a moment longer)
+                count += remote_port == port and state in ("01", "02") and inode in ours
     return count
 
 
