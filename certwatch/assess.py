@@ -94,7 +94,11 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
             reason, summary = "no_certificate", "the server presented no certificate"
         return Assessment(target, observation, now, State.ERROR, (reason,), summary, chain)
 
-    earliest = min(chain, key=lambda c: c.not_after)
+    verification = verify_chain(parsed, trust, endpoint.verify_name, now)
+    # What clients rely on is the path they build: a server may send certificates that
+    # none needs (a whole CA bundle, an old expired root), which must not set the state.
+    relied_on = tuple(c for c in verification.path if c.position >= 0) or chain
+    earliest = min(relied_on, key=lambda c: c.not_after)
     state = expiry_state(earliest.not_after, now, warn_days=endpoint.warn_days,
                          critical_days=endpoint.critical_days)
     reasons: list[str] = []
@@ -103,7 +107,6 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
     elif state is not State.OK:
         reasons.append("expiring")
 
-    verification = verify_chain(parsed, trust, endpoint.verify_name, now)
     rejected = [p for p in verification.problems if p != "expired"]
     if endpoint.verify and rejected:
         # Clients reject this certificate today: that is an outage, whatever the expiry.

@@ -91,19 +91,97 @@ class CertInfo:
         return (self.not_after - self.not_before).total_seconds()
 
 
-def _name(name: x509.Name) -> str:
+def _name(name: x509.Name | bytes) -> str:
+    if isinstance(name, bytes):
+        return _lenient_name(name)
     try:
         return name.rfc4514_string()
     except ValueError:  # undecodable attribute values: show what can be shown
         return ",".join(f"{a.oid.dotted_string}={a.value!r}" for a in name)
 
 
-def _common_name(name: x509.Name) -> str | None:
+def _common_name(name: x509.Name | bytes) -> str | None:
+    if isinstance(name, bytes):
+        return None
     try:
         values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     except ValueError:
         return None
     return str(values[0].value) if values else None
+
+
+def _names(cert: x509.Certificate) -> tuple[x509.Name | bytes, x509.Name | bytes]:
+    """(subject, issuer). cryptography decodes a name's values when it is read, and a
+    peer's bytes need not be text (Latin-1 in a T61String, say, which OpenSSL accepts):
+    such a name stays its DER, which still compares equal to itself."""
+    names: list[x509.Name | bytes] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. a common name over 64 characters
+        for field, index in (("subject", 4), ("issuer", 2)):
+            try:
+                names.append(getattr(cert, field))
+            except ValueError:
+                names.append(_tbs_fields(cert)[index])
+    return names[0], names[1]
+
+
+def _der_items(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(tag, content, whole element) of each DER element in `data`, one level deep."""
+    items, pos = [], 0
+    while pos < len(data):
+        size, start = data[pos + 1], pos + 2
+        if size & 0x80:
+            start += size & 0x7F
+            size = int.from_bytes(data[pos + 2 : start], "big")
+        if start + size > len(data):
+            raise ValueError("truncated DER element")
+        items.append((data[pos], data[start : start + size], data[pos : start + size]))
+        pos = start + size
+    return items
+
+
+def _tbs_fields(cert: x509.Certificate) -> list[bytes]:
+    """serial, signature, issuer, validity, subject, ... of the TBSCertificate (as DER)."""
+    fields = [whole for _, _, whole in _der_items(_der_items(cert.tbs_certificate_bytes)[0][1])]
+    return fields[1:] if fields[0][0] == 0xA0 else fields  # without the version, if any
+
+
+# RFC 4514's attribute names; other attributes are shown by their dotted OID.
+_ATTRIBUTE_NAMES = {oid.dotted_string: name for oid, name in (
+    (NameOID.COMMON_NAME, "CN"), (NameOID.LOCALITY_NAME, "L"), (NameOID.STATE_OR_PROVINCE_NAME, "ST"),
+    (NameOID.ORGANIZATION_NAME, "O"), (NameOID.ORGANIZATIONAL_UNIT_NAME, "OU"),
+    (NameOID.COUNTRY_NAME, "C"), (NameOID.STREET_ADDRESS, "STREET"),
+    (NameOID.DOMAIN_COMPONENT, "DC"), (NameOID.USER_ID, "UID"))}
+_STRING_CODECS = {0x14: "latin-1", 0x1C: "utf-32-be", 0x1E: "utf-16-be"}  # T61, Universal, BMP
+
+
+def _lenient_name(der: bytes) -> str:
+    """A Name cryptography cannot decode, as RFC 4514-like text: each value decoded as
+    far as it goes, other bytes shown as \\xNN; the whole DER in hex if even that fails."""
+    try:
+        rdns = []
+        for _, rdn, _ in _der_items(_der_items(der)[0][1]):
+            values = []
+            for _, pair, _ in _der_items(rdn):
+                (_, oid, _), (tag, value, _) = _der_items(pair)[:2]
+                text = value.decode(_STRING_CODECS.get(tag, "utf-8"), "backslashreplace")
+                values.append(f"{_oid_text(oid)}={text}")
+            rdns.append("+".join(values))
+        return ",".join(reversed(rdns))
+    except (ValueError, IndexError):
+        return "#" + der.hex()
+
+
+def _oid_text(body: bytes) -> str:
+    arcs, value = [], 0
+    for byte in body:
+        value = value << 7 | byte & 0x7F
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    dotted = ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
+    return _ATTRIBUTE_NAMES.get(dotted, dotted)
 
 
 def _key(cert: x509.Certificate) -> tuple[str, int | None]:
@@ -162,13 +240,14 @@ def _parse(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate]:
 def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate]:
     try:
         cert = x509.load_der_x509_certificate(der)
+        subject, issuer = _names(cert)
         dns_names, ip_addresses = _sans(cert)
         key_type, key_bits = _key(cert)
         info = CertInfo(
             position=position,
-            subject=_name(cert.subject),
-            issuer=_name(cert.issuer),
-            common_name=_common_name(cert.subject),
+            subject=_name(subject),
+            issuer=_name(issuer),
+            common_name=_common_name(subject),
             dns_names=dns_names,
             ip_addresses=ip_addresses,
             serial=_serial_hex(cert.serial_number),
@@ -181,7 +260,7 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
                 cert.signature_algorithm_oid, cert.signature_algorithm_oid.dotted_string),
             version=cert.version.value + 1,
             is_ca=_is_ca(cert),
-            self_issued=cert.subject == cert.issuer,
+            self_issued=subject == issuer,
         )
     except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
         raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None
@@ -221,7 +300,7 @@ class TrustStore:
 
     roots: tuple[x509.Certificate, ...]
     store: Store | None  # None when there are no roots at all
-    subjects: frozenset[x509.Name]
+    subjects: frozenset[x509.Name | bytes]
     infos: Mapping[str, CertInfo]  # by SHA-256 fingerprint, parsed once, shared by all
 
     @classmethod
@@ -233,7 +312,7 @@ class TrustStore:
                 infos[fingerprint] = parse_certificate(root.public_bytes(_DER), -1)
         certs = tuple(unique.values())
         return cls(certs, Store(list(certs)) if certs else None,
-                   frozenset(root.subject for root in certs), infos)
+                   frozenset(_names(root)[0] for root in certs), infos)
 
 
 def pem_to_der(block: bytes) -> bytes:
@@ -307,6 +386,13 @@ def _server_auth_allowed(policy: object, cert: x509.Certificate,
 _RELAXED_EE = (ExtensionPolicy.webpki_defaults_ee()
                .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
                .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _server_auth_allowed))
+# The server verifier refuses a leaf without a subjectAltName outright, which no modern
+# client matches a name against (hostname_mismatch says so) but whose chain they would
+# still build: its trust is judged with this policy and a client verifier instead.
+_SANLESS_EE = (ExtensionPolicy.webpki_defaults_ee()
+               .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
                .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _server_auth_allowed))
 _RELAXED_CA = (ExtensionPolicy.webpki_defaults_ca()
                .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
@@ -394,13 +480,30 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
         return None, "no trusted roots are configured"
     if subject is None:
         return None, f"{name!r} is not a valid DNS name or IP address"
-    verifier = (PolicyBuilder().store(trust.store).time(at)
-                .extension_policies(ca_policy=_RELAXED_CA, ee_policy=_RELAXED_EE)
-                .build_server_verifier(subject))
+    builder = PolicyBuilder().store(trust.store).time(at)
+    leaf, intermediates = chain.certificates[0], list(chain.certificates[1:])
     try:
-        return verifier.verify(chain.certificates[0], list(chain.certificates[1:])), ""
-    except VerificationError as exc:
-        return None, str(exc)
+        if not chain.infos[0].dns_names and not chain.infos[0].ip_addresses:
+            return (builder.extension_policies(ca_policy=_RELAXED_CA, ee_policy=_SANLESS_EE)
+                    .build_client_verifier().verify(leaf, intermediates).chain), ""
+        verifier = (builder.extension_policies(ca_policy=_RELAXED_CA, ee_policy=_RELAXED_EE)
+                    .build_server_verifier(subject))
+        return verifier.verify(leaf, intermediates), ""
+    except (VerificationError, ValueError) as exc:  # ValueError: cryptography failing to
+        return None, str(exc)                        # name a certificate it cannot decode
+
+
+# No client accepts an RSA or DSA key this small (Go, OpenSSL at security level 1 and
+# browsers refuse them). cryptography only checks the keys that sign on the path, so the
+# leaf's own key is checked here; 1024 bits and more are reported in key_bits.
+MIN_KEY_BITS = 1024
+
+
+def _weak_key(leaf: CertInfo) -> str | None:
+    if leaf.key_type in ("RSA", "DSA") and leaf.key_bits is not None and leaf.key_bits < MIN_KEY_BITS:
+        return (f"the leaf's {leaf.key_bits}-bit {leaf.key_type} key is too weak: clients "
+                f"refuse keys under {MIN_KEY_BITS} bits")
+    return None
 
 
 def _moment_all_valid(chain: tuple[CertInfo, ...]) -> datetime | None:
@@ -411,11 +514,11 @@ def _moment_all_valid(chain: tuple[CertInfo, ...]) -> datetime | None:
 
 def _missing_issuer(chain: ParsedChain, trust: TrustStore) -> CertInfo | None:
     """The last certificate reachable from the leaf whose issuer nobody has, if any."""
-    by_subject = {cert.subject: index for index, cert in enumerate(chain.certificates)}
+    by_subject = {_names(cert)[0]: index for index, cert in enumerate(chain.certificates)}
     index, seen = 0, set()
     while not chain.infos[index].self_issued and index not in seen:
         seen.add(index)
-        issuer = chain.certificates[index].issuer
+        issuer = _names(chain.certificates[index])[1]
         if issuer in trust.subjects:
             return None
         if issuer not in by_subject:
@@ -452,6 +555,9 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
     path, error = _build_path(chain, trust, path_name, now)
     if path is None and (moment := _moment_all_valid(chain.infos)) is not None:
         path, error = _build_path(chain, trust, path_name, moment)
+    weak = _weak_key(leaf)
+    if weak is not None:
+        path = None
     infos: tuple[CertInfo, ...] = ()
     if path is not None:
         known = {**trust.infos, **{c.fingerprint_sha256: c for c in chain.infos}}
@@ -468,7 +574,7 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
                            "was not sent by the server and is not a trusted root")
         else:
             problems.append("untrusted")
-            details.append(f"no path to a trusted root: {error}")
+            details.append(weak or f"no path to a trusted root: {error}")
     for problem in time_problems:
         problems.append(problem)
         details.append(_time_detail(problem, infos or chain.infos, now))

@@ -19,7 +19,8 @@ __all__ = ["assessment_to_dict", "render_table", "rfc3339", "safe_text", "sort_k
 def rfc3339(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: strftime does not zero-pad years before 1000
+    return moment.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
