@@ -32,7 +32,7 @@ from certwatch.assess import assess
 from certwatch.certs import TrustStores
 from certwatch.config import ConfigError, Endpoint, Inventory, build_inventory, load_inventory, split_listen
 from certwatch.demo import DemoEndpoints
-from certwatch.metrics import DaemonMetrics, TargetCollector
+from certwatch.metrics import DaemonMetrics, TargetExposition
 from certwatch.notifier import AlertsConfig, Notifier, alerts_config
 from certwatch.outbox import Outbox, StateError
 from certwatch.probe import Prober
@@ -91,12 +91,15 @@ class Daemon:
         self._alerts_config: AlertsConfig | None = None
         self._demo: DemoEndpoints | None = None
         self._demo_dir: tempfile.TemporaryDirectory[str] | None = None
-        self.registry.register(TargetCollector(self.store.snapshot, self._worst_lag))
+        self.exposition = TargetExposition(self.store.statuses, self._worst_lag)
 
     # --- the view the web layer reads -------------------------------------------------
 
     def snapshot(self) -> Mapping[str, TargetStatus]:
         return self.store.snapshot()
+
+    def target_metrics(self) -> str:
+        return self.exposition.render()
 
     def next_probe_at(self, endpoint_name: str) -> datetime | None:
         return self._due.get(endpoint_name)
@@ -300,7 +303,7 @@ class Daemon:
             self._unprobed.discard(name)
             if not self._unprobed:
                 self.metrics.ready.set(1)
-                log.info("first sweep finished", extra={"targets": len(self.store.snapshot())})
+                log.info("first sweep finished", extra={"targets": len(self.store.statuses())})
 
     @staticmethod
     def _log_changes(changes: list[Change]) -> None:

@@ -1,30 +1,52 @@
-"""Prometheus metrics, made at scrape time from the store's latest snapshot.
+"""Prometheus metrics, rendered at scrape time from the store's latest statuses.
 
-A custom collector over an immutable snapshot means no labelled gauges are left behind:
-a target removed from the inventory is gone from the next scrape. Expiry is exported as
+Rendering from the latest statuses means no labelled gauges are left behind: a target
+removed from the inventory is gone from the next scrape. Expiry is exported as
 timestamps (PromQL computes days left); serial, fingerprint, subject and issuer live in
 `certwatch_cert_info` only, so a renewal does not churn the other series.
+
+The per-target families are written as exposition text directly, and each target's
+lines are cached until its status object changes (statuses are immutable and replaced
+on each probe): with 10,000 targets prometheus_client's per-sample formatting took
+seconds a scrape, while most targets had not changed since the last one. The daemon's
+own health metrics stay ordinary prometheus_client metrics in a private registry.
 """
 
 from __future__ import annotations
 
 import platform
-import time
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from certwatch import __version__
 from certwatch.assess import State
 from certwatch.store import TargetStatus
 
-__all__ = ["DaemonMetrics", "TargetCollector"]
+__all__ = ["DaemonMetrics", "TargetExposition"]
 
-TARGET_LABELS = ("name", "host", "port", "address", "server_name", "protocol")
-VERIFY_PROBLEMS = ("expired", "not_yet_valid", "self_signed", "untrusted", "incomplete_chain",
-                   "hostname_mismatch")
+# Family name -> help text, in the order they are written.
+FAMILIES: dict[str, str] = {
+    "certwatch_probe_success": "1 if the latest probe completed a TLS handshake, else 0.",
+    "certwatch_probe_duration_seconds": "How long the latest probe took.",
+    "certwatch_probe_timestamp_seconds": "When the latest probe started.",
+    "certwatch_probe_consecutive_failures": "Probes failed in a row (0 after a success).",
+    "certwatch_probe_error_info": "Why the latest probe failed.",
+    "certwatch_target_state": "The target's state: 1 for the current one of ok, warning, "
+                              "critical, expired, error.",
+    "certwatch_cert_read_timestamp_seconds": "When the certificate reported here was read "
+                                             "(older than the latest probe when that failed).",
+    "certwatch_cert_expiry_timestamp_seconds": "The earliest notAfter on the chain clients use.",
+    "certwatch_cert_not_after_timestamp_seconds": "The leaf's notAfter.",
+    "certwatch_cert_not_before_timestamp_seconds": "The leaf's notBefore.",
+    "certwatch_chain_cert_not_after_timestamp_seconds": "notAfter of each certificate the "
+                                                        "server presented, by position.",
+    "certwatch_cert_info": "Identity of each presented certificate (changes on renewal).",
+    "certwatch_cert_verified": "1 if clients would accept the chain for this name now, else 0.",
+    "certwatch_cert_hostname_match": "1 if the leaf is valid for the name checked, else 0.",
+    "certwatch_cert_verify_problem": "Present for each reason clients would reject the chain.",
+    "certwatch_tls_info": "The TLS version and cipher negotiated.",
+}
 
 
 def _role(position: int, last: int, self_issued: bool) -> str:
@@ -33,127 +55,117 @@ def _role(position: int, last: int, self_issued: bool) -> str:
     return "root" if position == last and self_issued else "intermediate"
 
 
-class _Families:
-    """Builds gauge families whose series carry the target labels plus user labels."""
-
-    def __init__(self, user_labels: tuple[str, ...]) -> None:
-        self.user_labels = user_labels
-        self.families: dict[str, Metric] = {}
-
-    def add(self, name: str, doc: str, labels: Mapping[str, str], value: float,
-            **extra: str) -> None:
-        family = self.families.get(name)
-        if family is None:
-            family = self.families[name] = GaugeMetricFamily(name, doc)
-        family.add_sample(name, {**labels, **extra}, value)
+def _escape(value: str) -> str:
+    """A label value as the exposition format wants it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _target_labels(status: TargetStatus, user_labels: tuple[str, ...]) -> dict[str, str]:
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
+
+
+def _number(value: float) -> str:
+    return repr(float(value))
+
+
+def _target_pairs(status: TargetStatus, user_labels: tuple[str, ...]) -> list[tuple[str, str]]:
     endpoint, address = status.target.endpoint, status.target.address
-    labels = {
-        "name": endpoint.name,
-        "host": endpoint.host,
-        "port": str(endpoint.port),
-        "address": address or "",
-        "server_name": endpoint.server_name or "",
-        "protocol": endpoint.protocol,
-    }
     own = dict(endpoint.labels)
-    labels.update({label: own.get(label, "") for label in user_labels})
-    return labels
+    return [
+        ("name", endpoint.name), ("host", endpoint.host), ("port", str(endpoint.port)),
+        ("address", address or ""), ("server_name", endpoint.server_name or ""),
+        ("protocol", endpoint.protocol),
+        *((label, own.get(label, "")) for label in user_labels),
+    ]
 
 
-def collect_targets(statuses: Iterable[TargetStatus]) -> list[Metric]:
-    """Every per-target family for one snapshot."""
-    statuses = list(statuses)
-    user_labels = tuple(sorted({k for s in statuses for k, _ in s.target.endpoint.labels}))
-    out = _Families(user_labels)
-    for status in statuses:
-        labels = _target_labels(status, user_labels)
-        a = status.assessment
-        out.add("certwatch_probe_success",
-                "1 if the latest probe completed a TLS handshake, else 0.",
-                labels, 1.0 if status.probe_success else 0.0)
-        out.add("certwatch_probe_duration_seconds", "How long the latest probe took.",
-                labels, status.last_probe_duration)
-        out.add("certwatch_probe_timestamp_seconds", "When the latest probe started.",
-                labels, status.last_probe_at.timestamp())
-        out.add("certwatch_probe_consecutive_failures",
-                "Probes failed in a row (0 after a success).", labels,
-                status.consecutive_failures)
-        if status.last_error is not None:
-            out.add("certwatch_probe_error_info", "Why the latest probe failed.", labels, 1.0,
-                    kind=status.last_error.kind, phase=status.last_error.phase)
-        for state in State:
-            out.add("certwatch_target_state",
-                    "The target's state: 1 for the current one of ok, warning, critical, "
-                    "expired, error.", labels, 1.0 if a.state is state else 0.0,
-                    state=state.value)
-        if a.leaf is None or a.earliest is None:
-            continue
-        read_at = a.observation.started_at.timestamp()
-        out.add("certwatch_cert_read_timestamp_seconds",
-                "When the certificate reported here was read (older than the latest probe "
-                "when that failed).", labels, read_at)
-        out.add("certwatch_cert_expiry_timestamp_seconds",
-                "The earliest notAfter across the presented chain.", labels,
-                a.earliest.not_after.timestamp())
-        out.add("certwatch_cert_not_after_timestamp_seconds", "The leaf's notAfter.", labels,
-                a.leaf.not_after.timestamp())
-        out.add("certwatch_cert_not_before_timestamp_seconds", "The leaf's notBefore.", labels,
-                a.leaf.not_before.timestamp())
+def render_target(status: TargetStatus, user_labels: tuple[str, ...]) -> dict[str, str]:
+    """One target's sample lines, by family."""
+    base = _labels(_target_pairs(status, user_labels))
+    out: dict[str, list[str]] = {}
+
+    def add(family: str, value: float, *extra: tuple[str, str]) -> None:
+        labels = f"{base},{_labels(extra)}" if extra else base
+        out.setdefault(family, []).append(f"{family}{{{labels}}} {_number(value)}\n")
+
+    a = status.assessment
+    add("certwatch_probe_success", 1.0 if status.probe_success else 0.0)
+    add("certwatch_probe_duration_seconds", status.last_probe_duration)
+    add("certwatch_probe_timestamp_seconds", status.last_probe_at.timestamp())
+    add("certwatch_probe_consecutive_failures", status.consecutive_failures)
+    if status.last_error is not None:
+        add("certwatch_probe_error_info", 1.0, ("kind", status.last_error.kind),
+            ("phase", status.last_error.phase))
+    for state in State:
+        add("certwatch_target_state", 1.0 if a.state is state else 0.0, ("state", state.value))
+    if a.leaf is not None and a.earliest is not None:
+        add("certwatch_cert_read_timestamp_seconds", a.observation.started_at.timestamp())
+        add("certwatch_cert_expiry_timestamp_seconds", a.earliest.not_after.timestamp())
+        add("certwatch_cert_not_after_timestamp_seconds", a.leaf.not_after.timestamp())
+        add("certwatch_cert_not_before_timestamp_seconds", a.leaf.not_before.timestamp())
         last = len(a.chain) - 1
         for cert in a.chain:
             role = _role(cert.position, last, cert.self_issued)
-            out.add("certwatch_chain_cert_not_after_timestamp_seconds",
-                    "notAfter of each certificate the server presented, by position.",
-                    labels, cert.not_after.timestamp(), position=str(cert.position), role=role)
-            out.add("certwatch_cert_info",
-                    "Identity of each presented certificate (changes on renewal).", labels, 1.0,
-                    position=str(cert.position), role=role, serial=cert.serial,
-                    fingerprint_sha256=cert.fingerprint_sha256, subject=cert.subject,
-                    issuer=cert.issuer, key_type=cert.key_type,
-                    signature_algorithm=cert.signature_algorithm)
+            position = ("position", str(cert.position))
+            add("certwatch_chain_cert_not_after_timestamp_seconds", cert.not_after.timestamp(),
+                position, ("role", role))
+            add("certwatch_cert_info", 1.0, position, ("role", role), ("serial", cert.serial),
+                ("fingerprint_sha256", cert.fingerprint_sha256), ("subject", cert.subject),
+                ("issuer", cert.issuer), ("key_type", cert.key_type),
+                ("signature_algorithm", cert.signature_algorithm))
         verification = a.verification
         if verification is not None:
-            out.add("certwatch_cert_verified",
-                    "1 if clients would accept the chain for this name now, else 0.", labels,
-                    1.0 if verification.ok else 0.0)
-            out.add("certwatch_cert_hostname_match",
-                    "1 if the leaf is valid for the name checked, else 0.", labels,
-                    1.0 if verification.hostname_match else 0.0)
+            add("certwatch_cert_verified", 1.0 if verification.ok else 0.0)
+            add("certwatch_cert_hostname_match", 1.0 if verification.hostname_match else 0.0)
             # verify: false means "judge expiry only": its problems are shown in the API
             # and status page, but no alert rule should see them.
             for problem in verification.problems if status.target.endpoint.verify else ():
-                out.add("certwatch_cert_verify_problem",
-                        "Present for each reason clients would reject the chain.", labels, 1.0,
-                        problem=problem)
+                add("certwatch_cert_verify_problem", 1.0, ("problem", problem))
         if a.observation.tls_version:
-            out.add("certwatch_tls_info", "The TLS version and cipher negotiated.", labels, 1.0,
-                    version=a.observation.tls_version, cipher=a.observation.cipher or "")
-    return list(out.families.values())
+            add("certwatch_tls_info", 1.0, ("version", a.observation.tls_version),
+                ("cipher", a.observation.cipher or ""))
+    return {family: "".join(lines) for family, lines in out.items()}
 
 
-class TargetCollector(Collector):
-    """Per-target metrics and gauges derived from the snapshot (targets by state, lag)."""
+class TargetExposition:
+    """The per-target families plus targets-by-state and scan lag, as exposition text."""
 
-    def __init__(self, snapshot: Callable[[], Mapping[str, TargetStatus]],
-                 lag: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
-        self._snapshot = snapshot
+    def __init__(self, statuses: Callable[[], Sequence[TargetStatus]],
+                 lag: Callable[[], float]) -> None:
+        self._statuses = statuses
         self._lag = lag
-        self._clock = clock
+        self._cache: dict[str, tuple[TargetStatus, tuple[str, ...], dict[str, str]]] = {}
 
-    def collect(self) -> Iterator[Metric]:
-        statuses = list(self._snapshot().values())
-        yield from collect_targets(statuses)
-        by_state = GaugeMetricFamily("certwatch_targets", "Targets by state.", labels=["state"])
+    def render(self) -> str:
+        statuses = self._statuses()
+        user_labels = tuple(sorted({k for s in statuses for k, _ in s.target.endpoint.labels}))
+        by_family: dict[str, list[str]] = {family: [] for family in FAMILIES}
+        cache: dict[str, tuple[TargetStatus, tuple[str, ...], dict[str, str]]] = {}
+        for status in statuses:
+            key = status.target.key
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] is status and cached[1] == user_labels:
+                lines = cached[2]
+            else:
+                lines = render_target(status, user_labels)
+            cache[key] = (status, user_labels, lines)
+            for family, text in lines.items():
+                by_family[family].append(text)
+        self._cache = cache  # targets gone from the store leave the cache too
+        out = []
+        for family, text in by_family.items():
+            if text:
+                out.append(f"# HELP {family} {FAMILIES[family]}\n# TYPE {family} gauge\n")
+                out.extend(text)
+        out.append("# HELP certwatch_targets Targets by state.\n# TYPE certwatch_targets gauge\n")
         for state in State:
-            by_state.add_metric([state.value], sum(1 for s in statuses if s.state is state))
-        yield by_state
-        yield GaugeMetricFamily(
-            "certwatch_scan_lag_seconds",
-            "How late the latest probes started against their schedule (the worst target): "
-            "grows when the concurrency bound cannot keep up.", value=self._lag())
+            count = sum(1 for s in statuses if s.state is state)
+            out.append(f'certwatch_targets{{state="{state.value}"}} {_number(count)}\n')
+        out.append("# HELP certwatch_scan_lag_seconds How late the latest probes started "
+                   "against their schedule (the worst target): grows when the concurrency "
+                   "bound cannot keep up.\n# TYPE certwatch_scan_lag_seconds gauge\n"
+                   f"certwatch_scan_lag_seconds {_number(self._lag())}\n")
+        return "".join(out)
 
 
 class DaemonMetrics:

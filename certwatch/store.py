@@ -105,33 +105,40 @@ class Change:
 
 
 class Store:
-    """Latest status per target key, as an immutable snapshot replaced on each update."""
+    """Latest statuses, by endpoint name, as an immutable snapshot replaced on each update.
+
+    Updating one endpoint copies only the outer mapping (a C-level dict copy), so a sweep
+    of N endpoints costs O(N) copies of pointers, not O(N) Python work per update.
+    """
 
     def __init__(self) -> None:
-        self._targets: Mapping[str, TargetStatus] = MappingProxyType({})
+        self._by_endpoint: Mapping[str, tuple[TargetStatus, ...]] = MappingProxyType({})
 
     def snapshot(self) -> Mapping[str, TargetStatus]:
-        return self._targets
+        """Every target's status by target key (built per call: for scrapes and the API)."""
+        return {s.target.key: s for statuses in self._by_endpoint.values() for s in statuses}
+
+    def statuses(self) -> list[TargetStatus]:
+        return [s for statuses in self._by_endpoint.values() for s in statuses]
 
     def of_endpoint(self, name: str) -> list[TargetStatus]:
-        return [s for s in self._targets.values() if s.target.endpoint.name == name]
+        return list(self._by_endpoint.get(name, ()))
 
     def replace_endpoint(self, name: str, statuses: Iterable[TargetStatus]) -> list[Change]:
         """Sets the endpoint's statuses (dropping addresses it no longer has)."""
-        before = {s.target.key: s.state for s in self.of_endpoint(name)}
-        updated = {k: s for k, s in self._targets.items() if s.target.endpoint.name != name}
-        changes = []
-        for status in statuses:
-            updated[status.target.key] = status
-            if before.get(status.target.key) is not status.state:
-                changes.append(Change(before.get(status.target.key), status))
-        self._targets = MappingProxyType(updated)
-        return changes
+        before = {s.target.key: s.state for s in self._by_endpoint.get(name, ())}
+        statuses = tuple(statuses)
+        updated = dict(self._by_endpoint)
+        updated[name] = statuses
+        self._by_endpoint = MappingProxyType(updated)
+        return [Change(before.get(s.target.key), s) for s in statuses
+                if before.get(s.target.key) is not s.state]
 
     def retain(self, names: set[str]) -> list[str]:
         """Drops targets of endpoints no longer in the inventory; returns their keys."""
-        gone = [k for k, s in self._targets.items() if s.target.endpoint.name not in names]
-        if gone:
-            self._targets = MappingProxyType(
-                {k: s for k, s in self._targets.items() if k not in gone})
+        gone = [s.target.key for name, statuses in self._by_endpoint.items()
+                if name not in names for s in statuses]
+        if any(name not in names for name in self._by_endpoint):
+            self._by_endpoint = MappingProxyType(
+                {n: s for n, s in self._by_endpoint.items() if n in names})
         return gone

@@ -36,6 +36,7 @@ class DaemonView(Protocol):
     registry: CollectorRegistry
 
     def snapshot(self) -> Mapping[str, TargetStatus]: ...
+    def target_metrics(self) -> str: ...
     def next_probe_at(self, endpoint_name: str) -> datetime | None: ...
     def ready(self) -> bool: ...
     def notices(self) -> list[str]: ...
@@ -100,7 +101,7 @@ def _security(config: WebConfig) -> tuple[list[Any], Callable[[web.Request, web.
 
 def create_app(view: DaemonView, web_config: WebConfig | None = None) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(view.registry)
+        body = generate_latest(view.registry) + view.target_metrics().encode()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -6,13 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from certwatch.assess import Assessment, State, assess
 from certwatch.certs import TrustStore
 from certwatch.config import Endpoint
-from certwatch.metrics import TargetCollector
+from certwatch.metrics import TargetExposition
 from certwatch.probe import Observation, ProbeError, Target
 from certwatch.store import Store, merge
 from tests.pki import Issued, make_leaf, make_root
@@ -31,12 +30,13 @@ def root() -> Issued:
 
 
 def judged(root: Issued, *, at: datetime = NOW, address: str | None = "127.0.0.1",
-           left: float | None = 40, error: ProbeError | None = None) -> Assessment:
+           left: float | None = 40, error: ProbeError | None = None,
+           endpoint: Endpoint = ENDPOINT) -> Assessment:
     chain: tuple[bytes, ...] = ()
     if left is not None:
         leaf = make_leaf(root, ["svc.test"], not_before=NOW - 10 * DAY, not_after=NOW + left * DAY)
         chain = (leaf.cert.public_bytes(Encoding.DER),)
-    observation = Observation(Target(ENDPOINT, address), at, 0.05, chain=chain,
+    observation = Observation(Target(endpoint, address), at, 0.05, chain=chain,
                               tls_version="TLSv1.3" if chain else None, error=error)
     return assess(observation, at, TrustStore.of([root.cert]))
 
@@ -93,9 +93,7 @@ def test_vanished_addresses_are_dropped(root: Issued) -> None:
 
 
 def scrape(store: Store, lag: float = 0.0) -> dict[str, list]:  # type: ignore[type-arg]
-    registry = CollectorRegistry()
-    registry.register(TargetCollector(store.snapshot, lambda: lag))
-    text = generate_latest(registry).decode()
+    text = TargetExposition(store.statuses, lambda: lag).render()
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
@@ -133,3 +131,23 @@ def test_user_labels_are_unioned_across_targets(root: Issued) -> None:
         ("db", "", "prod"), ("web", "pay", "")]
     (error,) = scrape(store)["certwatch_probe_error_info"]
     assert (error.labels["kind"], error.labels["phase"]) == ("dns", "dns")
+
+
+def test_rendering_is_cached_until_a_status_changes_and_escapes_labels(root: Issued) -> None:
+    hostile = Endpoint(name='we"ird\\name\nx', host="svc.test", port=443,
+                       server_name="svc.test", labels=(("team", 'a"b'),))
+    store = Store()
+    store.replace_endpoint(hostile.name, merge([], [judged(root, endpoint=hostile)], hostile,
+                                                    rejudge_at(root, NOW)))
+    exposition = TargetExposition(store.statuses, lambda: 0.0)
+    first = exposition.render()
+    (sample,) = {f.name: f.samples for f in text_string_to_metric_families(first)}[
+        "certwatch_probe_success"]
+    assert sample.labels["name"] == 'we"ird\\name\nx' and sample.labels["team"] == 'a"b'
+    assert exposition.render() == first  # unchanged statuses: the cached text
+    (status,) = store.statuses()
+    store.replace_endpoint(hostile.name, merge([status], [judged(root, left=None, error=REFUSED,
+                                                                      endpoint=hostile)],
+                                               hostile, rejudge_at(root, NOW)))
+    assert "certwatch_probe_success" in exposition.render()
+    assert exposition.render() != first
