@@ -177,7 +177,8 @@ class _Mapping(dict):  # type: ignore[type-arg]
         self.key_lines: dict[Any, int] = {}
 
 
-class _LineLoader(yaml.SafeLoader):
+# libyaml (C) when present: a 10,000-endpoint inventory parses several times faster.
+class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:  # type: ignore[override]
         mapping = _Mapping(super().construct_mapping(node, deep=True))
         mapping.line = node.start_mark.line + 1
