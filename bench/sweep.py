@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/pki.py, used by the server process
@@ -213,6 +213,28 @@ def receive(conn: Connection, expected: str, timeout: float) -> Any:
     if kind != expected:
         raise SystemExit(f"FAIL: the server process failed:\n{payload}")
     return payload
+
+
+@contextlib.contextmanager
+def server_process(count: int, key_type: str, directory: str,
+                   lifetime: float) -> Iterator[tuple[Connection, dict[str, Any]]]:
+    """Spawns the server process and yields its pipe and its "ready" message (ca_file,
+    endpoints). On the way out the pipe is closed (EOF stops the server, if nothing did)
+    and the process is joined, or terminated if it outlives SERVER_STOP_TIMEOUT."""
+    spawn = multiprocessing.get_context("spawn")
+    conn, child_conn = spawn.Pipe()
+    server = spawn.Process(target=serve, name="certwatch-bench-servers", daemon=True,
+                           args=(child_conn, count, key_type, directory, lifetime))
+    server.start()
+    child_conn.close()
+    try:
+        yield conn, receive(conn, "ready", SERVER_READY_TIMEOUT)
+    finally:
+        conn.close()
+        server.join(SERVER_STOP_TIMEOUT)
+        if server.is_alive():
+            server.terminate()
+            server.join(5)
 
 
 # --- the client (this process) ---------------------------------------------------------
@@ -374,29 +396,16 @@ def main() -> int:
     # The server's listening sockets and both ends' connections; the server inherits it.
     raise_fd_limit(args.targets + args.concurrency + FD_MARGIN)
 
-    spawn = multiprocessing.get_context("spawn")
     lifetime = SERVER_READY_TIMEOUT + 2 * args.deadline + SERVER_STOP_TIMEOUT
-    with tempfile.TemporaryDirectory(prefix="certwatch-bench-") as directory:
-        conn, child_conn = spawn.Pipe()
-        server = spawn.Process(target=serve, name="certwatch-bench-servers", daemon=True,
-                               args=(child_conn, args.targets, args.key_type, directory, lifetime))
-        server.start()
-        child_conn.close()
+    with tempfile.TemporaryDirectory(prefix="certwatch-bench-") as directory, \
+            server_process(args.targets, args.key_type, directory, lifetime) as (conn, ready):
         try:
-            ready = receive(conn, "ready", SERVER_READY_TIMEOUT)
-            try:
-                figures, assessments = run_client(args, conn, ready)
-            except TimeoutError:
-                raise SystemExit(
-                    f"FAIL: the sweep did not finish within {args.deadline:g}s") from None
-            conn.send("stop")
-            stats = receive(conn, "stats", SERVER_STOP_TIMEOUT)
-        finally:
-            conn.close()  # EOF stops the server too, if we got here by an error
-            server.join(SERVER_STOP_TIMEOUT)
-            if server.is_alive():
-                server.terminate()
-                server.join(5)
+            figures, assessments = run_client(args, conn, ready)
+        except TimeoutError:
+            raise SystemExit(
+                f"FAIL: the sweep did not finish within {args.deadline:g}s") from None
+        conn.send("stop")
+        stats = receive(conn, "stats", SERVER_STOP_TIMEOUT)
 
     figures = replace(figures, server_peak_connections=stats["peak_connections"],
                       server_handshakes=stats["sweep_handshakes"],

@@ -80,6 +80,7 @@ class Daemon:
         self._prober: Prober | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._due: dict[str, datetime] = {}
+        self._deadline: dict[str, float] = {}  # the same moments, on time.monotonic()
         self._lag: dict[str, float] = {}
         self._running: set[str] = set()
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -208,6 +209,8 @@ class Daemon:
             signature = self._signature()
             if signature is None and self._file_signature is not None:
                 self._file_signature = None
+                self.metrics.reload_ok.set(0)
+                self.metrics.reloads.labels("failure").inc()
                 self._notices = [f"configuration file {self.config_path} is missing; "
                                  "still running the previous inventory"]
                 log.error("configuration file is missing; the previous inventory keeps running",
@@ -235,20 +238,26 @@ class Daemon:
             log.warning("the wall clock jumped by %+.0f s; moving every scheduled probe with it",
                         jump, extra={"jump_seconds": round(jump, 1)})
             self.metrics.clock_jumps.inc()
-            for name, due in list(self._due.items()):
+            # Each probe keeps the wait it had left on the monotonic clock. (Moving the
+            # wall-clock due times by the jump is wrong for the probes that already ran,
+            # and were rescheduled, between the jump and its detection.)
+            now, mono = _utcnow(), time.monotonic()
+            for name, deadline in list(self._deadline.items()):
                 if name not in self._running:
-                    self._schedule(name, due + timedelta(seconds=jump))
+                    self._schedule(name, now + timedelta(seconds=max(0.0, deadline - mono)))
 
     # --- scheduling and probing ---------------------------------------------------------
 
     def _schedule(self, name: str, when: datetime) -> None:
         assert self._scheduler is not None
         self._due[name] = when
+        self._deadline[name] = time.monotonic() + (when - _utcnow()).total_seconds()
         self._scheduler.add_job(self._run_endpoint, "date", run_date=when, args=[name], id=name,
                                 replace_existing=True, misfire_grace_time=None)
 
     def _unschedule(self, name: str) -> None:
         self._due.pop(name, None)
+        self._deadline.pop(name, None)
         self._lag.pop(name, None)
         self._first_probe_done(name)  # a removed endpoint no longer holds readiness back
         if self._scheduler is not None:
@@ -266,7 +275,7 @@ class Daemon:
         assert task is not None and self._prober is not None
         self._running.add(name)
         self._in_flight.add(task)
-        due = self._due.get(name, _utcnow())
+        deadline = self._deadline.get(name, time.monotonic())
         failed = True
         try:
             observations = await self._prober.probe(endpoint)
@@ -286,7 +295,11 @@ class Daemon:
                 error = status.last_error
                 self.metrics.probes.labels("success" if error is None else "failure",
                                            error.kind if error else "").inc()
-            self._lag[name] = max(0.0, (min(o.started_at for o in observations) - due).total_seconds())
+            # How late the probe started, all on the monotonic clock (a wall-clock jump,
+            # even one during the probe, is not lateness): each observation's duration is
+            # monotonic, so the earliest start is now less the longest of them.
+            since_start = max(o.duration_seconds for o in observations)
+            self._lag[name] = max(0.0, time.monotonic() - since_start - deadline)
             failed = any(not s.probe_success for s in statuses)
             self._first_probe_done(name)
         except Exception:
@@ -383,7 +396,9 @@ class Daemon:
     async def _shutdown(self, runner: web.AppRunner, watcher: asyncio.Task[None],
                         notifier_task: asyncio.Task[None] | None) -> None:
         assert self._scheduler is not None
-        self._scheduler.shutdown(wait=False)
+        # pause(), not shutdown(): APScheduler's AsyncIOExecutor.shutdown cancels every job
+        # still running, which would cut the probes in flight short of their grace time.
+        self._scheduler.pause()
         watcher.cancel()
         if self._in_flight:
             done, pending = await asyncio.wait(set(self._in_flight), timeout=self.grace)
@@ -392,6 +407,7 @@ class Daemon:
             if pending:
                 log.warning("probes cancelled after the grace time", extra={"count": len(pending)})
                 await asyncio.wait(pending, timeout=1)
+        self._scheduler.shutdown(wait=False)
         if notifier_task is not None:
             # The loop ends at its next wake-up; what is undelivered stays in the outbox.
             done, _ = await asyncio.wait({notifier_task}, timeout=self.grace)

@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0  # seconds between clean-ups of the outbox
 KEEP_DELIVERED = 7 * 86400.0  # delivered and dead notifications are kept this long
+# The outbox is written from the event loop, and SQLite waits for another process's
+# lock by blocking the thread: a long wait would stall probes, scrapes and deliveries.
+# certwatch is the database's only writer, so a lock held elsewhere (a backup, an
+# operator's shell) fails fast, and the write is tried again later.
+BUSY_TIMEOUT = 0.25  # seconds
+WRITE_RETRY = 1.0  # seconds between write attempts while the database fails
+PER_SINK = 10  # deliveries in flight at once to one sink
+CLOCK_JUMP = 30.0  # seconds; a wall clock set back further moves pending retries with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,14 @@ class Notifier:
         self.degraded: str | None = None
         self._wake = asyncio.Event()
         self._last_prune = 0.0
+        outbox.set_busy_timeout(BUSY_TIMEOUT)
+        self._write_failed_at: float | None = None  # time.monotonic() of the latest failure
+        # (notification id, sink): the deliveries being sent, and those sent whose outcome
+        # could not be written yet (not sent again until it is).
+        self._sending: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._unrecorded: dict[tuple[str, str], Callable[[], None]] = {}
+        self._clock_offset = time.time() - time.monotonic()
+        self._clock_shift = 0.0  # a backward jump not yet applied to the outbox
         self._update_gauges()
 
     def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]:
@@ -125,11 +141,13 @@ class Notifier:
             return
         deliveries = [(n, sink.name) for n in notices for sink in self.config.sinks
                       if sink.accepts(n)]
+        # Nothing is lost by not writing: the open alerts are unchanged, so the same
+        # decision is taken again at the next probe, once the database accepts writes.
+        if not self._may_write():
+            return
         try:
             self.outbox.apply(changes, deliveries, now)
         except sqlite3.Error as exc:
-            # Nothing is lost: the open alerts are unchanged, so the same decision is
-            # taken again at the next probe, once the database accepts writes.
             self._degrade(f"state database write failed: {exc}")
             return
         self._recover()
@@ -146,13 +164,22 @@ class Notifier:
         if deliveries:
             self._wake.set()
 
-    def _degrade(self, why: str) -> None:
+    def _may_write(self) -> bool:
+        """False for WRITE_RETRY seconds after a failed write: while the database fails,
+        each attempt can block the event loop for BUSY_TIMEOUT, so they are spaced out."""
+        return (self._write_failed_at is None
+                or time.monotonic() - self._write_failed_at >= WRITE_RETRY)
+
+    def _degrade(self, why: str, *, write: bool = True) -> None:
+        if write:
+            self._write_failed_at = time.monotonic()
         if self.degraded is None:
             log.error("alerting degraded: %s", why, extra={"path": str(self.outbox.path)})
         self.degraded = why
         self.metrics.state_ok.set(0)
 
     def _recover(self) -> None:
+        self._write_failed_at = None
         if self.degraded is not None:
             log.info("alerting recovered: the state database accepts writes again")
         self.degraded = None
@@ -165,7 +192,7 @@ class Notifier:
         try:
             depth, oldest = self.outbox.pending_stats()
         except sqlite3.Error as exc:
-            self._degrade(f"state database read failed: {exc}")
+            self._degrade(f"state database read failed: {exc}", write=False)
             return
         self.metrics.outbox_depth.set(depth)
         self.metrics.oldest_age.set(time.time() - oldest if oldest else 0)
@@ -173,12 +200,17 @@ class Notifier:
     # --- delivery ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Delivers due notifications until `stop`; wakes on new ones or every second."""
+        """Delivers due notifications until `stop`; wakes on new ones or every second.
+
+        Each (notification, sink) is sent by a task of its own, so a sink that hangs
+        until its timeout holds up nothing but its own deliveries."""
         async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
             refresher = asyncio.create_task(self._refresh_forever(client, stop))
             try:
                 while not stop.is_set():
-                    await self.deliver_due(client)
+                    self._follow_clock()
+                    self.start_due(client)
+                    self._update_gauges()
                     self._prune_now_and_then()
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -187,26 +219,85 @@ class Notifier:
                 refresher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await refresher
+                await self._finish_sending()
+
+    async def _finish_sending(self) -> None:
+        """Lets the deliveries under way end (each is bounded by its sink's timeout);
+        cancelled, they stay pending in the outbox and are sent after a restart."""
+        sending = set(self._sending.values())
+        if not sending:
+            return
+        try:
+            await asyncio.wait(sending, timeout=max((s.timeout for s in self.config.sinks),
+                                                    default=10.0) + 1)
+        finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.wait(sending, timeout=1)
 
     def _prune_now_and_then(self) -> None:
         now = time.time()
-        if now - self._last_prune < PRUNE_EVERY:
+        if now - self._last_prune < PRUNE_EVERY or not self._may_write():
             return
         self._last_prune = now
         self._record(lambda: log.debug("pruned %d old notifications",
                                        self.outbox.prune(now - KEEP_DELIVERED)))
 
-    async def deliver_due(self, client: httpx.AsyncClient) -> None:
+    def _follow_clock(self) -> None:
+        """Retries are stored at wall-clock times; when the clock is set back, move the
+        pending ones with it, or they would wait as long as it was set back. (A clock set
+        forward only makes them due early, which is harmless.)"""
+        offset = time.time() - time.monotonic()
+        jump, self._clock_offset = offset - self._clock_offset, offset
+        if jump < -CLOCK_JUMP:
+            log.warning("the wall clock was set back %.0f s; moving pending retries with it",
+                        -jump, extra={"jump_seconds": round(jump, 1)})
+            self._clock_shift += jump
+        if self._clock_shift and self._may_write():
+            shift = self._clock_shift
+            if self._record(lambda: self.outbox.shift_pending(shift)):
+                self._clock_shift = 0.0
+
+    def start_due(self, client: httpx.AsyncClient) -> list[asyncio.Task[None]]:
+        """Starts a task for each due delivery not already under way; returns them."""
+        self._record_unrecorded()
+        busy = self._sending.keys() | self._unrecorded.keys()
         try:
-            due = self.outbox.due(time.time())
+            due = self.outbox.due(time.time(), limit=100 + len(busy), per_sink=PER_SINK + len(busy))
         except sqlite3.Error as exc:
-            self._degrade(f"state database read failed: {exc}")
-            return
+            self._degrade(f"state database read failed: {exc}", write=False)
+            return []
         sinks = {sink.name: sink for sink in self.config.sinks}
-        await asyncio.gather(*(self._deliver(d, sinks.get(d.sink), client) for d in due))
+        in_flight: dict[str, int] = {}
+        for key in self._sending:
+            in_flight[key[1]] = in_flight.get(key[1], 0) + 1
+        started = []
+        for delivery in due:
+            key = (delivery.notification.id, delivery.sink)
+            if key in busy or in_flight.get(delivery.sink, 0) >= PER_SINK:
+                continue
+            in_flight[delivery.sink] = in_flight.get(delivery.sink, 0) + 1
+            task = asyncio.create_task(self._deliver(delivery, sinks.get(delivery.sink), client),
+                                       name=f"deliver {delivery.sink}")
+            self._sending[key] = task
+            task.add_done_callback(lambda _, key=key: self._sent(key))
+            started.append(task)
+        return started
+
+    def _sent(self, key: tuple[str, str]) -> None:
+        self._sending.pop(key, None)
+        self._wake.set()  # the next due ones of that sink may start
+
+    async def deliver_due(self, client: httpx.AsyncClient) -> None:
+        """Sends every due delivery and waits for them all."""
+        started = self.start_due(client)
+        if started:
+            await asyncio.wait(started)
         self._update_gauges()
 
-    async def _deliver(self, delivery: Delivery, sink: Sink | None, client: httpx.AsyncClient) -> None:
+    async def _deliver(self, delivery: Delivery, sink: Sink | None,
+                       client: httpx.AsyncClient) -> None:
+        key = (delivery.notification.id, delivery.sink)
         now = time.time()
         try:
             if sink is None:
@@ -223,18 +314,32 @@ class Notifier:
                 "notification %s to %s: %s", "will be retried" if retry_at else "dead-lettered",
                 delivery.sink, exc, extra={"alert_key": delivery.notification.alert_key,
                                            "attempts": delivery.attempts + 1})
-            self._record(lambda: self.outbox.failed(delivery, str(exc), retry_at))
+            self._record_outcome(key, lambda: self.outbox.failed(delivery, str(exc), retry_at))
             return
         self.metrics.notifications.labels(delivery.sink, "delivered").inc()
-        self._record(lambda: self.outbox.delivered(delivery, time.time()))
+        delivered_at = time.time()
+        self._record_outcome(key, lambda: self.outbox.delivered(delivery, delivered_at))
 
-    def _record(self, write: Callable[[], None]) -> None:
+    def _record_outcome(self, key: tuple[str, str], write: Callable[[], None]) -> None:
+        """Writes how a delivery went; if the database fails, keeps it to write later
+        (and does not send that delivery again meanwhile)."""
+        if not self._may_write() or not self._record(write):
+            self._unrecorded[key] = write
+
+    def _record_unrecorded(self) -> None:
+        for key, write in list(self._unrecorded.items()):
+            if not self._may_write() or not self._record(write):
+                return
+            del self._unrecorded[key]
+
+    def _record(self, write: Callable[[], Any]) -> bool:
         try:
             write()
         except sqlite3.Error as exc:
             self._degrade(f"state database write failed: {exc}")
-        else:
-            self._recover()
+            return False
+        self._recover()
+        return True
 
     async def _refresh_forever(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         """Alertmanager forgets alerts not re-posted; re-post the open ones periodically."""

@@ -9,7 +9,9 @@ so receivers can drop that one repeat); a crash anywhere else loses and repeats 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -72,11 +74,11 @@ def _notification_json(n: Notification) -> str:
 class Outbox:
     """The state database. One connection, used from the event loop's thread only."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=5)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a delivered mark must survive power loss
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
@@ -84,10 +86,16 @@ class Outbox:
                 raise sqlite3.DatabaseError(check)
             self._db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as exc:
-            raise StateError(f"state database {path} cannot be used: {exc}") from None
+            reason = _os_reason(path) if isinstance(exc, sqlite3.Error) else ""
+            raise StateError(f"state database {path} cannot be used: {exc}{reason}") from None
 
     def close(self) -> None:
         self._db.close()
+
+    def set_busy_timeout(self, seconds: float) -> None:
+        """How long a write waits for another process's lock before failing with
+        "database is locked". The wait blocks the calling thread."""
+        self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def open_alerts(self) -> dict[str, Alert]:
         rows = self._db.execute(
@@ -120,12 +128,22 @@ class Outbox:
                     (notification.id, sink, notification.alert_key,
                      _notification_json(notification), now.timestamp(), now.timestamp()))
 
-    def due(self, now: float, limit: int = 100) -> list[Delivery]:
+    def due(self, now: float, limit: int = 100, per_sink: int | None = None) -> list[Delivery]:
+        """Pending deliveries due at `now`, oldest first; at most `per_sink` of each sink
+        (so a backlog for one sink cannot fill `limit` and starve the others)."""
+        per_sink = limit if per_sink is None else per_sink
         rows = self._db.execute(
-            "SELECT notification, sink, attempts, created_at FROM outbox "
-            "WHERE status = 'pending' AND next_attempt_at <= ? "
-            "ORDER BY created_at LIMIT ?", (now, limit)).fetchall()
+            "SELECT notification, sink, attempts, created_at FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY sink ORDER BY created_at) AS n"
+            " FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?) "
+            "WHERE n <= ? ORDER BY created_at LIMIT ?", (now, per_sink, limit)).fetchall()
         return [Delivery(_notification_from(json.loads(r[0])), r[1], r[2], r[3]) for r in rows]
+
+    def shift_pending(self, seconds: float) -> None:
+        """Moves every pending retry by `seconds` (after the wall clock jumped)."""
+        with self._transaction():
+            self._db.execute("UPDATE outbox SET next_attempt_at = next_attempt_at + ? "
+                             "WHERE status = 'pending'", (seconds,))
 
     def delivered(self, delivery: Delivery, now: float) -> None:
         with self._transaction():
@@ -173,6 +191,16 @@ class Outbox:
         return _Transaction(self._db)
 
 
+def _os_reason(path: Path) -> str:
+    """What the operating system says about opening `path` for writing ("unable to open
+    database file" alone does not say that the file system is read-only, for instance)."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an empty file is a valid database
+    except OSError as exc:
+        return f" ({exc.strerror})"
+    return ""
+
+
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -181,4 +209,13 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        # A failed COMMIT (disk full, I/O error) must not leave the transaction open, or
+        # every later BEGIN fails ("within a transaction") long after the cause is gone.
+        # SQLite may already have rolled back by itself after SQLITE_FULL or an I/O error.
+        try:
+            if exc_type is None:
+                self._db.execute("COMMIT")
+        finally:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # keep the original error
+                    self._db.execute("ROLLBACK")

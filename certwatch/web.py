@@ -109,7 +109,8 @@ def create_app(view: DaemonView, web_config: WebConfig | None = None) -> web.App
 
     async def readyz(request: web.Request) -> web.Response:
         if view.ready():
-            return web.Response(text="ready\n")
+            # Still ready when degraded (it serves what it knows); the body says what is wrong.
+            return web.Response(text="ready\n" + "".join(f"degraded: {n}\n" for n in view.notices()))
         return web.Response(status=503, text="not ready: the first sweep has not finished\n")
 
     async def targets(request: web.Request) -> web.Response:
