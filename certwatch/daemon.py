@@ -143,7 +143,14 @@ class Daemon:
             self._demo_dir = tempfile.TemporaryDirectory(prefix="certwatch-demo-")
             self._demo = await DemoEndpoints(Path(self._demo_dir.name)).__aenter__()
             log.info("demo endpoints started", extra={"count": len(self._demo.inventory_entries())})
-        demo = build_inventory({"endpoints": self._demo.inventory_entries()}, source="demo")
+        # The demo endpoints follow the inventory's defaults (its interval above all),
+        # except for the trust settings each of them brings.
+        d = inventory.defaults
+        defaults = {"timeout": d.timeout, "warn_days": d.warn_days,
+                    "critical_days": d.critical_days, "interval": d.interval,
+                    "retry_interval": d.retry_interval}
+        demo = build_inventory({"defaults": defaults, "endpoints": self._demo.inventory_entries()},
+                               source="demo")
         clash = {e.name for e in demo.endpoints} & {e.name for e in inventory.endpoints}
         if clash:
             raise ConfigError(str(self.config_path),
