@@ -32,6 +32,7 @@ __all__ = [
     "read_text",
     "unknown_keys",
     "describe",
+    "is_ip",
     "line_of",
     "split_listen",
     "PROTOCOLS",
@@ -447,7 +448,8 @@ def _read_alerts(raw: Any, problems: Problems, base: Path) -> AlertSettings | No
     )
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 literal."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -458,7 +460,7 @@ def _is_ip(text: str) -> bool:
 def _host_problem(host: Any) -> str | None:
     if not isinstance(host, str) or not host.strip():
         return f"'host' must be a host name or IP address, not {describe(host)}"
-    if _is_ip(host):
+    if is_ip(host):
         return None
     if len(host) > 253 or not all(
         re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
@@ -546,7 +548,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     server_name: Any = raw.get("server_name", host)
     if raw.get("server_name", True) in (False, None, ""):
         server_name = None  # explicitly turned off
-    elif isinstance(server_name, str) and _is_ip(server_name):
+    elif isinstance(server_name, str) and is_ip(server_name):
         server_name = None  # SNI never carries an IP literal (RFC 6066 section 3)
     elif server_name is not None and _host_problem(server_name) is not None:
         problems.add(line_of(raw, "server_name"), where,

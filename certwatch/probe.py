@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from certwatch.config import Endpoint
+from certwatch.config import Endpoint, is_ip
 from certwatch.starttls import DIALOGUES, StartTLSError
 
 __all__ = ["Observation", "ProbeError", "Prober", "Target", "classify", "system_resolver"]
@@ -97,14 +97,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """Every address of `host`, in the order the system resolver gives them."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def select_addresses(addresses: list[str], mode: str) -> list[str]:
@@ -258,7 +250,7 @@ class Prober:
         return tuple(await asyncio.gather(*(self.probe_address(endpoint, a) for a in selected)))
 
     async def _resolve(self, endpoint: Endpoint) -> list[str]:
-        if _is_ip(endpoint.host):
+        if is_ip(endpoint.host):
             return [endpoint.host]
         async with self._dns_slots, asyncio.timeout(endpoint.timeout):
             return await self._resolver(endpoint.host, endpoint.port)
