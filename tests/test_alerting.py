@@ -19,7 +19,8 @@ import pytest
 
 from tests.pki import Issued
 from tests.servers import TLSServer
-from tests.test_daemon import DAY, NOW, RunningDaemon, leaf_files, pki, wait_for  # noqa: F401
+from tests.test_daemon import (  # noqa: F401
+    DAY, NOW, RunningDaemon, leaf_files, pki, start_daemon, wait_for)
 
 
 class Receiver:
@@ -90,10 +91,6 @@ endpoints:
 """)
 
 
-def start(config: Path, log: Path) -> RunningDaemon:
-    daemon = RunningDaemon(config, log)
-    wait_for("the daemon to listen", lambda: daemon.get("/healthz")[0] == 200)
-    return daemon
 
 
 def test_journey_warning_escalation_renewal(pki: tuple[Issued, Path], receiver: Receiver,  # noqa: F811
@@ -103,7 +100,7 @@ def test_journey_warning_escalation_renewal(pki: tuple[Issued, Path], receiver: 
     with TLSServer({None: leaf_files(issuer, directory, "w", 20)}) as server:
         port = server.port
         write_config(config, port, receiver.url, tmp_path / "state")
-        daemon = start(config, tmp_path / "d.log")
+        daemon = start_daemon(config, tmp_path / "d.log")
         try:
             trigger = wait_for("the warning", lambda: receiver.unique())
             assert [(b["action"], b["severity"], b["kind"]) for b in trigger] == [
@@ -134,7 +131,7 @@ def crash_and_restart(pki: tuple[Issued, Path], receiver: Receiver, tmp_path: Pa
     with TLSServer({None: leaf_files(issuer, directory, "w", 20)}) as server:
         write_config(config, server.port, receiver.url, tmp_path / "state")
         receiver.mode = mode
-        daemon = start(config, tmp_path / "first.log")
+        daemon = start_daemon(config, tmp_path / "first.log")
         if mode == "fail":  # written to the outbox, not yet delivered
             wait_for("a pending notification", lambda: any(
                 s.value >= 1 for s in daemon.metrics().get("certwatch_outbox_pending", [])))
@@ -145,7 +142,7 @@ def crash_and_restart(pki: tuple[Issued, Path], receiver: Receiver, tmp_path: Pa
         daemon.stop()
         receiver.mode = "ok"
         receiver.release.set()
-        restarted = start(config, tmp_path / "second.log")
+        restarted = start_daemon(config, tmp_path / "second.log")
         try:
             wait_for("delivery after restart", lambda: restarted.metrics().get(
                 "certwatch_outbox_pending", [None])[0].value == 0 and receiver.unique())
@@ -175,7 +172,7 @@ def test_a_sink_that_is_down_gets_everything_once_back(pki, receiver, tmp_path) 
     receiver.mode = "fail"
     with TLSServer({None: leaf_files(issuer, directory, "w", 3)}) as server:
         write_config(config, server.port, receiver.url, tmp_path / "state")
-        daemon = start(config, tmp_path / "d.log")
+        daemon = start_daemon(config, tmp_path / "d.log")
         try:
             wait_for("failed attempts", lambda: any(
                 s.labels["result"] == "retry" and s.value >= 2

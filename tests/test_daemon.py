@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,14 +45,23 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) ->
 
 
 class RunningDaemon:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.port = free_port()
+    """`certwatch run` as a subprocess on 127.0.0.1, stdout and stderr in one log file.
+
+    `options` go before `run` (--log-level ...), `run_options` after it; `env` is added
+    to this process's environment."""
+
+    def __init__(self, config: Path, log: Path, *, port: int | None = None,
+                 env: dict[str, str] | None = None, options: Sequence[str] = (),
+                 run_options: Sequence[str] = ()) -> None:
+        self.port = port or free_port()
         self.log_path = log
         self._log = log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "certwatch", "run", "-c", str(config),
-             "--listen", f"127.0.0.1:{self.port}", "--reload-interval", "0.3", "--grace", "5"],
-            stdout=self._log, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "certwatch", *options, "run", "-c", str(config),
+             "--listen", f"127.0.0.1:{self.port}", "--reload-interval", "0.3", "--grace", "5",
+             *run_options],
+            stdout=self._log, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})})
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -107,13 +116,20 @@ def write_inventory(path: Path, endpoints: list[str]) -> None:
     tmp.replace(path)
 
 
+def start_daemon(config: Path, log: Path, **kwargs: Any) -> RunningDaemon:
+    """A RunningDaemon, once it answers /healthz."""
+    daemon = RunningDaemon(config, log, **kwargs)
+    wait_for("the daemon to listen", lambda: daemon.get("/healthz")[0] == 200)
+    return daemon
+
+
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[[Path], RunningDaemon]]:
     started: list[RunningDaemon] = []
 
     def start(config: Path) -> RunningDaemon:
         daemon = RunningDaemon(config, tmp_path / f"daemon{len(started)}.log")
-        started.append(daemon)
+        started.append(daemon)  # stopped at teardown even if it never listens
         wait_for("the daemon to listen", lambda: daemon.get("/healthz")[0] == 200)
         return daemon
 

@@ -45,7 +45,7 @@ from certwatch.outbox import Outbox
 from tests.pki import Issued
 from tests.servers import TLSServer
 from tests.test_alerting import Receiver, receiver  # noqa: F401
-from tests.test_daemon import RunningDaemon, leaf_files, pki, wait_for  # noqa: F401
+from tests.test_daemon import RunningDaemon, leaf_files, pki, start_daemon, wait_for  # noqa: F401
 
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
                  "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -129,21 +129,6 @@ def banner(daemon: RunningDaemon) -> str:
 def logged(daemon: RunningDaemon, text: str, level: str | None = None) -> list[dict[str, Any]]:
     return [e for e in daemon.logs()
             if text in e.get("message", "") and (level is None or e.get("level") == level)]
-
-
-def start(config: Path, log: Path, env: dict[str, str] | None = None) -> RunningDaemon:
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        daemon = RunningDaemon(config, log)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    wait_for("the daemon to listen", lambda: daemon.get("/healthz")[0] == 200)
-    return daemon
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -264,7 +249,7 @@ def test_state_database_full(swappable: MakeServer, receiver: Receiver,  # noqa:
     config = pki[1] / "certwatch.yaml"
     config.write_text(alerting_config(server.port, small_tmpfs,
                                       [f'{{name: hook, type: webhook, url: "{receiver.url}"}}']))
-    daemon = start(config, tmp_path / "d.log")
+    daemon = start_daemon(config, tmp_path / "d.log")
     try:
         wait_for("ready", lambda: daemon.get("/readyz")[0] == 200)
         ballast = fill(small_tmpfs)
@@ -296,7 +281,7 @@ def test_state_database_locked_by_another_process(swappable: MakeServer,
     config = pki[1] / "certwatch.yaml"
     config.write_text(alerting_config(server.port, state,
                                       [f'{{name: hook, type: webhook, url: "{receiver.url}"}}']))
-    daemon = start(config, tmp_path / "d.log")
+    daemon = start_daemon(config, tmp_path / "d.log")
     latencies: list[float] = []
     stop_polling = threading.Event()
 
@@ -355,7 +340,7 @@ def test_config_file_deleted_truncated_invalid(swappable: MakeServer, pki: PKI, 
             f"  - {{name: shop, host: 127.0.0.1, port: {server.port}, server_name: svc.test}}\n"
             f"  - {{name: shop2, host: 127.0.0.1, port: {server.port}, server_name: svc.test}}\n")
     write_atomically(config, good)
-    daemon = start(config, tmp_path / "d.log")
+    daemon = start_daemon(config, tmp_path / "d.log")
     try:
         wait_for("ready", lambda: daemon.get("/readyz")[0] == 200)
         faults: dict[str, tuple[Callable[[], None], str, str]] = {
@@ -401,7 +386,7 @@ def test_hanging_and_failing_sinks_do_not_hold_up_the_others(
             f'{{name: flaky, type: webhook, url: "{flaky.url}"}}',
         ], retry="{initial: 1s, maximum: 4s}"))
         with RetrySchedule(tmp_path / "state" / "certwatch.db", "flaky") as schedule:
-            daemon = start(config, tmp_path / "d.log")
+            daemon = start_daemon(config, tmp_path / "d.log")
             try:
                 wait_for("the healthy sink's notification", lambda: good.unique())
                 assert [b["action"] for b in good.unique()] == ["trigger"]
@@ -514,7 +499,7 @@ def test_wall_clock_jumps(swappable: MakeServer, pki: PKI, tmp_path: Path) -> No
                                           retry="{initial: 4s, maximum: 4s}", interval="1s"))
         env = {"LD_PRELOAD": library, "FAKETIME_TIMESTAMP_FILE": str(offset),
                "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-        daemon = start(config, tmp_path / "d.log", env)
+        daemon = start_daemon(config, tmp_path / "d.log", env=env)
         try:
             wait_for("ready", lambda: daemon.get("/readyz")[0] == 200)
             wait_for("a failed delivery", lambda: hook.attempts, 10)  # its retry: 2-6s away

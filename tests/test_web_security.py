@@ -12,8 +12,6 @@ import base64
 import hashlib
 import http.client
 import json
-import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -36,7 +34,7 @@ from certwatch.webconfig import (BasicAuth, ServerTLS, TLSServerConfig, build_se
 from tests.pki import Issued, make_intermediate, make_leaf, make_root
 from tests.servers import TLSServer
 from tests.test_alerting import Receiver
-from tests.test_daemon import DAY, NOW, free_port, wait_for
+from tests.test_daemon import DAY, NOW, RunningDaemon, free_port, wait_for
 from tests.test_sinks import SMTPReceiver
 
 NAME = "certwatch.test"  # the name on certwatch's own serving certificate
@@ -111,23 +109,16 @@ class Response:
     body: str
 
 
-class SecureDaemon:
-    """`certwatch run --web.config.file ...` as a subprocess; stdout and stderr in one log."""
+class SecureDaemon(RunningDaemon):
+    """`certwatch run --web.config.file ...`, spoken to over HTTPS."""
 
     def __init__(self, directory: Path, inventory: Path, web_config: Path, *, port: int,
                  env: dict[str, str] | None = None, log_level: str | None = None,
                  tag: str = "daemon") -> None:
-        self.port = port
         self.directory = directory
-        self.log_path = directory / f"{tag}.log"
-        self._log = self.log_path.open("w")
-        level = ["--log-level", log_level] if log_level else []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "certwatch", *level, "run", "-c", str(inventory),
-             "--listen", f"127.0.0.1:{port}", "--reload-interval", "0.3", "--grace", "5",
-             "--web.config.file", str(web_config)],
-            stdout=self._log, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, **(env or {})})
+        super().__init__(inventory, directory / f"{tag}.log", port=port, env=env,
+                         options=["--log-level", log_level] if log_level else [],
+                         run_options=["--web.config.file", str(web_config)])
 
     def context(self, client: tuple[Path, Path] | None = None,
                 maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
@@ -172,15 +163,8 @@ class SecureDaemon:
         return self.log_path.read_text()
 
     def logs(self) -> list[dict[str, Any]]:
+        # Unlike the base class, tolerates lines that are not JSON (a traceback, say).
         return [json.loads(line) for line in self.log_text().splitlines() if line.startswith("{")]
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=20)
-        finally:
-            self._log.close()
 
 
 @pytest.fixture
