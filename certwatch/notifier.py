@@ -314,7 +314,9 @@ class Notifier:
                 "notification %s to %s: %s", "will be retried" if retry_at else "dead-lettered",
                 delivery.sink, exc, extra={"alert_key": delivery.notification.alert_key,
                                            "attempts": delivery.attempts + 1})
-            self._record_outcome(key, lambda: self.outbox.failed(delivery, str(exc), retry_at))
+            # Bound now: `exc` is gone after this block, and the write may be kept for later.
+            error = str(exc)
+            self._record_outcome(key, lambda: self.outbox.failed(delivery, error, retry_at))
             return
         self.metrics.notifications.labels(delivery.sink, "delivered").inc()
         delivered_at = time.time()

@@ -24,6 +24,7 @@ itself once the fault is gone; the recovery time is measured and printed (pytest
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -38,10 +39,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from certwatch.alerts import Notification
+from certwatch.notifier import WRITE_RETRY, AlertsConfig, Notifier
 from certwatch.outbox import Outbox
+from certwatch.sinks import parse_sinks
 from tests.pki import Issued
 from tests.servers import TLSServer
 from tests.test_alerting import Receiver, receiver  # noqa: F401
@@ -572,4 +577,38 @@ def test_the_outbox_recovers_after_a_failed_write(tmp_path: Path) -> None:
     (pending,) = outbox.due(moment.timestamp())
     outbox.shift_pending(-3600)  # the wall clock was set back an hour
     assert outbox.due(moment.timestamp() - 3600) == [pending]
+    outbox.close()
+
+
+def test_a_failed_delivery_recorded_after_the_database_recovers(receiver: Receiver,  # noqa: F811
+                                                                tmp_path: Path) -> None:
+    """The outcome of a send made while the database refused writes is written later,
+    with the sink's error message (it used to refer to an exception already gone)."""
+    receiver.mode = "fail"
+    (sink,), problems = parse_sinks([{"name": "hook", "type": "webhook", "url": receiver.url}],
+                                    "alerts.sinks", {}, tmp_path)
+    assert problems == []
+    path = tmp_path / "certwatch.db"
+    outbox = Outbox(path)
+    moment = datetime.now(timezone.utc)
+    outbox.apply({}, [(_notification(1), "hook")], moment)
+    notifier = Notifier(AlertsConfig(state_dir=tmp_path, sinks=(sink,)), outbox,
+                        CollectorRegistry())
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # readers go on (WAL); writes fail
+
+    async def deliver() -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            await notifier.deliver_due(client)
+
+    asyncio.run(deliver())
+    assert notifier.degraded is not None
+    holder.execute("ROLLBACK")
+    holder.close()
+    time.sleep(WRITE_RETRY)
+    notifier._record_unrecorded()
+    assert notifier.degraded is None
+    attempts, error = sqlite3.connect(path).execute(
+        "SELECT attempts, last_error FROM outbox WHERE id = 'n1'").fetchone()
+    assert attempts == 1 and "500" in error
     outbox.close()
