@@ -53,6 +53,7 @@ __all__ = [
     "hostname_matches",
     "load_trust_store",
     "parse_chain",
+    "rfc3339",
     "verify_chain",
 ]
 
@@ -594,14 +595,18 @@ def _hex_fingerprint(cert: x509.Certificate) -> str:
 def _time_detail(problem: str, certs: Iterable[CertInfo], now: datetime) -> str:
     if problem == "expired":
         worst = min((c for c in certs if c.not_after <= now), key=lambda c: c.not_after)
-        return f"{_which(worst)} ({worst.subject}) expired {_iso(worst.not_after)}"
+        return f"{_which(worst)} ({worst.subject}) expired {rfc3339(worst.not_after)}"
     early = max((c for c in certs if c.not_before > now), key=lambda c: c.not_before)
-    return f"{_which(early)} ({early.subject}) is not valid before {_iso(early.not_before)}"
+    return f"{_which(early)} ({early.subject}) is not valid before {rfc3339(early.not_before)}"
 
 
 def _which(cert: CertInfo) -> str:
     return "the trusted root" if cert.position < 0 else f"certificate {cert.position}"
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339(moment: datetime | None) -> str | None:
+    """UTC, to the second, with a Z; None stays None."""
+    if moment is None:
+        return None
+    # isoformat, not strftime: strftime does not zero-pad years before 1000
+    return moment.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + "Z"

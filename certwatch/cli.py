@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from certwatch import __version__
-from certwatch.assess import Assessment, State, assess
+from certwatch.assess import Assessment, assess
 from certwatch.certs import TrustStores
 from certwatch.logs import configure_logging
 from certwatch.config import PROTOCOLS, TLS_ALIASES, ConfigError, Inventory, build_inventory, load_inventory

@@ -7,20 +7,12 @@ escape sequences are shown, not interpreted).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
 from certwatch.assess import Assessment, State
-from certwatch.certs import CertInfo
+from certwatch.certs import CertInfo, rfc3339  # rfc3339 re-exported: the JSON shape is here
 
 __all__ = ["assessment_to_dict", "render_table", "rfc3339", "safe_text", "sort_key"]
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    # isoformat, not strftime: strftime does not zero-pad years before 1000
-    return moment.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
