@@ -79,8 +79,7 @@ class Daemon:
         self._trust = TrustStores()
         self._prober: Prober | None = None
         self._scheduler: AsyncIOScheduler | None = None
-        self._due: dict[str, datetime] = {}
-        self._deadline: dict[str, float] = {}  # the same moments, on time.monotonic()
+        self._deadline: dict[str, float] = {}  # next probe per endpoint, on time.monotonic()
         self._lag: dict[str, float] = {}
         self._running: set[str] = set()
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -103,7 +102,10 @@ class Daemon:
         return self.exposition.render()
 
     def next_probe_at(self, endpoint_name: str) -> datetime | None:
-        return self._due.get(endpoint_name)
+        deadline = self._deadline.get(endpoint_name)
+        if deadline is None:
+            return None
+        return _utcnow() + timedelta(seconds=deadline - time.monotonic())
 
     def ready(self) -> bool:
         return self._inventory is not None and not self._unprobed
@@ -257,13 +259,11 @@ class Daemon:
 
     def _schedule(self, name: str, when: datetime) -> None:
         assert self._scheduler is not None
-        self._due[name] = when
         self._deadline[name] = time.monotonic() + (when - _utcnow()).total_seconds()
         self._scheduler.add_job(self._run_endpoint, "date", run_date=when, args=[name], id=name,
                                 replace_existing=True, misfire_grace_time=None)
 
     def _unschedule(self, name: str) -> None:
-        self._due.pop(name, None)
         self._deadline.pop(name, None)
         self._lag.pop(name, None)
         self._first_probe_done(name)  # a removed endpoint no longer holds readiness back
