@@ -207,3 +207,22 @@ endpoints:
 )
 def test_bad_daemon_settings(text: str, expected: str) -> None:
     assert any(expected in problem for problem in problems_of(text)), problems_of(text)
+
+
+def test_anchors_aliases_and_merge_keys() -> None:
+    # Sequence items are built one at a time (to bound memory); YAML's sharing still works
+    # across them, and lines still point at the right item.
+    text = (
+        "endpoints:\n"
+        "  - &first {host: a.example, port: 8443, labels: &web {team: web}}\n"
+        "  - {host: b.example, port: 8443, labels: *web}\n"
+        "  - {<<: *first, name: again}\n"
+        "  - {host: c.example, port: 8443, labels: {<<: *web, tier: 1}}\n"
+    )
+    a, b, again, c = parse_inventory(text).endpoints
+    assert (a.name, a.port, a.labels) == ("a.example:8443", 8443, (("team", "web"),))
+    assert (b.name, b.labels) == ("b.example:8443", (("team", "web"),))
+    assert (again.name, again.host, again.port) == ("again", "a.example", 8443)
+    assert c.labels == (("team", "web"), ("tier", "1"))
+    assert problems_of(text + "  - {<<: *first, port: 0}\n") == [
+        "line 6: endpoint 5: 'port' must be a whole number from 1 to 65535, not int 0"]
