@@ -5,8 +5,11 @@ it whole on reload; a bad new file is rejected and the old inventory keeps runni
 
 Scheduling: each endpoint is one APScheduler job that runs once and reschedules itself:
 `interval` after a success, `retry_interval` after a failure, each with jitter so a large
-inventory spreads out over time. A job never overlaps itself, and the prober's semaphore
-bounds the connections of the whole daemon.
+inventory spreads out over time. A due job only puts the endpoint's name in a queue that
+`max_concurrency` workers take from, so 10,000 endpoints due at once are 10,000 names
+waiting, not 10,000 suspended probes (each holding its coroutine, task and buffers). An
+endpoint is never queued or probed twice at once, and the prober's semaphore bounds
+the connections of the whole daemon.
 """
 
 from __future__ import annotations
@@ -81,8 +84,12 @@ class Daemon:
         self._scheduler: AsyncIOScheduler | None = None
         self._deadline: dict[str, float] = {}  # next probe per endpoint, on time.monotonic()
         self._lag: dict[str, float] = {}
-        self._running: set[str] = set()
-        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._due: asyncio.Queue[str] = asyncio.Queue()  # endpoints whose probe is due, in order
+        self._queued: set[str] = set()  # the names in _due
+        self._running: set[str] = set()  # endpoints being probed
+        self._workers: set[asyncio.Task[None]] = set()
+        self._worker_count = 0  # how many workers there should be (max_concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()  # the workers busy probing
         self._unprobed: set[str] = set()
         self._notices: list[str] = []
         self._file_signature: tuple[int, int, int] | None = None
@@ -169,6 +176,7 @@ class Daemon:
             self.metrics.ready.set(0 if new else 1)
         if self._prober is None or inventory.max_concurrency != self._prober.max_concurrency:
             self._prober = Prober(max_concurrency=inventory.max_concurrency)
+        self._resize_workers(inventory.max_concurrency)
         self._inventory, self._endpoints, self._trust = inventory, new, TrustStores()
         for name in old.keys() - new.keys():
             self._unschedule(name)
@@ -252,7 +260,7 @@ class Daemon:
             # and were rescheduled, between the jump and its detection.)
             now, mono = _utcnow(), time.monotonic()
             for name, deadline in list(self._deadline.items()):
-                if name not in self._running:
+                if name not in self._running and name not in self._queued:
                     self._schedule(name, now + timedelta(seconds=max(0.0, deadline - mono)))
 
     # --- scheduling and probing ---------------------------------------------------------
@@ -260,7 +268,7 @@ class Daemon:
     def _schedule(self, name: str, when: datetime) -> None:
         assert self._scheduler is not None
         self._deadline[name] = time.monotonic() + (when - _utcnow()).total_seconds()
-        self._scheduler.add_job(self._run_endpoint, "date", run_date=when, args=[name], id=name,
+        self._scheduler.add_job(self._enqueue, "date", run_date=when, args=[name], id=name,
                                 replace_existing=True, misfire_grace_time=None)
 
     def _unschedule(self, name: str) -> None:
@@ -271,17 +279,44 @@ class Daemon:
             with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(name)
 
+    async def _enqueue(self, name: str) -> None:
+        """The scheduler's job (a coroutine: APScheduler runs plain functions in threads)."""
+        if self._stop.is_set() or name in self._queued or name not in self._endpoints:
+            return  # a queued name is probed with the definition current when it runs
+        if name in self._running:  # a reload asked for a probe while one is under way
+            self._schedule(name, _utcnow() + timedelta(seconds=1))
+            return
+        self._queued.add(name)
+        self._due.put_nowait(name)
+
+    def _resize_workers(self, count: int) -> None:
+        """Starts workers up to `count`; surplus ones end after their next probe."""
+        self._worker_count = count
+        while len(self._workers) < count:
+            worker = asyncio.get_running_loop().create_task(self._work())
+            self._workers.add(worker)
+
+    async def _work(self) -> None:
+        worker = asyncio.current_task()
+        assert worker is not None
+        try:
+            while not self._stop.is_set() and len(self._workers) <= self._worker_count:
+                name = await self._due.get()
+                self._queued.discard(name)
+                self._in_flight.add(worker)  # type: ignore[arg-type]
+                try:
+                    await self._run_endpoint(name)
+                finally:
+                    self._in_flight.discard(worker)  # type: ignore[arg-type]
+        finally:
+            self._workers.discard(worker)  # type: ignore[arg-type]
+
     async def _run_endpoint(self, name: str) -> None:
         endpoint = self._endpoints.get(name)
         if endpoint is None or self._stop.is_set():
             return
-        if name in self._running:  # a reload asked for a probe while one is under way
-            self._schedule(name, _utcnow() + timedelta(seconds=1))
-            return
-        task = asyncio.current_task()
-        assert task is not None and self._prober is not None
+        assert self._prober is not None
         self._running.add(name)
-        self._in_flight.add(task)
         deadline = self._deadline.get(name, time.monotonic())
         failed = True
         try:
@@ -313,7 +348,6 @@ class Daemon:
             log.exception("probe of %s failed inside certwatch", name)
         finally:
             self._running.discard(name)
-            self._in_flight.discard(task)
             if self._endpoints.get(name) is endpoint and not self._stop.is_set():
                 wait = endpoint.retry_interval if failed else endpoint.interval
                 self._schedule(name, _utcnow() + timedelta(seconds=_jittered(wait)))
@@ -407,6 +441,8 @@ class Daemon:
         # still running, which would cut the probes in flight short of their grace time.
         self._scheduler.pause()
         watcher.cancel()
+        for worker in self._workers - self._in_flight:
+            worker.cancel()  # idle: waiting for a name
         if self._in_flight:
             done, pending = await asyncio.wait(set(self._in_flight), timeout=self.grace)
             for task in pending:
