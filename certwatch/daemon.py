@@ -25,7 +25,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from aiohttp import web
 from apscheduler.jobstores.base import JobLookupError
@@ -105,8 +105,8 @@ class Daemon:
     def snapshot(self) -> Mapping[str, TargetStatus]:
         return self.store.snapshot()
 
-    def target_metrics(self) -> str:
-        return self.exposition.render()
+    def target_metrics(self) -> Iterator[str]:
+        return self.exposition.pieces()
 
     def next_probe_at(self, endpoint_name: str) -> datetime | None:
         deadline = self._deadline.get(endpoint_name)

@@ -5,17 +5,18 @@ removed from the inventory is gone from the next scrape. Expiry is exported as
 timestamps (PromQL computes days left); serial, fingerprint, subject and issuer live in
 `certwatch_cert_info` only, so a renewal does not churn the other series.
 
-The per-target families are written as exposition text directly, and each target's
-lines are cached until its status object changes (statuses are immutable and replaced
-on each probe): with 10,000 targets prometheus_client's per-sample formatting took
-seconds a scrape, while most targets had not changed since the last one. The daemon's
-own health metrics stay ordinary prometheus_client metrics in a private registry.
+The per-target families are written as exposition text directly and handed out piece
+by piece (a family's lines for one target), family by family, from one snapshot of the
+statuses: with 10,000 targets the text is ~40 MB (20 series each, every one carrying
+the target's labels), so it is never held whole. (prometheus_client's per-sample objects took seconds a scrape at that size.)
+The daemon's own health metrics stay ordinary prometheus_client metrics in a private
+registry.
 """
 
 from __future__ import annotations
 
 import platform
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
@@ -24,30 +25,6 @@ from certwatch.assess import State
 from certwatch.store import TargetStatus
 
 __all__ = ["DaemonMetrics", "TargetExposition"]
-
-# Family name -> help text, in the order they are written.
-FAMILIES: dict[str, str] = {
-    "certwatch_probe_success": "1 if the latest probe completed a TLS handshake, else 0.",
-    "certwatch_probe_duration_seconds": "How long the latest probe took.",
-    "certwatch_probe_timestamp_seconds": "When the latest probe started.",
-    "certwatch_probe_consecutive_failures": "Probes failed in a row (0 after a success).",
-    "certwatch_probe_error_info": "Why the latest probe failed.",
-    "certwatch_target_state": "The target's state: 1 for the current one of ok, warning, "
-                              "critical, expired, error.",
-    "certwatch_cert_read_timestamp_seconds": "When the certificate reported here was read "
-                                             "(older than the latest probe when that failed).",
-    "certwatch_cert_expiry_timestamp_seconds": "The earliest notAfter on the chain clients use.",
-    "certwatch_cert_not_after_timestamp_seconds": "The leaf's notAfter.",
-    "certwatch_cert_not_before_timestamp_seconds": "The leaf's notBefore.",
-    "certwatch_chain_cert_not_after_timestamp_seconds": "notAfter of each certificate the "
-                                                        "server presented, by position.",
-    "certwatch_cert_info": "Identity of each presented certificate (changes on renewal).",
-    "certwatch_cert_verified": "1 if clients would accept the chain for this name now, else 0.",
-    "certwatch_cert_hostname_match": "1 if the leaf is valid for the name checked, else 0.",
-    "certwatch_cert_verify_problem": "Present for each reason clients would reject the chain.",
-    "certwatch_tls_info": "The TLS version and cipher negotiated.",
-}
-
 
 def _role(position: int, last: int, self_issued: bool) -> str:
     if position == 0:
@@ -68,63 +45,136 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _target_pairs(status: TargetStatus, user_labels: tuple[str, ...]) -> list[tuple[str, str]]:
+def _target_labels(status: TargetStatus, user_labels: tuple[str, ...]) -> str:
     endpoint, address = status.target.endpoint, status.target.address
     own = dict(endpoint.labels)
-    return [
+    return _labels([
         ("name", endpoint.name), ("host", endpoint.host), ("port", str(endpoint.port)),
         ("address", address or ""), ("server_name", endpoint.server_name or ""),
         ("protocol", endpoint.protocol),
         *((label, own.get(label, "")) for label in user_labels),
-    ]
+    ])
 
 
-def render_target(status: TargetStatus, user_labels: tuple[str, ...]) -> dict[str, str]:
-    """One target's sample lines, by family."""
-    base = _labels(_target_pairs(status, user_labels))
-    out: dict[str, list[str]] = {}
+# Each family's sample lines for one target ("" for none), given the start of every line:
+# the family's name, "{" and the target's labels.
+Samples = Callable[[TargetStatus, str], str]
 
-    def add(family: str, value: float, *extra: tuple[str, str]) -> None:
-        labels = f"{base},{_labels(extra)}" if extra else base
-        out.setdefault(family, []).append(f"{family}{{{labels}}} {_number(value)}\n")
 
+def _gauge(value: Callable[[TargetStatus], float | None]) -> Samples:
+    """A family with one sample per target (when `value` is not None)."""
+    def samples(status: TargetStatus, head: str) -> str:
+        number = value(status)
+        return "" if number is None else f"{head}}} {_number(number)}\n"
+    return samples
+
+
+def _with_certificate(value: Callable[[TargetStatus], float]) -> Samples:
+    return _gauge(lambda s: value(s) if s.assessment.leaf and s.assessment.earliest else None)
+
+
+def _error_info(status: TargetStatus, head: str) -> str:
+    error = status.last_error
+    if error is None:
+        return ""
+    return f'{head},{_labels([("kind", error.kind), ("phase", error.phase)])}}} 1.0\n'
+
+
+def _target_state(status: TargetStatus, head: str) -> str:
+    current = status.assessment.state
+    return "".join(f'{head},state="{state.value}"}} {"1.0" if state is current else "0.0"}\n'
+                   for state in State)
+
+
+def _chain(status: TargetStatus, head: str, info: bool) -> str:
     a = status.assessment
-    add("certwatch_probe_success", 1.0 if status.probe_success else 0.0)
-    add("certwatch_probe_duration_seconds", status.last_probe_duration)
-    add("certwatch_probe_timestamp_seconds", status.last_probe_at.timestamp())
-    add("certwatch_probe_consecutive_failures", status.consecutive_failures)
-    if status.last_error is not None:
-        add("certwatch_probe_error_info", 1.0, ("kind", status.last_error.kind),
-            ("phase", status.last_error.phase))
-    for state in State:
-        add("certwatch_target_state", 1.0 if a.state is state else 0.0, ("state", state.value))
-    if a.leaf is not None and a.earliest is not None:
-        add("certwatch_cert_read_timestamp_seconds", a.observation.started_at.timestamp())
-        add("certwatch_cert_expiry_timestamp_seconds", a.earliest.not_after.timestamp())
-        add("certwatch_cert_not_after_timestamp_seconds", a.leaf.not_after.timestamp())
-        add("certwatch_cert_not_before_timestamp_seconds", a.leaf.not_before.timestamp())
-        last = len(a.chain) - 1
-        for cert in a.chain:
-            role = _role(cert.position, last, cert.self_issued)
-            position = ("position", str(cert.position))
-            add("certwatch_chain_cert_not_after_timestamp_seconds", cert.not_after.timestamp(),
-                position, ("role", role))
-            add("certwatch_cert_info", 1.0, position, ("role", role), ("serial", cert.serial),
-                ("fingerprint_sha256", cert.fingerprint_sha256), ("subject", cert.subject),
-                ("issuer", cert.issuer), ("key_type", cert.key_type),
-                ("signature_algorithm", cert.signature_algorithm))
-        verification = a.verification
-        if verification is not None:
-            add("certwatch_cert_verified", 1.0 if verification.ok else 0.0)
-            add("certwatch_cert_hostname_match", 1.0 if verification.hostname_match else 0.0)
-            # verify: false means "judge expiry only": its problems are shown in the API
-            # and status page, but no alert rule should see them.
-            for problem in verification.problems if status.target.endpoint.verify else ():
-                add("certwatch_cert_verify_problem", 1.0, ("problem", problem))
-        if a.observation.tls_version:
-            add("certwatch_tls_info", 1.0, ("version", a.observation.tls_version),
-                ("cipher", a.observation.cipher or ""))
-    return {family: "".join(lines) for family, lines in out.items()}
+    if a.leaf is None or a.earliest is None:
+        return ""
+    last, lines = len(a.chain) - 1, []
+    for cert in a.chain:
+        where = f'position="{cert.position}",role="{_role(cert.position, last, cert.self_issued)}"'
+        if info:
+            identity = _labels([
+                ("serial", cert.serial), ("fingerprint_sha256", cert.fingerprint_sha256),
+                ("subject", cert.subject), ("issuer", cert.issuer), ("key_type", cert.key_type),
+                ("signature_algorithm", cert.signature_algorithm)])
+            lines.append(f"{head},{where},{identity}}} 1.0\n")
+        else:
+            lines.append(f"{head},{where}}} {_number(cert.not_after.timestamp())}\n")
+    return "".join(lines)
+
+
+def _verification(value: Callable[[object], bool]) -> Samples:
+    def samples(status: TargetStatus, head: str) -> str:
+        a = status.assessment
+        if a.leaf is None or a.earliest is None or a.verification is None:
+            return ""
+        return f"{head}}} {'1.0' if value(a.verification) else '0.0'}\n"
+    return samples
+
+
+def _verify_problems(status: TargetStatus, head: str) -> str:
+    a = status.assessment
+    # verify: false means "judge expiry only": its problems are shown in the API and
+    # status page, but no alert rule should see them.
+    if (a.leaf is None or a.earliest is None or a.verification is None
+            or not status.target.endpoint.verify):
+        return ""
+    return "".join(f'{head},problem="{_escape(problem)}"}} 1.0\n'
+                   for problem in a.verification.problems)
+
+
+def _tls_info(status: TargetStatus, head: str) -> str:
+    a = status.assessment
+    if a.leaf is None or a.earliest is None or not a.observation.tls_version:
+        return ""
+    labels = _labels([("version", a.observation.tls_version), ("cipher", a.observation.cipher or "")])
+    return f"{head},{labels}}} 1.0\n"
+
+
+# Family name -> (help text, its samples for one target), in the order they are written.
+FAMILIES: dict[str, tuple[str, Samples]] = {
+    "certwatch_probe_success": (
+        "1 if the latest probe completed a TLS handshake, else 0.",
+        _gauge(lambda s: 1.0 if s.probe_success else 0.0)),
+    "certwatch_probe_duration_seconds": (
+        "How long the latest probe took.", _gauge(lambda s: s.last_probe_duration)),
+    "certwatch_probe_timestamp_seconds": (
+        "When the latest probe started.", _gauge(lambda s: s.last_probe_at.timestamp())),
+    "certwatch_probe_consecutive_failures": (
+        "Probes failed in a row (0 after a success).", _gauge(lambda s: s.consecutive_failures)),
+    "certwatch_probe_error_info": ("Why the latest probe failed.", _error_info),
+    "certwatch_target_state": (
+        "The target's state: 1 for the current one of ok, warning, critical, expired, error.",
+        _target_state),
+    "certwatch_cert_read_timestamp_seconds": (
+        "When the certificate reported here was read (older than the latest probe when that "
+        "failed).", _with_certificate(lambda s: s.assessment.observation.started_at.timestamp())),
+    "certwatch_cert_expiry_timestamp_seconds": (
+        "The earliest notAfter on the chain clients use.",
+        _with_certificate(lambda s: s.assessment.earliest.not_after.timestamp())),  # type: ignore[union-attr]
+    "certwatch_cert_not_after_timestamp_seconds": (
+        "The leaf's notAfter.",
+        _with_certificate(lambda s: s.assessment.leaf.not_after.timestamp())),  # type: ignore[union-attr]
+    "certwatch_cert_not_before_timestamp_seconds": (
+        "The leaf's notBefore.",
+        _with_certificate(lambda s: s.assessment.leaf.not_before.timestamp())),  # type: ignore[union-attr]
+    "certwatch_chain_cert_not_after_timestamp_seconds": (
+        "notAfter of each certificate the server presented, by position.",
+        lambda status, head: _chain(status, head, info=False)),
+    "certwatch_cert_info": (
+        "Identity of each presented certificate (changes on renewal).",
+        lambda status, head: _chain(status, head, info=True)),
+    "certwatch_cert_verified": (
+        "1 if clients would accept the chain for this name now, else 0.",
+        _verification(lambda v: v.ok)),  # type: ignore[attr-defined]
+    "certwatch_cert_hostname_match": (
+        "1 if the leaf is valid for the name checked, else 0.",
+        _verification(lambda v: v.hostname_match)),  # type: ignore[attr-defined]
+    "certwatch_cert_verify_problem": (
+        "Present for each reason clients would reject the chain.", _verify_problems),
+    "certwatch_tls_info": ("The TLS version and cipher negotiated.", _tls_info),
+}
 
 
 class TargetExposition:
@@ -134,38 +184,30 @@ class TargetExposition:
                  lag: Callable[[], float]) -> None:
         self._statuses = statuses
         self._lag = lag
-        self._cache: dict[str, tuple[TargetStatus, tuple[str, ...], dict[str, str]]] = {}
 
-    def render(self) -> str:
+    def pieces(self) -> Iterator[str]:
+        """The exposition text in pieces, from one snapshot of the statuses."""
         statuses = self._statuses()
         user_labels = tuple(sorted({k for s in statuses for k, _ in s.target.endpoint.labels}))
-        by_family: dict[str, list[str]] = {family: [] for family in FAMILIES}
-        cache: dict[str, tuple[TargetStatus, tuple[str, ...], dict[str, str]]] = {}
-        for status in statuses:
-            key = status.target.key
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] is status and cached[1] == user_labels:
-                lines = cached[2]
-            else:
-                lines = render_target(status, user_labels)
-            cache[key] = (status, user_labels, lines)
-            for family, text in lines.items():
-                by_family[family].append(text)
-        self._cache = cache  # targets gone from the store leave the cache too
-        out = []
-        for family, text in by_family.items():
-            if text:
-                out.append(f"# HELP {family} {FAMILIES[family]}\n# TYPE {family} gauge\n")
-                out.extend(text)
-        out.append("# HELP certwatch_targets Targets by state.\n# TYPE certwatch_targets gauge\n")
+        targets = [(status, _target_labels(status, user_labels)) for status in statuses]
+        for family, (help_text, samples) in FAMILIES.items():
+            header = f"# HELP {family} {help_text}\n# TYPE {family} gauge\n"
+            for status, labels in targets:
+                text = samples(status, f"{family}{{{labels}")
+                if text:
+                    yield header + text if header else text
+                    header = ""
+        yield "# HELP certwatch_targets Targets by state.\n# TYPE certwatch_targets gauge\n"
         for state in State:
             count = sum(1 for s in statuses if s.state is state)
-            out.append(f'certwatch_targets{{state="{state.value}"}} {_number(count)}\n')
-        out.append("# HELP certwatch_scan_lag_seconds How late the latest probes started "
-                   "against their schedule (the worst target): grows when the concurrency "
-                   "bound cannot keep up.\n# TYPE certwatch_scan_lag_seconds gauge\n"
-                   f"certwatch_scan_lag_seconds {_number(self._lag())}\n")
-        return "".join(out)
+            yield f'certwatch_targets{{state="{state.value}"}} {_number(count)}\n'
+        yield ("# HELP certwatch_scan_lag_seconds How late the latest probes started against "
+               "their schedule (the worst target): grows when the concurrency bound cannot "
+               "keep up.\n# TYPE certwatch_scan_lag_seconds gauge\n"
+               f"certwatch_scan_lag_seconds {_number(self._lag())}\n")
+
+    def render(self) -> str:
+        return "".join(self.pieces())
 
 
 class DaemonMetrics:

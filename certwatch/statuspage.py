@@ -13,13 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from certwatch.report import safe_text
 
-__all__ = ["CONTENT_SECURITY_POLICY", "render_status_page"]
+__all__ = ["CONTENT_SECURITY_POLICY", "count_states", "render_status_page", "row_order",
+           "status_page_parts"]
 
 STATES = ("expired", "error", "critical", "warning", "ok")  # badge order: worst first
 
@@ -170,7 +171,7 @@ def _state(target: Mapping[str, Any]) -> str:
     return state if state in STATES else "unknown"
 
 
-def _sort_key(target: Mapping[str, Any]) -> tuple[int, float, str]:
+def row_order(state: object, days_left: object, name: object) -> tuple[int, float, str]:
     """Attention first, then soonest expiry, then name.
 
     Tier 0: expired certificates and targets with no certificate at all (state error:
@@ -179,11 +180,12 @@ def _sort_key(target: Mapping[str, Any]) -> tuple[int, float, str]:
     tier 3 ok; unknown states last. Within a tier, days left ascending (no
     certificate after the expired ones), then name.
     """
-    state = _state(target)
-    tier = {"expired": 0, "error": 0, "critical": 1, "warning": 2, "ok": 3}.get(state, 4)
-    days = target.get("days_left")
-    return (tier, days if isinstance(days, (int, float)) else float("inf"),
-            str(target.get("name", "")))
+    tier = {"expired": 0, "error": 0, "critical": 1, "warning": 2, "ok": 3}.get(str(state), 4)
+    return (tier, days_left if isinstance(days_left, (int, float)) else float("inf"), str(name))
+
+
+def _sort_key(target: Mapping[str, Any]) -> tuple[int, float, str]:
+    return row_order(_state(target), target.get("days_left"), target.get("name", ""))
 
 
 def _error_words(error: Mapping[str, Any]) -> str:
@@ -296,39 +298,45 @@ def render_status_page(targets: Sequence[Mapping[str, Any]], *, now: datetime,
                        notices: Sequence[str] = ()) -> str:
     """The status page for `targets` (dicts as the HTTP API returns them) at `now`.
 
-    Rows are sorted worst first, then soonest expiry (see :func:`_sort_key`): expired
+    Rows are sorted worst first, then soonest expiry (see :func:`row_order`): expired
     and certificate-less error targets top the table together, because both mean
     clients are failing or we cannot see; then critical, warning, ok.
     """
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
+    return "".join(status_page_parts(
+        sorted(targets, key=_sort_key), total=len(targets),
+        counts=count_states(_state(t) for t in targets), now=now, title=title,
+        version=version, ready=ready, notices=notices))
+
+
+def count_states(states: Iterable[str]) -> dict[str, int]:
     counts = {s: 0 for s in STATES}
-    for target in targets:
-        state = _state(target)
+    for state in states:
         if state in counts:
             counts[state] += 1
-    bad = [f"{counts[s]} {s}" for s in STATES[:-1] if counts[s]]
-    headline = ", ".join(bad) if bad else ("all ok" if targets else "no targets")
+    return counts
+
+
+def status_page_parts(rows: Iterable[Mapping[str, Any]], *, total: int,
+                      counts: Mapping[str, int], now: datetime, title: str = "certwatch",
+                      version: str = "", ready: bool = True,
+                      notices: Sequence[str] = ()) -> Iterator[str]:
+    """The page in pieces, one row at a time: `rows` already in :func:`row_order`, and
+    their number and counts by state given beforehand (the header shows them), so a
+    server can stream a page of 10,000 rows without building every row's dict at once."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    bad = [f"{counts[s]} {s}" for s in STATES[:-1] if counts.get(s)]
+    headline = ", ".join(bad) if bad else ("all ok" if total else "no targets")
     badges = "".join(
-        f'<li><span class="badge s-{s}{"" if counts[s] else " zero"}">{counts[s]} {s}</span></li>'
-        for s in STATES)
+        f'<li><span class="badge s-{s}{"" if counts.get(s) else " zero"}">{counts.get(s, 0)} {s}'
+        "</span></li>" for s in STATES)
     banners = [f'<div class="banner" role="alert">{_text(n)}</div>' for n in notices]
     if not ready:
         banners.insert(0, '<div class="banner starting" role="status">'
                           'starting: first sweep not finished</div>')
-    if targets:
-        rows = "".join(_row(t, now) for t in sorted(targets, key=_sort_key))
-        heads = "".join(f"<th>{h}</th>" for h in (
-            "State", "Days left", "Expires", "Endpoint", "Issuer", "Verification",
-            "Checked", "Probe"))
-        body = (f'<div class="wrap"><table><thead><tr>{heads}</tr></thead>'
-                f"<tbody>{rows}</tbody></table></div>")
-    else:
-        body = ('<div class="empty">' + ("no results yet: the first sweep is still running"
-                if not ready else "no targets configured") + "</div>")
     version_text = f'<span class="meta">{_text(version)}</span>' if version else ""
     generated = now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return (
+    yield (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta http-equiv="refresh" content="60">'
@@ -336,6 +344,17 @@ def render_status_page(targets: Sequence[Mapping[str, Any]], *, now: datetime,
         f"<title>{_text(title)}: {headline}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>{_text(title)}</h1>{version_text}"
         f'<div class="meta">generated {generated}</div>'
-        f'<ul class="counts"><li><span class="badge total">{len(targets)} total</span></li>'
-        f"{badges}</ul></header><main>{''.join(banners)}{body}</main></body></html>\n"
+        f'<ul class="counts"><li><span class="badge total">{total} total</span></li>'
+        f"{badges}</ul></header><main>{''.join(banners)}"
     )
+    if total:
+        heads = "".join(f"<th>{h}</th>" for h in (
+            "State", "Days left", "Expires", "Endpoint", "Issuer", "Verification",
+            "Checked", "Probe"))
+        yield f'<div class="wrap"><table><thead><tr>{heads}</tr></thead><tbody>'
+        yield from (_row(target, now) for target in rows)
+        yield "</tbody></table></div>"
+    else:
+        yield ('<div class="empty">' + ("no results yet: the first sweep is still running"
+               if not ready else "no targets configured") + "</div>")
+    yield "</main></body></html>\n"

@@ -14,6 +14,7 @@ from certwatch.config import Endpoint
 from certwatch.metrics import TargetExposition
 from certwatch.probe import Observation, ProbeError, Target
 from certwatch.store import Store, merge
+from certwatch.web import batched
 from tests.pki import Issued, make_leaf, make_root
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -133,7 +134,7 @@ def test_user_labels_are_unioned_across_targets(root: Issued) -> None:
     assert (error.labels["kind"], error.labels["phase"]) == ("dns", "dns")
 
 
-def test_rendering_is_cached_until_a_status_changes_and_escapes_labels(root: Issued) -> None:
+def test_rendering_follows_each_status_and_escapes_labels(root: Issued) -> None:
     hostile = Endpoint(name='we"ird\\name\nx', host="svc.test", port=443,
                        server_name="svc.test", labels=(("team", 'a"b'),))
     store = Store()
@@ -144,10 +145,28 @@ def test_rendering_is_cached_until_a_status_changes_and_escapes_labels(root: Iss
     (sample,) = {f.name: f.samples for f in text_string_to_metric_families(first)}[
         "certwatch_probe_success"]
     assert sample.labels["name"] == 'we"ird\\name\nx' and sample.labels["team"] == 'a"b'
-    assert exposition.render() == first  # unchanged statuses: the cached text
+    assert exposition.render() == first  # unchanged statuses: the same text
     (status,) = store.statuses()
     store.replace_endpoint(hostile.name, merge([status], [judged(root, left=None, error=REFUSED,
                                                                       endpoint=hostile)],
                                                hostile, rejudge_at(root, NOW)))
     assert "certwatch_probe_success" in exposition.render()
     assert exposition.render() != first
+
+
+
+def test_streamed_exposition_is_the_same_text_in_chunks(root: Issued) -> None:
+    store = Store()
+    for i in range(30):
+        endpoint = Endpoint(name=f"web{i}", host="svc.test", port=443, server_name="svc.test")
+        store.replace_endpoint(endpoint.name, merge([], [judged(root, endpoint=endpoint)],
+                                                    endpoint, rejudge_at(root, NOW)))
+    exposition = TargetExposition(store.statuses, lambda: 0.0)
+    chunks = list(batched(exposition.pieces(), 2000))
+    assert len(chunks) > 10 and all(len(chunk) >= 2000 for chunk in chunks[:-1])
+    text = b"".join(chunks).decode()
+    assert text == exposition.render()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert len(families["certwatch_probe_success"].samples) == 30
+    assert len(families["certwatch_target_state"].samples) == 30 * len(State)
+    assert text.count("# TYPE certwatch_target_state gauge") == 1  # one header per family
