@@ -7,7 +7,7 @@ lifetime, ACME renewal info) can take its place without touching the rest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -82,6 +82,9 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
     target = observation.target
     endpoint = target.endpoint
     parsed = parse_chain(observation.chain)
+    if any(kept is not given for kept, given in zip(parsed.ders, observation.chain)):
+        # Keep the shared copies of the CA certificates, not this probe's own.
+        observation = replace(observation, chain=parsed.ders)
     chain, parse_problems = parsed.infos, parsed.problems
     leaf_readable = bool(chain) and chain[0].position == 0
 

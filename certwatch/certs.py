@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 _SHA256 = SHA256()
 _DER = Encoding.DER
+SHARED_CA_CERTIFICATES = 1024  # distinct CA certificates parsed once and shared
 _SIGNATURE_NAMES = {
     oid: name.lower() for name, oid in vars(SignatureAlgorithmOID).items() if name.isupper()
 }
@@ -276,20 +278,37 @@ class ParsedChain:
     infos: tuple[CertInfo, ...]
     certificates: tuple[x509.Certificate, ...]  # parallel to infos
     problems: tuple[str, ...]  # one message per certificate that could not be read
+    ders: tuple[bytes, ...]  # the chain as given, with shared copies of the CA certificates
+
+
+@functools.lru_cache(maxsize=SHARED_CA_CERTIFICATES)
+def _shared(der: bytes, position: int) -> tuple[bytes, CertInfo, x509.Certificate]:
+    return (der, *_parse(der, position))
 
 
 def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
-    """Parses what it can of a chain; unreadable certificates become messages."""
-    infos, certificates, problems = [], [], []
+    """Parses what it can of a chain; unreadable certificates become messages.
+
+    The certificates after the leaf are a CA's, the same for every server it issued
+    for: they are parsed once and their DER, CertInfo and x509 object shared (bounded
+    by SHARED_CA_CERTIFICATES), so 10,000 targets behind one CA do not keep 10,000
+    copies of its intermediate.
+    """
+    infos, certificates, problems, kept = [], [], [], []
     for position, der in enumerate(ders):
         try:
-            info, certificate = _parse(der, position)
+            if position:
+                der, info, certificate = _shared(der, position)
+            else:
+                info, certificate = _parse(der, position)
         except ValueError as exc:
             problems.append(str(exc))
             continue
+        finally:
+            kept.append(der)
         infos.append(info)
         certificates.append(certificate)
-    return ParsedChain(tuple(infos), tuple(certificates), tuple(problems))
+    return ParsedChain(tuple(infos), tuple(certificates), tuple(problems), tuple(kept))
 
 
 # --- trust -----------------------------------------------------------------------------

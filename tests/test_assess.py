@@ -70,6 +70,16 @@ def test_good_chain_is_ok_and_verified(intermediate: Issued, trust: TrustStore) 
     assert result.earliest is not None and result.earliest.position == 0
 
 
+def test_ca_certificates_are_shared_between_targets(intermediate: Issued, trust: TrustStore) -> None:
+    # Each probe reads its own bytes; the intermediate is kept once, the leaves each.
+    first, second = (judge(leaf(intermediate, names=(name,)), trust, host=name)
+                     for name in ("a.test", "b.test"))
+    assert first.state is second.state is State.OK
+    assert first.observation.chain[1] is second.observation.chain[1]
+    assert first.chain[1] is second.chain[1]
+    assert first.chain[0].dns_names == ("a.test",) and second.chain[0].dns_names == ("b.test",)
+
+
 @pytest.mark.parametrize(
     ("left", "state", "reasons"),
     [(31, State.OK, ()), (20, State.WARNING, ("expiring",)), (5, State.CRITICAL, ("expiring",)),
