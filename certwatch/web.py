@@ -10,8 +10,8 @@ serves other requests (and probes) between chunks.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
 import json
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol
 
 from aiohttp import web
