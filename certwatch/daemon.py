@@ -87,9 +87,9 @@ class Daemon:
         self._due: asyncio.Queue[str] = asyncio.Queue()  # endpoints whose probe is due, in order
         self._queued: set[str] = set()  # the names in _due
         self._running: set[str] = set()  # endpoints being probed
-        self._workers: set[asyncio.Task[None]] = set()
+        self._workers: set[asyncio.Task[Any]] = set()
         self._worker_count = 0  # how many workers there should be (max_concurrency)
-        self._in_flight: set[asyncio.Task[None]] = set()  # the workers busy probing
+        self._in_flight: set[asyncio.Task[Any]] = set()  # the workers busy probing
         self._unprobed: set[str] = set()
         self._notices: list[str] = []
         self._file_signature: tuple[int, int, int] | None = None
@@ -303,13 +303,13 @@ class Daemon:
             while not self._stop.is_set() and len(self._workers) <= self._worker_count:
                 name = await self._due.get()
                 self._queued.discard(name)
-                self._in_flight.add(worker)  # type: ignore[arg-type]
+                self._in_flight.add(worker)
                 try:
                     await self._run_endpoint(name)
                 finally:
-                    self._in_flight.discard(worker)  # type: ignore[arg-type]
+                    self._in_flight.discard(worker)
         finally:
-            self._workers.discard(worker)  # type: ignore[arg-type]
+            self._workers.discard(worker)
 
     async def _run_endpoint(self, name: str) -> None:
         endpoint = self._endpoints.get(name)
