@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -274,6 +275,14 @@ def test_promtool_accepts_the_exposition(pki: tuple[Issued, Path], daemon_factor
         daemon = daemon_factory(config)
         wait_for("readiness", lambda: daemon.get("/readyz")[0] == 200)
         _, body = daemon.get("/metrics")
+        # Asked as Prometheus asks, the same exposition comes gzipped.
+        request = urllib.request.Request(f"http://127.0.0.1:{daemon.port}/metrics",
+                                         headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            zipped = gzip.decompress(response.read()).decode()
+    assert [line.split(" ")[0] for line in zipped.splitlines()] == [
+        line.split(" ")[0] for line in body.splitlines()]
     result = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
