@@ -111,6 +111,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.config}: ok, {len(inventory.endpoints)} endpoints")
+    if args.web_config is not None:
+        from certwatch.webconfig import load_web_config
+
+        try:  # also loads the TLS pair and client CAs, as `run` would
+            web = load_web_config(args.web_config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"{args.web_config}: ok, " + ("TLS" if web.tls else "no TLS")
+              + f", {len(web.basic_auth_users)} basic auth users")
     return 0
 
 
@@ -187,8 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not let verification problems raise the state")
     check.set_defaults(func=cmd_check)
 
-    validate = commands.add_parser("validate", help="check an inventory file and exit")
+    validate = commands.add_parser("validate", help="check an inventory file (and a web "
+                                                     "configuration) and exit")
     validate.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"))
+    validate.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path,
+                          metavar="FILE", help="also check this web configuration (as `run` "
+                          "takes it)")
     validate.set_defaults(func=cmd_validate)
     return parser
 

@@ -119,6 +119,27 @@ def test_validate(tmp_path: Path) -> None:
     assert "Traceback" not in failed.stderr
 
 
+def test_validate_a_web_config(tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    root = make_root("CLI Web Root", not_before=now - timedelta(days=1), not_after=now + timedelta(days=90))
+    cert, key = make_leaf(root, ["localhost"], not_before=now - timedelta(days=1),
+                          not_after=now + timedelta(days=30)).write(tmp_path, "web")
+    _, other_key = make_leaf(root, ["other"], not_before=now - timedelta(days=1),
+                             not_after=now + timedelta(days=30)).write(tmp_path, "other")
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text("endpoints: []\n")
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    ok = certwatch("validate", "-c", str(inventory), "--web.config.file", str(web))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines() == [f"{inventory}: ok, 0 endpoints",
+                                      f"{web}: ok, TLS, 0 basic auth users"]
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {other_key}\n")
+    failed = certwatch("validate", "-c", str(inventory), "--web.config.file", str(web))
+    assert failed.returncode == 1
+    assert "does not match the certificate" in failed.stderr and "Traceback" not in failed.stderr
+
+
 def test_check_with_a_bad_inventory_is_unknown(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("endpoints: 3\n")
