@@ -262,6 +262,25 @@ def test_sigterm_during_a_slow_probe_exits_cleanly(pki: tuple[Issued, Path], dae
         assert time.monotonic() - start < 8  # the 2s probe deadline, well within the grace
 
 
+def test_max_concurrency_bounds_the_whole_daemon(pki: tuple[Issued, Path], daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    # Ten endpoints due at once on a tarpit: at most three connections at any moment,
+    # and every endpoint gets its turn.
+    from tests.servers import TarpitServer
+
+    _, directory = pki
+    config = directory / "certwatch.yaml"
+    with TarpitServer() as tarpit:
+        write_inventory(config, [f"{{name: t{i}, host: 127.0.0.1, port: {tarpit.port}, timeout: 0.5}}"
+                                 for i in range(10)])
+        config.write_text("max_concurrency: 3\n" + config.read_text())
+        daemon = daemon_factory(config)
+        wait_for("every endpoint probed", lambda: daemon.get("/readyz")[0] == 200)
+        assert tarpit.peak_connections == 3
+        assert {t["error_kind"] for t in daemon.targets().values()} == {"timeout"}
+        assert len(daemon.targets()) == 10
+    assert daemon.stop() == 0
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None and not os.environ.get("CI"),
                     reason="promtool not installed (CI installs Debian's prometheus)")
 def test_promtool_accepts_the_exposition(pki: tuple[Issued, Path], daemon_factory) -> None:  # type: ignore[no-untyped-def]
