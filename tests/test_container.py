@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -48,6 +48,7 @@ import certwatch
 from certwatch.config import Inventory, load_inventory
 from tests.pki import make_intermediate, make_leaf, make_root
 from tests.servers import TLSServer
+from tests.test_daemon import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -60,7 +61,7 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # the proxy's CA, for pip 
 CACHE = Path(os.environ.get("CERTWATCH_PODMAN_DIR", "/var/tmp/certwatch-podman"))
 NOW = datetime.now(timezone.utc)
 DAY = timedelta(days=1)
-T = TypeVar("T")
+CONTAINER_WAIT = 30.0  # seconds: a container starts slower than a local daemon
 
 # The alerts section keeps its SQLite state in /var/lib/certwatch, the image's volume.
 ALERTS = "alerts" in {f.name for f in dataclasses.fields(Inventory)}
@@ -84,14 +85,6 @@ def _tool(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --- always: lint and the files the image is made of -------------------------------------
@@ -543,7 +536,7 @@ def test_image_runs_read_only_as_shipped(built: Built) -> None:
     """The inventory baked into the image: no endpoints, so ready at once."""
     network, _, port = _network()
     with _running(built, [], network) as name:
-        wait_for("/healthz", lambda: _get(port, "/healthz")[0] == 200)
+        wait_for("/healthz", lambda: _get(port, "/healthz")[0] == 200, CONTAINER_WAIT)
         assert _get(port, "/readyz")[0] == 200
         built.podman("healthcheck", "run", name, timeout=30)
         elapsed, code, logs = _stop(built, name)
@@ -562,7 +555,8 @@ def test_image_runs_the_demo_as_compose_does(built: Built) -> None:
             "--tmpfs", "/tmp:size=16m"]
     command = ["run", "-c", "/etc/certwatch/certwatch.yaml", "--listen", f":{PORT}"]
     with _running(built, demo, network, command) as name:
-        wait_for("/readyz after the demo's first sweep", lambda: _get(port, "/readyz")[0] == 200)
+        wait_for("/readyz after the demo's first sweep", lambda: _get(port, "/readyz")[0] == 200,
+                 CONTAINER_WAIT)
         body = _get(port, "/metrics")[1]
         families = {f.name: f.samples for f in text_string_to_metric_families(body)}
         names = {s.labels["name"] for s in families["certwatch_probe_success"]}
@@ -601,8 +595,9 @@ def test_image_watches_a_tls_server(built: Built, tmp_path: Path,
         for path in config.iterdir():
             path.chmod(0o644)
         with _running(built, ["-v", f"{config}:/etc/certwatch:ro"], network) as name:
-            wait_for("/healthz", lambda: _get(port, "/healthz")[0] == 200)
-            wait_for("/readyz after the first sweep", lambda: _get(port, "/readyz")[0] == 200)
+            wait_for("/healthz", lambda: _get(port, "/healthz")[0] == 200, CONTAINER_WAIT)
+            wait_for("/readyz after the first sweep", lambda: _get(port, "/readyz")[0] == 200,
+                     CONTAINER_WAIT)
             status, body = _get(port, "/metrics")
             assert status == 200
             metrics = {f.name: f.samples for f in text_string_to_metric_families(body)}
