@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 
 from certwatch import __version__
 from certwatch.assess import State
+from certwatch.certs import Verification
 from certwatch.store import TargetStatus
 
 __all__ = ["DaemonMetrics", "TargetExposition"]
@@ -69,8 +70,12 @@ def _gauge(value: Callable[[TargetStatus], float | None]) -> Samples:
     return samples
 
 
-def _with_certificate(value: Callable[[TargetStatus], float]) -> Samples:
-    return _gauge(lambda s: value(s) if s.assessment.leaf and s.assessment.earliest else None)
+def _with_certificate(samples: Samples) -> Samples:
+    """A family that only a target whose certificate was read has."""
+    def guarded(status: TargetStatus, head: str) -> str:
+        a = status.assessment
+        return "" if a.leaf is None or a.earliest is None else samples(status, head)
+    return guarded
 
 
 def _error_info(status: TargetStatus, head: str) -> str:
@@ -88,8 +93,6 @@ def _target_state(status: TargetStatus, head: str) -> str:
 
 def _chain(status: TargetStatus, head: str, info: bool) -> str:
     a = status.assessment
-    if a.leaf is None or a.earliest is None:
-        return ""
     last, lines = len(a.chain) - 1, []
     for cert in a.chain:
         where = f'position="{cert.position}",role="{_role(cert.position, last, cert.self_issued)}"'
@@ -104,31 +107,30 @@ def _chain(status: TargetStatus, head: str, info: bool) -> str:
     return "".join(lines)
 
 
-def _verification(value: Callable[[object], bool]) -> Samples:
+def _verification(value: Callable[[Verification], bool]) -> Samples:
     def samples(status: TargetStatus, head: str) -> str:
-        a = status.assessment
-        if a.leaf is None or a.earliest is None or a.verification is None:
+        verification = status.assessment.verification
+        if verification is None:
             return ""
-        return f"{head}}} {'1.0' if value(a.verification) else '0.0'}\n"
+        return f"{head}}} {'1.0' if value(verification) else '0.0'}\n"
     return samples
 
 
 def _verify_problems(status: TargetStatus, head: str) -> str:
-    a = status.assessment
+    verification = status.assessment.verification
     # verify: false means "judge expiry only": its problems are shown in the API and
     # status page, but no alert rule should see them.
-    if (a.leaf is None or a.earliest is None or a.verification is None
-            or not status.target.endpoint.verify):
+    if verification is None or not status.target.endpoint.verify:
         return ""
     return "".join(f'{head},problem="{_escape(problem)}"}} 1.0\n'
-                   for problem in a.verification.problems)
+                   for problem in verification.problems)
 
 
 def _tls_info(status: TargetStatus, head: str) -> str:
-    a = status.assessment
-    if a.leaf is None or a.earliest is None or not a.observation.tls_version:
+    observation = status.assessment.observation
+    if not observation.tls_version:
         return ""
-    labels = _labels([("version", a.observation.tls_version), ("cipher", a.observation.cipher or "")])
+    labels = _labels([("version", observation.tls_version), ("cipher", observation.cipher or "")])
     return f"{head},{labels}}} 1.0\n"
 
 
@@ -149,31 +151,33 @@ FAMILIES: dict[str, tuple[str, Samples]] = {
         _target_state),
     "certwatch_cert_read_timestamp_seconds": (
         "When the certificate reported here was read (older than the latest probe when that "
-        "failed).", _with_certificate(lambda s: s.assessment.observation.started_at.timestamp())),
+        "failed).",
+        _with_certificate(_gauge(lambda s: s.assessment.observation.started_at.timestamp()))),
     "certwatch_cert_expiry_timestamp_seconds": (
         "The earliest notAfter on the chain clients use.",
-        _with_certificate(lambda s: s.assessment.earliest.not_after.timestamp())),  # type: ignore[union-attr]
+        _with_certificate(_gauge(lambda s: s.assessment.earliest.not_after.timestamp()))),  # type: ignore[union-attr]
     "certwatch_cert_not_after_timestamp_seconds": (
         "The leaf's notAfter.",
-        _with_certificate(lambda s: s.assessment.leaf.not_after.timestamp())),  # type: ignore[union-attr]
+        _with_certificate(_gauge(lambda s: s.assessment.leaf.not_after.timestamp()))),  # type: ignore[union-attr]
     "certwatch_cert_not_before_timestamp_seconds": (
         "The leaf's notBefore.",
-        _with_certificate(lambda s: s.assessment.leaf.not_before.timestamp())),  # type: ignore[union-attr]
+        _with_certificate(_gauge(lambda s: s.assessment.leaf.not_before.timestamp()))),  # type: ignore[union-attr]
     "certwatch_chain_cert_not_after_timestamp_seconds": (
         "notAfter of each certificate the server presented, by position.",
-        lambda status, head: _chain(status, head, info=False)),
+        _with_certificate(lambda status, head: _chain(status, head, info=False))),
     "certwatch_cert_info": (
         "Identity of each presented certificate (changes on renewal).",
-        lambda status, head: _chain(status, head, info=True)),
+        _with_certificate(lambda status, head: _chain(status, head, info=True))),
     "certwatch_cert_verified": (
         "1 if clients would accept the chain for this name now, else 0.",
-        _verification(lambda v: v.ok)),  # type: ignore[attr-defined]
+        _with_certificate(_verification(lambda v: v.ok))),
     "certwatch_cert_hostname_match": (
         "1 if the leaf is valid for the name checked, else 0.",
-        _verification(lambda v: v.hostname_match)),  # type: ignore[attr-defined]
+        _with_certificate(_verification(lambda v: v.hostname_match))),
     "certwatch_cert_verify_problem": (
-        "Present for each reason clients would reject the chain.", _verify_problems),
-    "certwatch_tls_info": ("The TLS version and cipher negotiated.", _tls_info),
+        "Present for each reason clients would reject the chain.",
+        _with_certificate(_verify_problems)),
+    "certwatch_tls_info": ("The TLS version and cipher negotiated.", _with_certificate(_tls_info)),
 }
 
 
