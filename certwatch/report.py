@@ -12,7 +12,8 @@ from typing import Any, Iterable, Sequence
 from certwatch.assess import Assessment, State
 from certwatch.certs import CertInfo, rfc3339  # rfc3339 re-exported: the JSON shape is here
 
-__all__ = ["assessment_to_dict", "render_table", "rfc3339", "safe_text", "sort_key"]
+__all__ = ["assessment_to_dict", "render_table", "reported_days_left", "rfc3339", "safe_text",
+           "sort_key"]
 
 
 def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
@@ -37,10 +38,14 @@ def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
     }
 
 
+def reported_days_left(a: Assessment) -> float | None:
+    """Days left as the JSON shape (and what is sorted by it) shows them: 2 decimals."""
+    return round(a.days_left, 2) if a.days_left is not None else None
+
+
 def assessment_to_dict(a: Assessment) -> dict[str, Any]:
     endpoint, observation, verification = a.target.endpoint, a.observation, a.verification
     error = observation.error
-    days_left = a.days_left
     return {
         "key": a.target.key,
         "name": endpoint.name,
@@ -52,7 +57,7 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "state": a.state.value,
         "reasons": list(a.reasons),
         "summary": a.summary,
-        "days_left": round(days_left, 2) if days_left is not None else None,
+        "days_left": reported_days_left(a),
         "leaf_not_before": rfc3339(a.leaf.not_before) if a.leaf else None,
         "leaf_not_after": rfc3339(a.leaf.not_after) if a.leaf else None,
         "earliest_not_after": rfc3339(a.earliest.not_after) if a.earliest else None,

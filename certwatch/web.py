@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from certwatch import __version__
-from certwatch.report import assessment_to_dict, rfc3339, sort_key
+from certwatch.report import assessment_to_dict, reported_days_left, rfc3339, sort_key
 from certwatch.statuspage import CONTENT_SECURITY_POLICY, count_states, row_order, status_page_parts
 from certwatch.store import TargetStatus
 
@@ -80,11 +80,9 @@ def _api_order(statuses: Iterable[TargetStatus]) -> list[TargetStatus]:
 
 
 def _page_order(statuses: Iterable[TargetStatus]) -> list[TargetStatus]:
-    def key(s: TargetStatus) -> tuple[int, float, str]:
-        days = s.assessment.days_left  # rounded as in the API's dict, which the page shows
-        return row_order(s.state.value, round(days, 2) if days is not None else None,
-                         s.target.endpoint.name)
-    return sorted(statuses, key=key)
+    # By the rounded days the page shows, as render_status_page sorts the API's dicts.
+    return sorted(statuses, key=lambda s: row_order(
+        s.state.value, reported_days_left(s.assessment), s.target.endpoint.name))
 
 
 def _json_list(items: Iterable[Any]) -> Iterator[str]:
