@@ -248,6 +248,16 @@ def degraded_then_recovered(daemon: RunningDaemon, receiver: Receiver, why: str)
     return seen
 
 
+def recovery_times(daemon: RunningDaemon, receiver: Receiver, since: float) -> tuple[float, float]:
+    """Seconds from `since` (the fault removed) until the state database is healthy again,
+    and until the held-back notification has been delivered."""
+    wait_for("certwatch_state_database_healthy 1",
+             lambda: sample(daemon, "certwatch_state_database_healthy") == 1, 15)
+    healthy = time.monotonic() - since
+    wait_for("the held-back notification", lambda: receiver.unique(), 15)
+    return healthy, time.monotonic() - since
+
+
 def test_state_database_full(swappable: MakeServer, receiver: Receiver,  # noqa: F811
                              small_tmpfs: Path, pki: PKI, tmp_path: Path) -> None:  # noqa: F811
     server = swappable(90)
@@ -264,11 +274,7 @@ def test_state_database_full(swappable: MakeServer, receiver: Receiver,  # noqa:
         assert status == 200 and took < 2, took
         ballast.unlink()
         freed = time.monotonic()
-        wait_for("certwatch_state_database_healthy 1",
-                 lambda: sample(daemon, "certwatch_state_database_healthy") == 1, 15)
-        healthy = time.monotonic() - freed
-        wait_for("the held-back notification", lambda: receiver.unique(), 15)
-        delivered = time.monotonic() - freed
+        healthy, delivered = recovery_times(daemon, receiver, since=freed)
         assert [(b["action"], b["severity"]) for b in receiver.unique()] == [("trigger", "warning")]
         assert "alerting degraded" not in banner(daemon)
         assert "degraded" not in daemon.get("/readyz")[1]
@@ -312,11 +318,7 @@ def test_state_database_locked_by_another_process(swappable: MakeServer,
             holder.execute("ROLLBACK")
             holder.close()
         released = time.monotonic()
-        wait_for("certwatch_state_database_healthy 1",
-                 lambda: sample(daemon, "certwatch_state_database_healthy") == 1, 15)
-        healthy = time.monotonic() - released
-        wait_for("the held-back notification", lambda: receiver.unique(), 15)
-        delivered = time.monotonic() - released
+        healthy, delivered = recovery_times(daemon, receiver, since=released)
         stop_polling.set()
         poller.join(25)
         assert [(b["action"], b["severity"]) for b in receiver.unique()] == [("trigger", "warning")]
