@@ -20,7 +20,8 @@ run: venv  ## the daemon on the shipped inventory; open http://127.0.0.1:9795/
 check: venv  ## one-shot check of the shipped inventory
 	$(VENV)/bin/certwatch check -c $(CONFIG)
 
-test: venv
+test: venv  ## the type check, then the whole suite
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: venv

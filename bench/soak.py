@@ -96,7 +96,7 @@ DIAGNOSTIC_TOLERANCE = {"python_blocks": (0.05, 5000.0), "malloc_in_use_mb": (0.
 SHIM = r"""
 import asyncio, ctypes, sys
 from prometheus_client import Gauge
-import certwatch.metrics as metrics
+import certwatch.serving.metrics as metrics
 
 _init = metrics.DaemonMetrics.__init__
 

@@ -3,7 +3,7 @@
     python bench/sweep.py --targets 1000 --concurrency 100
 
 What it measures, for the client process only: the wall time of one sweep
-(`check_inventory` over N endpoints: handshake with each, then assess each chain), probes
+(`certwatch.sweep.sweep` over N endpoints: handshake with each, then assess each chain), probes
 per second, CPU seconds (user + sys) and CPU per probe, the share of that CPU spent
 assessing (parse + offline verification, timed by assessing the collected observations
 again), probe latency, and peak RSS. Trust store loading and building the inventory are
@@ -59,10 +59,14 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/pki.py, used by the server process
 
-from certwatch.assess import Assessment, State, assess  # noqa: E402
-from certwatch.certs import TrustStores, parse_chain  # noqa: E402
-from certwatch.cli import check_inventory  # noqa: E402
-from certwatch.config import Inventory, build_inventory  # noqa: E402
+from certwatch.core.assess import Assessment, assess  # noqa: E402
+from certwatch.core.vocabulary import State  # noqa: E402
+from certwatch.core.x509 import parse_chain  # noqa: E402
+from certwatch.sources.trust import TrustStores  # noqa: E402
+from certwatch.sources.wire import Prober  # noqa: E402
+from certwatch.sweep import sweep  # noqa: E402
+from certwatch.config import build_inventory  # noqa: E402
+from certwatch.core.inventory import Inventory  # noqa: E402
 
 DOMAIN = "bench.certwatch.test"  # the leaf is valid for *.DOMAIN; target i sends SNI t<i>.DOMAIN
 ADDRESSES_PER_BLOCK = 250  # 127.77.<block>.1 .. 127.77.<block>.250
@@ -253,7 +257,7 @@ def make_inventory(endpoints: list[tuple[str, int]], ca_file: str, concurrency: 
 
 async def sweep(inventory: Inventory, trust: TrustStores, deadline: float) -> list[Assessment]:
     async with asyncio.timeout(deadline):
-        return await check_inventory(inventory, trust=trust)
+        return await sweep(inventory.endpoints, Prober(max_concurrency=inventory.max_concurrency), trust)
 
 
 def _max_rss_mb() -> float:

@@ -10,21 +10,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from certwatch import __version__
-from certwatch.assess import Assessment, assess
-from certwatch.certs import TrustStores
+from certwatch.config import ConfigError, build_inventory, load_configuration, load_inventory
+from certwatch.core.assess import Assessment
+from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.logs import configure_logging
-from certwatch.config import PROTOCOLS, TLS_ALIASES, ConfigError, Inventory, build_inventory, load_inventory
-from certwatch.probe import Prober
-from certwatch.report import assessment_to_dict, render_table, sort_key
+from certwatch.render.report import assessment_to_dict, render_table, sort_key
+from certwatch.sources.wire import Prober
+from certwatch.sweep import sweep
 
 __all__ = ["main"]
 
@@ -37,19 +36,6 @@ def exit_code(assessments: Sequence[Assessment]) -> int:
         if code in codes:
             return code
     return EXIT_OK if assessments else EXIT_UNKNOWN
-
-
-async def check_inventory(inventory: Inventory, *, prober: Prober | None = None,
-                          trust: TrustStores | None = None) -> list[Assessment]:
-    """Probes every endpoint once, concurrently, and assesses each target."""
-    prober = prober or Prober(max_concurrency=inventory.max_concurrency)
-    trust = trust or TrustStores()
-    results = await asyncio.gather(*(prober.probe(e) for e in inventory.endpoints))
-    now = datetime.now(timezone.utc)
-    return [
-        assess(observation, now, trust.for_endpoint(observation.target.endpoint))
-        for observations in results for observation in observations
-    ]
 
 
 def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -89,7 +75,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
-    assessments = sorted(asyncio.run(check_inventory(inventory)), key=sort_key)
+    prober = Prober(max_concurrency=inventory.max_concurrency)
+    assessments = sorted(asyncio.run(sweep(inventory.endpoints, prober)), key=sort_key)
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -100,25 +87,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    try:
-        inventory = load_inventory(args.config)
-        if inventory.alerts is not None:  # sinks and their secrets, as the daemon reads them
-            from certwatch.notifier import alerts_config
+    from certwatch.serving.tls import tls_problem  # loads the TLS pair, as `run` would
 
-            alerts_config(inventory.alerts, str(args.config), os.environ,
-                          args.config.parent.resolve())
+    try:
+        inventory, web = load_configuration(args.config, args.web_config, os.environ, tls_problem)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.config}: ok, {len(inventory.endpoints)} endpoints")
-    if args.web_config is not None:
-        from certwatch.webconfig import load_web_config
-
-        try:  # also loads the TLS pair and client CAs, as `run` would
-            web = load_web_config(args.web_config)
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
+    if web is not None:
         print(f"{args.web_config}: ok, " + ("TLS" if web.tls else "no TLS")
               + f", {len(web.basic_auth_users)} basic auth users")
     return 0
@@ -129,21 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from certwatch.daemon import Daemon  # the daemon's dependencies are not needed by check
 
-    web_config = None
-    if args.web_config is not None:
-        from certwatch.webconfig import load_web_config
-
-        try:
-            web_config = load_web_config(args.web_config)
-        except ConfigError as exc:
-            logging.getLogger("certwatch.webconfig").error(
-                "web configuration rejected: %s", exc,
-                extra={"source": exc.source, "problems": list(exc.problems)})
-            return 2
     # `_created` series double every counter for little use; the shell sets this once.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
-                              grace=args.grace, web_config=web_config).run())
+                              grace=args.grace, web_config_path=args.web_config).run())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certwatch.alerts import Alert, AlertPolicy, Notification, decide
-from certwatch.assess import assess
-from certwatch.certs import TrustStore
-from certwatch.config import Endpoint
-from certwatch.outbox import Outbox, StateError
-from certwatch.probe import Observation, ProbeError, Target
-from certwatch.store import TargetStatus, merge
+from certwatch.core.alerts import Alert, AlertPolicy, Notification, decide
+from certwatch.core.assess import assess
+from certwatch.core.verify import TrustStore
+from certwatch.core.inventory import Endpoint
+from certwatch.alerting.outbox import Outbox, StateError
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.status import TargetStatus, merge
 from tests.pki import Issued, make_leaf, make_root
 
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -9,10 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certwatch.assess import State, assess, expiry_state
-from certwatch.certs import TrustStore, hostname_matches, parse_certificate
-from certwatch.config import Endpoint
-from certwatch.probe import Observation, ProbeError, Target
+from certwatch.core.inventory import Thresholds
+from certwatch.core.policy import judge_expiry
+from certwatch.core.assess import assess
+from certwatch.core.vocabulary import State
+from certwatch.core.verify import TrustStore, hostname_matches
+from certwatch.core.x509 import parse_certificate
+from certwatch.core.inventory import Endpoint
+from certwatch.core.observation import Observation, ProbeError, Target
 from tests.pki import Issued, make_intermediate, make_leaf, make_root
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -91,13 +96,18 @@ def test_thresholds(intermediate: Issued, trust: TrustStore, left: float, state:
     assert (result.state, result.reasons) == (state, reasons)
 
 
-def test_expiry_state_boundaries() -> None:
-    kwargs = {"warn_days": 30, "critical_days": 7}
-    assert expiry_state(days(30), NOW, **kwargs) is State.OK
-    assert expiry_state(days(29.99), NOW, **kwargs) is State.WARNING
-    assert expiry_state(days(7), NOW, **kwargs) is State.WARNING
-    assert expiry_state(days(6.99), NOW, **kwargs) is State.CRITICAL
-    assert expiry_state(NOW, NOW, **kwargs) is State.EXPIRED
+def test_threshold_policy_boundaries(root: Issued) -> None:
+    cert = parse_certificate(root.cert.public_bytes(Encoding.DER), 0)
+    thresholds = Thresholds(warn_days=30, critical_days=7)
+
+    def state(not_after: datetime) -> State:
+        return judge_expiry(dataclasses.replace(cert, not_after=not_after), NOW, thresholds).state
+
+    assert state(days(30)) is State.OK
+    assert state(days(29.99)) is State.WARNING
+    assert state(days(7)) is State.WARNING
+    assert state(days(6.99)) is State.CRITICAL
+    assert state(NOW) is State.EXPIRED
 
 
 def test_expired_chain_is_expired_not_untrusted(intermediate: Issued, trust: TrustStore) -> None:

@@ -146,3 +146,52 @@ def test_check_with_a_bad_inventory_is_unknown(tmp_path: Path) -> None:
     result = certwatch("check", "-c", str(bad))
     assert result.returncode == 3
     assert "'endpoints' must be a list" in result.stderr
+
+
+def test_every_problem_of_every_file_in_one_pass(tmp_path: Path) -> None:
+    """The inventory, its sinks and the web configuration are read with one kit: one run
+    of `validate` (and of `run`) names every problem of all three, each with its line."""
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(
+        "endpoints:\n"
+        "  - host: a.example\n"
+        "    interval: 90 seconds\n"           # line 3: not a duration
+        "alerts:\n"
+        "  sinks:\n"
+        "    - name: hook\n"
+        "      type: webhook\n"
+        "      url: http://127.0.0.1:9/x\n"
+        "      timeout: 250ms\n"               # the one grammar: fine
+        "      min_severty: critical\n"        # line 10: a typo
+        "    - name: page\n"
+        "      type: pagerduty\n"
+        "      routing_key_env: CERTWATCH_TEST_UNSET\n")  # line 13: an unset secret
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config: {cert_file: absent.crt, key_file: absent.key}\n"
+                   "http_server_config: {headrs: {}}\n")
+    failed = certwatch("validate", "-c", str(inventory), "--web.config.file", str(web))
+    assert failed.returncode == 1
+    expected = [
+        f"{inventory}: 3 problems:",
+        "line 3: endpoint 1: 'interval' must be a duration",
+        "line 10: alerts.sinks[0] 'hook': unknown key 'min_severty' for a webhook sink "
+        "(did you mean 'min_severity'?)",
+        "line 13: alerts.sinks[1] 'page': 'routing_key_env': environment variable "
+        "CERTWATCH_TEST_UNSET is not set",
+        f"{web}: 3 problems:",
+        f"line 1: tls_server_config: 'cert_file': file not found: {tmp_path / 'absent.crt'}",
+        "line 2: http_server_config: unknown key 'headrs' (did you mean 'headers'?)",
+    ]
+    for text in expected:
+        assert text in failed.stderr, (text, failed.stderr)
+    assert failed.stderr.index(expected[0]) < failed.stderr.index(expected[4])
+
+    started = subprocess.run(
+        [sys.executable, "-m", "certwatch", "run", "-c", str(inventory), "--listen",
+         "127.0.0.1:0", "--web.config.file", str(web)],
+        capture_output=True, text=True, timeout=30)
+    assert started.returncode == 2
+    logged = [json.loads(line) for line in started.stderr.splitlines()]
+    assert [(e["level"], e["source"], len(e["problems"])) for e in logged] == [
+        ("error", str(inventory), 3), ("error", str(web), 3)]
+    assert all(e["message"] == "configuration rejected" for e in logged)

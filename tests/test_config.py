@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from certwatch.config import ConfigError, Defaults, Endpoint, load_inventory, parse_inventory
+from certwatch.config import ConfigError, load_inventory, parse_inventory
+from certwatch.core.inventory import Defaults, Endpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def test_every_problem_is_reported_once_with_its_line() -> None:
         "tls, smtp, imap, pop3, ftp, ldap, postgres, xmpp, https, smtps, submissions, imaps, "
         "pop3s, ldaps, ftps",
         "line 11: endpoint 4 'dup': 'timeout' must be a number, not 'fast'",
-        "line 12: endpoint 4 'dup': 'ca_file' file not found: /nonexistent/root.pem",
+        "line 12: endpoint 4 'dup': 'ca_file': file not found: /nonexistent/root.pem",
         "line 13: endpoint 4 'dup': label name 'name' is reserved by certwatch",
         "line 13: endpoint 4 'dup': label name 'bad-label' must match [a-zA-Z_][a-zA-Z0-9_]* "
         "and not start with '__'",
@@ -140,7 +141,7 @@ def test_every_problem_is_reported_once_with_its_line() -> None:
         ("endpoints:\n  - host: a.example\n    addresses: some", "'addresses' must be one of"),
         ("endpoints:\n  - url: gopher://a.example", "'url' scheme 'gopher' is not one of"),
         ("endpoints:\n  - url: https://a.example\n    port: 1", "give either 'url' or 'port'"),
-        ("endpoints:\n  - host: a.example\n    client_key: k.pem", "'client_key' file not found"),
+        ("endpoints:\n  - host: a.example\n    client_key: k.pem", "'client_key': file not found"),
         ("endpoints:\n  - port: 443", "'host' must be a host name or IP address, not empty"),
         ("endpoints: [\n", "not valid YAML"),
         ("defaults: {verify: yes please}\nendpoints: []", "'verify' must be true or false"),

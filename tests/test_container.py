@@ -45,7 +45,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import certwatch
-from certwatch.config import Inventory, load_inventory
+from certwatch.config import load_inventory
+from certwatch.core.inventory import Inventory
 from tests.pki import make_intermediate, make_leaf, make_root
 from tests.servers import TLSServer
 from tests.test_daemon import wait_for

@@ -20,16 +20,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certwatch.alerts import AlertPolicy, decide
-from certwatch.assess import assess
-from certwatch.certs import TrustStore
+from certwatch.core.alerts import AlertPolicy, decide
+from certwatch.core.assess import assess
+from certwatch.core.verify import TrustStore
 from certwatch.config import build_inventory
-from certwatch.metrics import TargetExposition
-from certwatch.notifier import open_alerts_by_target
-from certwatch.probe import Observation, ProbeError, Target
-from certwatch.report import assessment_to_dict
-from certwatch.store import TargetStatus, merge
-from certwatch.web import status_to_dict
+from certwatch.render.exposition import TargetExposition
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.render.report import assessment_to_dict, open_alerts_by_target, status_to_dict
+from certwatch.core.status import TargetStatus, merge
 
 HERE = Path(__file__).parent / "contract"
 RECORD = os.environ.get("CERTWATCH_RECORD_CONTRACT") == "1"

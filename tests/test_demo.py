@@ -17,16 +17,17 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certwatch import demo as demo_module
-from certwatch.assess import Assessment
-from certwatch.cli import check_inventory
+from certwatch.daemon import demo as demo_module
+from certwatch.core.assess import Assessment
+from certwatch.sources.wire import Prober
+from certwatch.sweep import sweep
 from certwatch.config import build_inventory
-from certwatch.demo import DemoEndpoints
+from certwatch.daemon.demo import DemoEndpoints
 
 
 async def _check(demo: DemoEndpoints) -> dict[str, Assessment]:
     inventory = build_inventory({"endpoints": demo.inventory_entries()})
-    return {a.target.endpoint.name: a for a in await check_inventory(inventory)}
+    return {a.target.endpoint.name: a for a in await sweep(inventory.endpoints, Prober())}
 
 
 def _other_tasks() -> set[asyncio.Task[Any]]:
@@ -80,7 +81,7 @@ def test_every_state(tmp_path: Path) -> None:
 
 
 def test_renewal_turns_critical_into_ok(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="certwatch.demo")
+    caplog.set_level(logging.INFO, logger="certwatch.daemon.demo")
 
     async def scenario() -> tuple[list[str], Assessment, set[Any]]:
         async with DemoEndpoints(tmp_path, renew_after=0.5) as demo:
@@ -98,7 +99,7 @@ def test_renewal_turns_critical_into_ok(tmp_path: Path, caplog: pytest.LogCaptur
     assert critical.days_left == pytest.approx(90, abs=0.01)
     assert critical.reasons == ()
     assert leftover == set()
-    renewals = [r for r in caplog.records if r.name == "certwatch.demo" and r.levelno == logging.INFO]
+    renewals = [r for r in caplog.records if r.name == "certwatch.daemon.demo" and r.levelno == logging.INFO]
     assert len(renewals) == 1 and "demo-critical" in renewals[0].getMessage()
 
 

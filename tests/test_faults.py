@@ -43,10 +43,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from certwatch.alerts import Notification
-from certwatch.notifier import WRITE_RETRY, AlertsConfig, Notifier
-from certwatch.outbox import Outbox
-from certwatch.sinks import parse_sinks
+from certwatch.core.alerts import Notification
+from certwatch.alerting.health import WRITE_RETRY
+from certwatch.alerting.notifier import AlertsConfig, Notifier
+from certwatch.alerting.outbox import Outbox
+from certwatch.alerting.sinks import parse_sinks
 from tests.pki import Issued
 from tests.servers import TLSServer
 from tests.test_alerting import Receiver, receiver  # noqa: F401
@@ -608,7 +609,7 @@ def test_a_failed_delivery_recorded_after_the_database_recovers(receiver: Receiv
     holder.execute("ROLLBACK")
     holder.close()
     time.sleep(WRITE_RETRY)
-    notifier._record_unrecorded()
+    notifier.deliveries.record_unrecorded()
     assert notifier.degraded is None
     attempts, error = sqlite3.connect(path).execute(
         "SELECT attempts, last_error FROM outbox WHERE id = 'n1'").fetchone()

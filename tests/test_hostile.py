@@ -30,12 +30,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from certwatch.assess import Assessment, State, assess
-from certwatch.certs import TrustStore
-from certwatch.cli import check_inventory
-from certwatch.config import Endpoint, build_inventory
-from certwatch.probe import Observation, Prober, Target
-from certwatch.report import assessment_to_dict, render_table
+from certwatch.core.assess import Assessment, assess
+from certwatch.core.vocabulary import State
+from certwatch.core.verify import TrustStore
+from certwatch.sweep import sweep
+from certwatch.config import build_inventory
+from certwatch.core.inventory import Endpoint
+from certwatch.core.observation import Observation, Target
+from certwatch.sources.wire import Prober
+from certwatch.render.report import assessment_to_dict, render_table
 from tests.pki import (
     Issued,
     as_version_1,
@@ -117,7 +120,9 @@ async def _check(endpoints: list[dict[str, Any]], pki: PKI, prober: Prober | Non
         "defaults": {"ca_file": str(pki.root_pem), "system_trust": False, "timeout": timeout},
         "endpoints": endpoints,
     }
-    results = await check_inventory(build_inventory(document, source="test"), prober=prober)
+    inventory = build_inventory(document, source="test")
+    results = await sweep(inventory.endpoints,
+                          prober or Prober(max_concurrency=inventory.max_concurrency))
     return results, len(asyncio.all_tasks() - {asyncio.current_task()})
 
 

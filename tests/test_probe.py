@@ -17,10 +17,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certwatch.assess import Assessment, State
-from certwatch.cli import check_inventory
+from certwatch.core.assess import Assessment
+from certwatch.core.vocabulary import State
+from certwatch.sweep import sweep
 from certwatch.config import build_inventory
-from certwatch.probe import Prober
+from certwatch.sources.wire import Prober
 from tests.pki import Issued, make_intermediate, make_leaf, make_root
 from tests.servers import (
     DripServer,
@@ -72,7 +73,8 @@ def run_check(pki: PKI, *endpoints: dict[str, Any], prober: Prober | None = None
         "endpoints": list(endpoints),
     }
     inventory = build_inventory(document, source="test")
-    return asyncio.run(check_inventory(inventory, prober=prober))
+    return asyncio.run(sweep(inventory.endpoints,
+                             prober or Prober(max_concurrency=inventory.max_concurrency)))
 
 
 def check_one(pki: PKI, server: TLSServer | Any, **entry: Any) -> Assessment:

@@ -26,12 +26,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from certwatch import config
-from certwatch.assess import Assessment, State, assess
-from certwatch.certs import CertInfo, TrustStore
-from certwatch.config import ConfigError, Endpoint, Inventory, load_inventory, parse_inventory
-from certwatch.probe import Observation, ProbeError, Target
-from certwatch.report import assessment_to_dict, render_table, safe_text
+from certwatch.config import inventory as config
+from certwatch.core.assess import Assessment, assess
+from certwatch.core.vocabulary import State
+from certwatch.core.verify import TrustStore
+from certwatch.core.x509 import CertInfo
+from certwatch.config import ConfigError, load_inventory, parse_inventory
+from certwatch.core.inventory import Endpoint, Inventory
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.render.report import assessment_to_dict, render_table, safe_text
 from tests.pki import (
     TBS_EXTENSIONS,
     TBS_ISSUER,

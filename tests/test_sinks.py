@@ -33,19 +33,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from certwatch.alerts import Notification
-from certwatch.config import _LineLoader
-from certwatch.sinks import (
-    PAGERDUTY_URL,
-    AlertmanagerSink,
-    EmailSink,
-    PagerDutySink,
-    Sink,
-    SinkError,
-    SlackSink,
-    WebhookSink,
-    parse_sinks,
-)
+from certwatch.core.alerts import Notification
+from certwatch.config.yamlfile import load_yaml
+from certwatch.alerting.sinks import AlertmanagerSink, EmailSink, PAGERDUTY_URL, PagerDutySink, Sink, SinkError, SlackSink, WebhookSink, parse_sinks
 from tests.pki import make_leaf, make_root
 from tests.servers import closed_port
 
@@ -358,7 +348,7 @@ alerts:
       timeout: forever
     - just a string
 """
-    raw = yaml.load(text, Loader=_LineLoader)["alerts"]["sinks"]  # a SafeLoader subclass
+    raw = load_yaml(text, "certwatch.yaml")["alerts"]["sinks"]
     sinks, problems = parse_sinks(raw, "certwatch.yaml: alerts.sinks", {"PW": SMTP_SECRET},
                                   tmp_path)
     assert sinks == []
@@ -387,9 +377,10 @@ alerts:
     for start in expected:
         assert any(start in p for p in problems), (start, problems)
     assert len(problems) == len(expected)
+    assert all(p.startswith("line ") for p in problems), problems  # every one has its line
     assert parse_sinks(None, "alerts.sinks", {}, tmp_path) == ([], [])
     assert parse_sinks({"a": 1}, "alerts.sinks", {}, tmp_path)[1] == [
-        "alerts.sinks: must be a list of sinks, not a mapping"]
+        "top: alerts.sinks: must be a list of sinks, not a mapping"]
 
 
 def test_routing_by_severity_and_labels() -> None:
@@ -557,7 +548,7 @@ def test_slack_escapes_every_peer_string() -> None:
 
 
 def test_slack_resolved_message_looks_different() -> None:
-    from certwatch.sinks import slack_payload
+    from certwatch.alerting.sinks import slack_payload
 
     firing = slack_payload(notification("trigger", "critical"))
     resolved = slack_payload(notification("resolve", "critical",
@@ -629,7 +620,7 @@ def test_pagerduty_trigger_remind_escalate_and_resolve() -> None:
 
 
 def test_pagerduty_limits_summary_and_dedup_key() -> None:
-    from certwatch.sinks import pagerduty_event
+    from certwatch.alerting.sinks.payloads import pagerduty_event
 
     long_key = "x" * 300 + "/expiry"
     event = pagerduty_event(notification(summary="s" * 5000, alert_key=long_key, url=None), PD_SECRET)

@@ -18,12 +18,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from certwatch.assess import assess
-from certwatch.certs import TrustStore
-from certwatch.config import Endpoint
-from certwatch.probe import Observation, ProbeError, Target
-from certwatch.report import assessment_to_dict, rfc3339
-from certwatch.statuspage import CONTENT_SECURITY_POLICY, render_status_page
+from certwatch.core.assess import assess
+from certwatch.core.verify import TrustStore
+from certwatch.core.inventory import Endpoint
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.timestamps import rfc3339
+from certwatch.render.report import assessment_to_dict
+from certwatch.render.statuspage import CONTENT_SECURITY_POLICY, render_status_page
 from tests.pki import Issued, make_intermediate, make_leaf, make_root
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -149,8 +150,9 @@ def render(targets: list[dict[str, Any]], **kwargs: Any) -> str:
 def test_rows_sorted_attention_first_then_soonest_expiry(fleet: Fleet) -> None:
     page = Page(render(fleet.targets, version="0.1.0"))
     names = [r["endpoint"].split("192.0.2.10")[0] for r in page.rows]
-    assert names == ["legacy", "backup", "ldap",  # expired, then no certificate (by name)
+    assert names == ["legacy",  # expired
                      "mail", "wrongname", "intranet",  # critical, by days left
+                     "backup", "ldap",  # no certificate (by name)
                      "db", "shop",  # warning: an intermediate at 12 days, a leaf at 18
                      "portal", "www"]  # ok
 
@@ -162,7 +164,7 @@ def test_counts_total_and_generation_time(fleet: Fleet) -> None:
         assert f'<span class="badge s-{state}">{n} {state}</span>' in html
     assert ">10 total<" in html
     assert "generated 2026-06-01 12:00:00 UTC" in html
-    assert "<title>certwatch: 1 expired, 2 error, 3 critical, 2 warning</title>" in html
+    assert "<title>certwatch: 1 expired, 3 critical, 2 error, 2 warning</title>" in html
 
 
 def test_state_classes_and_colours(fleet: Fleet) -> None:

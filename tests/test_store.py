@@ -8,13 +8,15 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client.parser import text_string_to_metric_families
 
-from certwatch.assess import Assessment, State, assess
-from certwatch.certs import TrustStore
-from certwatch.config import Endpoint
-from certwatch.metrics import TargetExposition
-from certwatch.probe import Observation, ProbeError, Target
-from certwatch.store import Store, merge
-from certwatch.web import batched
+from certwatch.core.assess import Assessment, assess
+from certwatch.core.vocabulary import State
+from certwatch.core.verify import TrustStore
+from certwatch.core.inventory import Endpoint
+from certwatch.render.exposition import TargetExposition
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.status import merge
+from certwatch.daemon.store import Store
+from certwatch.serving.web import batched
 from tests.pki import Issued, make_leaf, make_root
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)

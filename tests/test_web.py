@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from certwatch.web import accepts_gzip
+from certwatch.serving.web import accepts_gzip
 
 
 @pytest.mark.parametrize(("header", "gzip"), [

@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certwatch.config import ConfigError
-from certwatch.webconfig import (BasicAuth, ServerTLS, TLSServerConfig, build_server_context,
-                                 parse_web_config)
+from certwatch.config.web import TLSServerConfig, parse_web_config
+from certwatch.serving.auth import BasicAuth
+from certwatch.serving.tls import ServerTLS, build_server_context, tls_problem
 from tests.pki import Issued, make_intermediate, make_leaf, make_root
 from tests.servers import TLSServer
 from tests.test_alerting import Receiver
@@ -454,7 +455,7 @@ def test_config_problems_are_named(pki: Pki, text: str, expected: str) -> None:
     (pki.directory / "other.key").write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(ConfigError) as caught:
-        parse_web_config(text, source="web.yml", base=pki.directory)
+        parse_web_config(text, source="web.yml", base=pki.directory, check_tls=tls_problem)
     message = str(caught.value)
     assert message.startswith("web.yml: ") and expected in message, message
     assert "hunter2" not in message  # a value in basic_auth_users is never echoed

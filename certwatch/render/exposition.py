@@ -1,4 +1,4 @@
-"""Prometheus metrics, rendered at scrape time from the store's latest statuses.
+"""The targets' Prometheus exposition text, rendered at scrape time from the latest statuses.
 
 Rendering from the latest statuses means no labelled gauges are left behind: a target
 removed from the inventory is gone from the next scrape. Expiry is exported as
@@ -10,22 +10,19 @@ by piece (a family's lines for one target), family by family, from one snapshot 
 statuses: with 10,000 targets the text is ~40 MB (20 series each, every one carrying
 the target's labels), so it is never held whole. (prometheus_client's per-sample objects took seconds a scrape at that size.)
 The daemon's own health metrics stay ordinary prometheus_client metrics in a private
-registry.
+registry (:mod:`certwatch.serving.metrics`).
 """
 
 from __future__ import annotations
 
-import platform
 from typing import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from certwatch.core.status import TargetStatus
+from certwatch.core.verify import Verification
+from certwatch.core.vocabulary import State
 
-from certwatch import __version__
-from certwatch.assess import State
-from certwatch.certs import Verification
-from certwatch.store import TargetStatus
+__all__ = ["FAMILIES", "TargetExposition"]
 
-__all__ = ["DaemonMetrics", "TargetExposition"]
 
 def _role(position: int, last: int, self_issued: bool) -> str:
     if position == 0:
@@ -212,33 +209,3 @@ class TargetExposition:
 
     def render(self) -> str:
         return "".join(self.pieces())
-
-
-class DaemonMetrics:
-    """The daemon's own health, in a registry of its own (never the global one)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        self.probes = Counter("certwatch_probes", "Probes by result and error kind.",
-                              ["result", "error_kind"], registry=self.registry)
-        self.reloads = Counter("certwatch_config_reloads", "Configuration reloads by result.",
-                               ["result"], registry=self.registry)
-        self.reload_ok = Gauge("certwatch_config_last_reload_successful",
-                               "1 if the latest configuration load succeeded.",
-                               registry=self.registry)
-        self.reload_time = Gauge("certwatch_config_last_reload_success_timestamp_seconds",
-                                 "When the configuration was last loaded successfully.",
-                                 registry=self.registry)
-        self.endpoints = Gauge("certwatch_endpoints", "Endpoints in the running inventory.",
-                               registry=self.registry)
-        self.ready = Gauge("certwatch_ready", "1 once the first sweep has finished.",
-                           registry=self.registry)
-        self.clock_jumps = Counter("certwatch_clock_jumps",
-                                   "Wall-clock jumps detected (the schedule was moved with them).",
-                                   registry=self.registry)
-        info = Gauge("certwatch_build_info", "certwatch's version, as labels.",
-                     ["version", "python_version"], registry=self.registry)
-        info.labels(__version__, platform.python_version()).set(1)
-        for result in ("success", "failure"):
-            self.reloads.labels(result)

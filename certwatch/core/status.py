@@ -1,8 +1,4 @@
-"""The latest status of every target, and how a new probe result updates it.
-
-The store's mapping is replaced whole on every update (copy on write), so the metrics
-collector and the HTTP API read a consistent snapshot without locks. The update rule
-itself, :func:`merge`, is pure.
+"""What is known of a target now, and the pure rule that updates it with a new result.
 
 A failed probe does not erase what was known: the last certificate read stays reported
 (judged afresh at `now`, so it still crosses thresholds on time) beside the error, so a
@@ -14,14 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Sequence
 
-from certwatch.assess import Assessment, State
-from certwatch.config import Endpoint
-from certwatch.probe import Observation, ProbeError, Target
+from certwatch.core.assess import Assessment
+from certwatch.core.inventory import Endpoint
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.vocabulary import ErrorKind, Phase, State
 
-__all__ = ["Store", "TargetStatus", "merge"]
+__all__ = ["Change", "TargetStatus", "merge"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +53,7 @@ Rejudge = Callable[[Observation], Assessment]
 def _failure(assessment: Assessment) -> ProbeError | None:
     error = assessment.observation.error
     if error is None and assessment.leaf is None:
-        return ProbeError("no_certificate", "handshake", assessment.summary)
+        return ProbeError(ErrorKind.NO_CERTIFICATE, Phase.HANDSHAKE, assessment.summary)
     return error
 
 
@@ -102,43 +98,3 @@ class Change:
 
     before: State | None
     status: TargetStatus
-
-
-class Store:
-    """Latest statuses, by endpoint name, as an immutable snapshot replaced on each update.
-
-    Updating one endpoint copies only the outer mapping (a C-level dict copy), so a sweep
-    of N endpoints costs O(N) copies of pointers, not O(N) Python work per update.
-    """
-
-    def __init__(self) -> None:
-        self._by_endpoint: Mapping[str, tuple[TargetStatus, ...]] = MappingProxyType({})
-
-    def snapshot(self) -> Mapping[str, TargetStatus]:
-        """Every target's status by target key (built per call: for scrapes and the API)."""
-        return {s.target.key: s for statuses in self._by_endpoint.values() for s in statuses}
-
-    def statuses(self) -> list[TargetStatus]:
-        return [s for statuses in self._by_endpoint.values() for s in statuses]
-
-    def of_endpoint(self, name: str) -> list[TargetStatus]:
-        return list(self._by_endpoint.get(name, ()))
-
-    def replace_endpoint(self, name: str, statuses: Iterable[TargetStatus]) -> list[Change]:
-        """Sets the endpoint's statuses (dropping addresses it no longer has)."""
-        before = {s.target.key: s.state for s in self._by_endpoint.get(name, ())}
-        statuses = tuple(statuses)
-        updated = self._by_endpoint.copy()  # dict(proxy) takes a slow path: 15x slower
-        updated[name] = statuses
-        self._by_endpoint = MappingProxyType(updated)
-        return [Change(before.get(s.target.key), s) for s in statuses
-                if before.get(s.target.key) is not s.state]
-
-    def retain(self, names: set[str]) -> list[str]:
-        """Drops targets of endpoints no longer in the inventory; returns their keys."""
-        gone = [s.target.key for name, statuses in self._by_endpoint.items()
-                if name not in names for s in statuses]
-        if any(name not in names for name in self._by_endpoint):
-            self._by_endpoint = MappingProxyType(
-                {n: s for n, s in self._by_endpoint.items() if n in names})
-        return gone

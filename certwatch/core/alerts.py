@@ -21,25 +21,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
-from certwatch.assess import State
-from certwatch.report import rfc3339
-from certwatch.store import TargetStatus
+from certwatch.core.status import TargetStatus
+from certwatch.core.timestamps import rfc3339
+from certwatch.core.vocabulary import Action, AlertKind, Severity
 
-__all__ = ["Alert", "AlertPolicy", "Notification", "SEVERITIES", "decide", "severity_rank"]
-
-SEVERITIES = ("warning", "critical")
-KINDS = ("expiry", "verification", "probe")
-ACTIONS = ("trigger", "escalate", "remind", "resolve")
-
-
-def severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity)
+__all__ = ["Alert", "AlertPolicy", "Notification", "decide"]
 
 
 @dataclass(frozen=True, slots=True)
 class AlertPolicy:
     repeat: Mapping[str, timedelta] = field(default_factory=lambda: {
-        "warning": timedelta(hours=24), "critical": timedelta(hours=4)})
+        Severity.WARNING: timedelta(hours=24), Severity.CRITICAL: timedelta(hours=4)})
     probe_failures: int = 3  # consecutive failed probes before a probe alert
     external_url: str | None = None  # the status page, linked from notifications
 
@@ -111,27 +103,25 @@ def _details(status: TargetStatus) -> dict[str, Any]:
     }
 
 
-def conditions(status: TargetStatus, policy: AlertPolicy) -> dict[str, tuple[str, str]]:
-    """The alert kinds whose condition holds now: kind -> (severity, summary)."""
+def conditions(status: TargetStatus, policy: AlertPolicy) -> dict[AlertKind, tuple[Severity, str]]:
+    """The alert kinds whose condition holds now: kind -> (severity, summary). Expiry
+    and rejection are the assessment's judgement, read here, not judged again."""
     a, name = status.assessment, status.target.key
-    found: dict[str, tuple[str, str]] = {}
-    if a.earliest is not None and a.state is not State.ERROR:
-        days = a.days_left or 0.0
-        endpoint = status.target.endpoint
-        if days <= 0:
-            found["expiry"] = ("critical", f"{name}: certificate expired {-days:.1f} days ago")
-        elif days < endpoint.critical_days:
-            found["expiry"] = ("critical", f"{name}: certificate expires in {days:.1f} days")
-        elif days < endpoint.warn_days:
-            found["expiry"] = ("warning", f"{name}: certificate expires in {days:.1f} days")
-        verification = a.verification
-        rejected = [p for p in verification.problems if p != "expired"] if verification else []
-        if endpoint.verify and rejected:
-            found["verification"] = (
-                "critical", f"{name}: clients reject the certificate ({', '.join(rejected)})")
+    found: dict[AlertKind, tuple[Severity, str]] = {}
+    expiry = a.expiry
+    if expiry is not None and expiry.severity is not None:
+        days = expiry.days_left
+        summary = (f"{name}: certificate expired {-days:.1f} days ago" if expiry.expired
+                   else f"{name}: certificate expires in {days:.1f} days")
+        found[AlertKind.EXPIRY] = (expiry.severity, summary)
+    if expiry is not None and a.rejections:
+        found[AlertKind.VERIFICATION] = (
+            Severity.CRITICAL,
+            f"{name}: clients reject the certificate ({', '.join(a.rejections)})")
     if status.consecutive_failures >= policy.probe_failures and status.last_error is not None:
-        found["probe"] = ("critical", f"{name}: {status.consecutive_failures} probes failed in a "
-                                      f"row: {status.last_error}")
+        found[AlertKind.PROBE] = (Severity.CRITICAL,
+                                  f"{name}: {status.consecutive_failures} probes failed in a "
+                                  f"row: {status.last_error}")
     return found
 
 
@@ -150,7 +140,7 @@ def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], n
     changes: dict[str, Alert | None] = {}
     notices: list[Notification] = []
 
-    def notify(alert: Alert, action: str, summary: str, details: Mapping[str, Any]) -> None:
+    def notify(alert: Alert, action: Action, summary: str, details: Mapping[str, Any]) -> None:
         notices.append(Notification(
             id=_notification_id(alert.key, action, now), alert_key=alert.key, kind=alert.kind,
             action=action, severity=alert.severity, created_at=now, started_at=alert.started_at,
@@ -160,7 +150,7 @@ def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], n
         target = _target_fields(status)
         details = _details(status)
         holding = conditions(status, policy)
-        for kind in KINDS:
+        for kind in AlertKind:
             key = f"{status.target.key}/{kind}"
             alert = open_alerts.get(key)
             if kind in holding:
@@ -168,43 +158,43 @@ def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], n
                 if alert is None:
                     alert = Alert(key, kind, severity, now, now, summary, details, target)
                     changes[key] = alert
-                    notify(alert, "trigger", summary, details)
-                elif severity_rank(severity) > severity_rank(alert.severity):
+                    notify(alert, Action.TRIGGER, summary, details)
+                elif severity.rank > Severity(alert.severity).rank:
                     alert = dataclasses.replace(alert, severity=severity, last_sent_at=now,
                                                 summary=summary, details=details, target=target)
                     changes[key] = alert
-                    notify(alert, "escalate", summary, details)
+                    notify(alert, Action.ESCALATE, summary, details)
                 elif now - alert.last_sent_at >= policy.repeat[alert.severity]:
                     # Severity never drops within an incident: a renewal that still
                     # leaves a warning keeps the critical open until it clears.
                     alert = dataclasses.replace(alert, last_sent_at=now, summary=summary,
                                                 details=details, target=target)
                     changes[key] = alert
-                    notify(alert, "remind", summary, details)
+                    notify(alert, Action.REMIND, summary, details)
                 else:
                     changes[key] = dataclasses.replace(alert, summary=summary, details=details,
                                                        target=target)
             elif alert is not None:
                 changes[key] = None
-                notify(alert, "resolve", _resolution(alert, status, details), details)
+                notify(alert, Action.RESOLVE, _resolution(alert, status, details), details)
 
     for target_key in removed_targets:
-        for kind in KINDS:
+        for kind in AlertKind:
             alert = open_alerts.get(f"{target_key}/{kind}")
             if alert is not None:
                 changes[alert.key] = None
-                notify(alert, "resolve", f"{target_key}: removed from the inventory",
+                notify(alert, Action.RESOLVE, f"{target_key}: removed from the inventory",
                        {**alert.details, "removed": True})
     return changes, notices
 
 
 def _resolution(alert: Alert, status: TargetStatus, details: Mapping[str, Any]) -> str:
     name = status.target.key
-    if alert.kind == "expiry":
+    if alert.kind == AlertKind.EXPIRY:
         old, new = alert.details.get("not_after"), details.get("not_after")
         if old != new:
             return f"{name}: certificate renewed, expiry {old} -> {new}"
         return f"{name}: certificate expiry is no longer within the thresholds"
-    if alert.kind == "verification":
+    if alert.kind == AlertKind.VERIFICATION:
         return f"{name}: clients accept the certificate again"
     return f"{name}: probes succeed again"

@@ -1,19 +1,25 @@
 """Renderings of assessments: JSON-ready dicts for machines, a table for people.
 
-The JSON shape is shared by `certwatch check --format json` and the HTTP API. The
+The JSON shape is shared by `certwatch check --format json` and the HTTP API (which
+adds what the daemon knows: :func:`status_to_dict`). The
 table makes every peer-supplied string harmless on a terminal (control characters and
 escape sequences are shown, not interpreted).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Sequence
 
-from certwatch.assess import Assessment, State
-from certwatch.certs import CertInfo, rfc3339  # rfc3339 re-exported: the JSON shape is here
+from certwatch.core.alerts import Alert
+from certwatch.core.assess import Assessment
+from certwatch.core.status import TargetStatus
+from certwatch.core.timestamps import rfc3339
+from certwatch.core.vocabulary import State
+from certwatch.core.x509 import CertInfo
 
-__all__ = ["assessment_to_dict", "render_table", "reported_days_left", "rfc3339", "safe_text",
-           "sort_key"]
+__all__ = ["assessment_to_dict", "open_alerts_by_target", "render_table", "reported_days_left",
+           "safe_text", "sort_key", "status_to_dict"]
 
 
 def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
@@ -84,6 +90,23 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
     }
 
 
+def status_to_dict(status: TargetStatus, next_probe_at: datetime | None,
+                   alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The API shape: the `check --format json` fields plus the daemon's own."""
+    error = status.last_error
+    return {
+        **assessment_to_dict(status.assessment),
+        "probe_success": status.probe_success,
+        "last_probe_at": rfc3339(status.last_probe_at),
+        "next_probe_at": rfc3339(next_probe_at),
+        "last_error": ({"kind": error.kind, "phase": error.phase, "detail": error.detail}
+                       if error else None),
+        "consecutive_failures": status.consecutive_failures,
+        "certificate_read_at": rfc3339(status.certificate_read_at),
+        "alerts": alerts or [],
+    }
+
+
 def sort_key(a: Assessment) -> tuple[float, int, str]:
     """Soonest expiry first; targets with no certificate after them, by name."""
     days = a.days_left
@@ -144,3 +167,15 @@ def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> 
     lines.append("")
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) or "no targets")
     return "\n".join(lines)
+
+
+def open_alerts_by_target(open_alerts: Mapping[str, Alert],
+                          last: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Open alerts grouped by target key, each with its last notification, for the API."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for alert in open_alerts.values():
+        grouped.setdefault(alert.target.get("key", ""), []).append({
+            "key": alert.key, "kind": alert.kind, "severity": alert.severity,
+            "started_at": rfc3339(alert.started_at), "summary": alert.summary,
+            "last_notification": last.get(alert.key)})
+    return grouped

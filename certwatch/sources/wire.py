@@ -1,7 +1,7 @@
 """The probe: resolve, connect, STARTTLS, handshake, and hand back what the wire said.
 
 The handshake never refuses a certificate: verification is off here and happens later,
-offline, in :mod:`certwatch.certs`, so expired, self-signed and mismatched certificates
+offline, in :mod:`certwatch.core.verify`, so expired, self-signed and mismatched certificates
 are still read. Every phase has its own deadline and a global semaphore bounds how many
 connections are open at once. Failures become :class:`ProbeError` values, translated
 from low-level exceptions in one place (:func:`classify`).
@@ -30,15 +30,16 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
-from certwatch.config import Endpoint, is_ip
-from certwatch.starttls import DIALOGUES, StartTLSError
+from certwatch.core.inventory import Endpoint, is_ip
+from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.vocabulary import ErrorKind, Phase
+from certwatch.sources.starttls import DIALOGUES, StartTLSError
 
-__all__ = ["Observation", "ProbeError", "Prober", "Target", "classify", "system_resolver"]
+__all__ = ["Prober", "classify", "system_resolver"]
 
 log = logging.getLogger(__name__)
 
@@ -47,47 +48,6 @@ STREAM_LIMIT = 16 * 1024  # longest line a STARTTLS peer may send before we give
 # at once means a look-up's deadline starts when a thread takes it, not while it queues
 # behind thousands of others (which made slow-but-fine resolvers look like timeouts).
 DNS_CONCURRENCY = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One (endpoint, address) pair: the unit that is probed, assessed and reported."""
-
-    endpoint: Endpoint
-    address: str | None  # None when the name did not resolve
-
-    @property
-    def key(self) -> str:
-        """Stable identity: the same endpoint and address give the same key across restarts."""
-        return f"{self.endpoint.name}@{self.address or '-'}"
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeError:
-    kind: str
-    phase: str  # dns, connect, starttls, handshake, setup
-    detail: str
-
-    def __str__(self) -> str:
-        where = "" if self.kind == self.phase else f" ({self.phase})"
-        return f"{self.kind}{where}: {self.detail}"
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What the wire said about one target. Pure data, no judgement."""
-
-    target: Target
-    started_at: datetime
-    duration_seconds: float
-    chain: tuple[bytes, ...] = ()  # DER, as presented, leaf first
-    tls_version: str | None = None
-    cipher: str | None = None
-    error: ProbeError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -119,42 +79,42 @@ _NOT_TLS_REASONS = {
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 
 
-def classify(exc: BaseException, phase: str, timeout: float) -> ProbeError:
+def classify(exc: BaseException, phase: Phase, timeout: float) -> ProbeError:
     """Translates an exception raised during `phase` into a ProbeError."""
     if isinstance(exc, TimeoutError):
-        return ProbeError("timeout", phase, f"no answer within {timeout:g}s")
+        return ProbeError(ErrorKind.TIMEOUT, phase, f"no answer within {timeout:g}s")
     if isinstance(exc, socket.gaierror):
-        return ProbeError("dns", phase, exc.strerror or str(exc))
+        return ProbeError(ErrorKind.DNS, phase, exc.strerror or str(exc))
     if isinstance(exc, StartTLSError):
-        return ProbeError("starttls_unsupported", phase, str(exc))
-    if isinstance(exc, (asyncio.LimitOverrunError, ValueError)) and phase == "starttls":
-        return ProbeError("starttls_unsupported", phase, "server sent an overlong line")
+        return ProbeError(ErrorKind.STARTTLS_UNSUPPORTED, phase, str(exc))
+    if isinstance(exc, (asyncio.LimitOverrunError, ValueError)) and phase == Phase.STARTTLS:
+        return ProbeError(ErrorKind.STARTTLS_UNSUPPORTED, phase, "server sent an overlong line")
     if isinstance(exc, asyncio.IncompleteReadError):
-        return ProbeError("closed", phase, "peer closed the connection")
+        return ProbeError(ErrorKind.CLOSED, phase, "peer closed the connection")
     if isinstance(exc, ssl.SSLEOFError):
-        return ProbeError("closed", phase, "peer closed the connection during the handshake")
+        return ProbeError(ErrorKind.CLOSED, phase, "peer closed the connection during the handshake")
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
         detail = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
         if reason in _NOT_TLS_REASONS:
-            return ProbeError("not_tls", phase, f"peer did not answer with TLS ({detail})")
+            return ProbeError(ErrorKind.NOT_TLS, phase, f"peer did not answer with TLS ({detail})")
         if reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE") \
-                and phase == "handshake":
-            return ProbeError("handshake", phase, f"peer rejected the handshake ({detail}); "
+                and phase == Phase.HANDSHAKE:
+            return ProbeError(ErrorKind.HANDSHAKE, phase, f"peer rejected the handshake ({detail}); "
                                                   "it may require a client certificate")
-        return ProbeError("handshake", phase, detail)
+        return ProbeError(ErrorKind.HANDSHAKE, phase, detail)
     if isinstance(exc, ConnectionRefusedError):
-        return ProbeError("refused", phase, "connection refused")
+        return ProbeError(ErrorKind.REFUSED, phase, "connection refused")
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-        return ProbeError("reset", phase, "connection reset by peer")
+        return ProbeError(ErrorKind.RESET, phase, "connection reset by peer")
     if isinstance(exc, ConnectionAbortedError):
-        return ProbeError("closed", phase, "connection aborted")
+        return ProbeError(ErrorKind.CLOSED, phase, "connection aborted")
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
-        return ProbeError("unreachable", phase, exc.strerror or str(exc))
+        return ProbeError(ErrorKind.UNREACHABLE, phase, exc.strerror or str(exc))
     if isinstance(exc, OSError):
-        return ProbeError("unreachable" if phase == "connect" else "reset", phase,
+        return ProbeError(ErrorKind.UNREACHABLE if phase == Phase.CONNECT else ErrorKind.RESET, phase,
                           exc.strerror or str(exc))
-    return ProbeError("internal", phase, f"{type(exc).__name__}: {exc}")
+    return ProbeError(ErrorKind.INTERNAL, phase, f"{type(exc).__name__}: {exc}")
 
 
 # --- TLS client context -------------------------------------------------------------
@@ -234,7 +194,7 @@ class Prober:
             self._contexts[key] = client_context(*key)
         return self._contexts[key]
 
-    async def probe(self, endpoint: Endpoint) -> tuple[Observation, ...]:
+    async def observe(self, endpoint: Endpoint) -> tuple[Observation, ...]:
         """Probes every selected address of the endpoint; never raises."""
         started_at, start = datetime.now(timezone.utc), time.monotonic()
         try:
@@ -244,7 +204,7 @@ class Prober:
                 raise socket.gaierror(socket.EAI_NONAME,
                                       f"{endpoint.host} has no {endpoint.addresses} address")
         except Exception as exc:  # noqa: BLE001 - becomes a value
-            error = classify(exc, "dns", endpoint.timeout)
+            error = classify(exc, Phase.DNS, endpoint.timeout)
             return (Observation(Target(endpoint, None), started_at,
                                 time.monotonic() - start, error=error),)
         return tuple(await asyncio.gather(*(self.probe_address(endpoint, a) for a in selected)))
@@ -263,22 +223,22 @@ class Prober:
             handshakes: list[ssl.SSLObject] = []
             token = _handshake_objects.set(handshakes)
             writer: asyncio.StreamWriter | None = None
-            phase = "setup"
+            phase = Phase.SETUP
             try:
                 try:
                     context = self._context(endpoint)
                 except (OSError, ssl.SSLError) as exc:
-                    error = ProbeError("client_cert", "setup", f"cannot load client certificate: {exc}")
+                    error = ProbeError(ErrorKind.CLIENT_CERT, Phase.SETUP, f"cannot load client certificate: {exc}")
                     return Observation(target, started_at, time.monotonic() - start, error=error)
-                phase = "connect"
+                phase = Phase.CONNECT
                 async with asyncio.timeout(endpoint.timeout):
                     reader, writer = await asyncio.open_connection(
                         address, endpoint.port, limit=STREAM_LIMIT)
                 if endpoint.protocol != "tls":
-                    phase = "starttls"
+                    phase = Phase.STARTTLS
                     async with asyncio.timeout(endpoint.timeout):
                         await DIALOGUES[endpoint.protocol](reader, writer, endpoint.verify_name)
-                phase = "handshake"
+                phase = Phase.HANDSHAKE
                 async with asyncio.timeout(endpoint.timeout):
                     await writer.start_tls(context, server_hostname=endpoint.server_name)
                 ssl_object = writer.get_extra_info("ssl_object")

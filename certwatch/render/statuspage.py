@@ -17,35 +17,36 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from certwatch.report import safe_text
+from certwatch.core.vocabulary import ErrorKind, Problem, State
+from certwatch.render.report import safe_text
 
 __all__ = ["CONTENT_SECURITY_POLICY", "count_states", "render_status_page", "row_order",
            "status_page_parts"]
 
-STATES = ("expired", "error", "critical", "warning", "ok")  # badge order: worst first
+STATES = tuple(state.value for state in State.worst_first())  # badges and rows: worst first
 
-PROBLEM_WORDS = {
-    "hostname_mismatch": "name mismatch",
-    "incomplete_chain": "incomplete chain",
-    "untrusted": "untrusted issuer",
-    "self_signed": "self-signed",
-    "not_yet_valid": "not yet valid",
-    "expired": "expired",
+PROBLEM_WORDS: dict[str, str] = {
+    Problem.HOSTNAME_MISMATCH: "name mismatch",
+    Problem.INCOMPLETE_CHAIN: "incomplete chain",
+    Problem.UNTRUSTED: "untrusted issuer",
+    Problem.SELF_SIGNED: "self-signed",
+    Problem.NOT_YET_VALID: "not yet valid",
+    Problem.EXPIRED: "expired",
 }
 
 # How a probe error reads for an operator; fields: kind, phase, detail.
-ERROR_WORDS = {
-    "timeout": "timeout during {phase}: {detail}",
-    "dns": "DNS lookup failed: {detail}",
-    "refused": "connection refused",
-    "unreachable": "unreachable: {detail}",
-    "reset": "connection reset during {phase}",
-    "closed": "connection closed during {phase}",
-    "not_tls": "{detail}",
-    "starttls_unsupported": "STARTTLS failed: {detail}",
-    "handshake": "TLS handshake failed: {detail}",
-    "client_cert": "client certificate unusable: {detail}",
-    "internal": "internal error: {detail}",
+ERROR_WORDS: dict[str, str] = {
+    ErrorKind.TIMEOUT: "timeout during {phase}: {detail}",
+    ErrorKind.DNS: "DNS lookup failed: {detail}",
+    ErrorKind.REFUSED: "connection refused",
+    ErrorKind.UNREACHABLE: "unreachable: {detail}",
+    ErrorKind.RESET: "connection reset during {phase}",
+    ErrorKind.CLOSED: "connection closed during {phase}",
+    ErrorKind.NOT_TLS: "{detail}",
+    ErrorKind.STARTTLS_UNSUPPORTED: "STARTTLS failed: {detail}",
+    ErrorKind.HANDSHAKE: "TLS handshake failed: {detail}",
+    ErrorKind.CLIENT_CERT: "client certificate unusable: {detail}",
+    ErrorKind.INTERNAL: "internal error: {detail}",
 }
 
 _CSS = """
@@ -144,21 +145,24 @@ def _span(seconds: float) -> str:
     return f"{n} day{'s' if n != 1 else ''}"
 
 
-def _ago(stamp: object, now: datetime) -> str:
-    """'3 min ago', 'just now', 'never'; a moment after `now` (clock skew) is 'just now'."""
+def _relative(stamp: object, now: datetime, *, past: bool, never: str, soon: str,
+              template: str) -> str:
+    """A moment from now in words: `soon` within a minute (or on the wrong side of now)."""
     moment = _parse(stamp)
     if moment is None:
-        return "never"
-    seconds = (now - moment).total_seconds()
-    return "just now" if seconds < 60 else f"{_span(seconds)} ago"
+        return never
+    seconds = ((now - moment) if past else (moment - now)).total_seconds()
+    return soon if seconds < 60 else template.format(_span(seconds))
+
+
+def _ago(stamp: object, now: datetime) -> str:
+    """'3 min ago', 'just now', 'never'; a moment after `now` (clock skew) is 'just now'."""
+    return _relative(stamp, now, past=True, never="never", soon="just now", template="{} ago")
 
 
 def _until(stamp: object, now: datetime) -> str:
-    moment = _parse(stamp)
-    if moment is None:
-        return ""
-    seconds = (moment - now).total_seconds()
-    return "next probe due now" if seconds < 60 else f"next in {_span(seconds)}"
+    return _relative(stamp, now, past=False, never="", soon="next probe due now",
+                     template="next in {}")
 
 
 def _utc(stamp: object) -> str:
@@ -174,13 +178,12 @@ def _state(target: Mapping[str, Any]) -> str:
 def row_order(state: object, days_left: object, name: object) -> tuple[int, float, str]:
     """Attention first, then soonest expiry, then name.
 
-    Tier 0: expired certificates and targets with no certificate at all (state error:
-    clients fail, or we are blind); tier 1 critical (expiring within the critical
-    threshold, or rejected by clients: untrusted, name mismatch); tier 2 warning;
-    tier 3 ok; unknown states last. Within a tier, days left ascending (no
-    certificate after the expired ones), then name.
+    States in their one order, worst first (:meth:`State.rank`): expired, critical
+    (expiring within the critical threshold, or rejected by clients), error (no
+    certificate: we are blind), warning, ok; unknown states last. Within a state, days
+    left ascending (no certificate after the rest), then name.
     """
-    tier = {"expired": 0, "error": 0, "critical": 1, "warning": 2, "ok": 3}.get(str(state), 4)
+    tier = STATES.index(state) if state in STATES else len(STATES)
     return (tier, days_left if isinstance(days_left, (int, float)) else float("inf"), str(name))
 
 
@@ -298,9 +301,7 @@ def render_status_page(targets: Sequence[Mapping[str, Any]], *, now: datetime,
                        notices: Sequence[str] = ()) -> str:
     """The status page for `targets` (dicts as the HTTP API returns them) at `now`.
 
-    Rows are sorted worst first, then soonest expiry (see :func:`row_order`): expired
-    and certificate-less error targets top the table together, because both mean
-    clients are failing or we cannot see; then critical, warning, ok.
+    Rows are sorted worst first, then soonest expiry (see :func:`row_order`).
     """
     return "".join(status_page_parts(
         sorted(targets, key=_sort_key), total=len(targets),

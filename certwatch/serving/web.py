@@ -14,20 +14,24 @@ import itertools
 import json
 import zlib
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Mapping, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from certwatch import __version__
-from certwatch.report import assessment_to_dict, reported_days_left, rfc3339, sort_key
-from certwatch.statuspage import CONTENT_SECURITY_POLICY, count_states, row_order, status_page_parts
-from certwatch.store import TargetStatus
+from certwatch.config.web import WebConfig
+from certwatch.core.status import TargetStatus
+from certwatch.render.report import reported_days_left, sort_key, status_to_dict
+from certwatch.render.statuspage import (
+    CONTENT_SECURITY_POLICY,
+    count_states,
+    row_order,
+    status_page_parts,
+)
+from certwatch.serving.auth import BasicAuth
 
-if TYPE_CHECKING:
-    from certwatch.webconfig import WebConfig
-
-__all__ = ["DaemonView", "create_app", "status_to_dict"]
+__all__ = ["DaemonView", "create_app"]
 
 STREAM_CHUNK = 256 * 1024  # characters per write of a streamed response
 
@@ -50,23 +54,6 @@ class DaemonView(Protocol):
     def ready(self) -> bool: ...
     def notices(self) -> list[str]: ...
     def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]: ...
-
-
-def status_to_dict(status: TargetStatus, next_probe_at: datetime | None,
-                   alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The API shape: the `check --format json` fields plus the daemon's own."""
-    error = status.last_error
-    return {
-        **assessment_to_dict(status.assessment),
-        "probe_success": status.probe_success,
-        "last_probe_at": rfc3339(status.last_probe_at),
-        "next_probe_at": rfc3339(next_probe_at),
-        "last_error": ({"kind": error.kind, "phase": error.phase, "detail": error.detail}
-                       if error else None),
-        "consecutive_failures": status.consecutive_failures,
-        "certificate_read_at": rfc3339(status.certificate_read_at),
-        "alerts": alerts or [],
-    }
 
 
 def _target_dicts(view: DaemonView, statuses: Iterable[TargetStatus]) -> Iterator[dict[str, Any]]:
@@ -150,8 +137,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _security(config: WebConfig) -> tuple[list[Any], Callable[[web.Request, web.StreamResponse], Awaitable[None]]]:
     """The web configuration's basic auth (a middleware) and headers (a response hook)."""
-    from certwatch.webconfig import BasicAuth
-
     middlewares: list[Any] = []
     if config.basic_auth_users:
         auth = BasicAuth(config.basic_auth_users)

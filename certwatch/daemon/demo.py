@@ -179,7 +179,7 @@ class _Connection(asyncio.Protocol):
         task.add_done_callback(self._tasks.discard)
         # However the task ends (even cancelled before it ran), the socket goes with it;
         # abort() is a no-op on a connection that is already closed.
-        task.add_done_callback(lambda _: transport.abort())
+        task.add_done_callback(lambda _: transport.abort())  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         pass  # whatever the client says, the demo has nothing to answer

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from certwatch.alerts import Alert, Notification
+from certwatch.core.alerts import Alert, Notification
 
 __all__ = ["Delivery", "Outbox", "StateError"]
 

@@ -1,0 +1,1 @@
+"""Alerting: decisions become notifications in an outbox, delivered to sinks with retries."""

@@ -1,0 +1,151 @@
+"""The inventory as values: what to watch, and how (the configuration kit builds them).
+
+Nothing here reads a file or the network; paths are kept as paths.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
+    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Thresholds",
+    "is_ip", "split_listen",
+]
+
+# STARTTLS protocols and the port each is usually found on.
+PROTOCOLS: dict[str, int] = {
+    "tls": 443,
+    "smtp": 25,
+    "imap": 143,
+    "pop3": 110,
+    "ftp": 21,
+    "ldap": 389,
+    "postgres": 5432,
+    "xmpp": 5222,
+}
+# Implicit-TLS names people write: they are plain `tls` on their own port.
+TLS_ALIASES: dict[str, int] = {
+    "https": 443,
+    "smtps": 465,
+    "submissions": 465,
+    "imaps": 993,
+    "pop3s": 995,
+    "ldaps": 636,
+    "ftps": 990,
+}
+URL_SCHEMES: dict[str, str] = {
+    **{alias: "tls" for alias in TLS_ALIASES},
+    **{name: name for name in PROTOCOLS},
+    "postgresql": "postgres",
+}
+ADDRESS_MODES = ("all", "first", "ipv4", "ipv6")
+# Label names certwatch itself puts on every series; user labels may not shadow them.
+RESERVED_LABELS = frozenset(
+    {"name", "host", "port", "address", "server_name", "protocol", "job", "instance",
+     # labels certwatch's own series add beside the target's
+     "state", "problem", "position", "role", "serial", "fingerprint_sha256", "subject",
+     "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher"}
+)
+DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When an expiring certificate warns and pages, in days left."""
+
+    warn_days: float = 30.0
+    critical_days: float = 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Settings every endpoint inherits unless it overrides them."""
+
+    timeout: float = 10.0  # seconds, for each phase: DNS, connect, STARTTLS, handshake
+    warn_days: float = 30.0
+    critical_days: float = 7.0
+    verify: bool = True
+    system_trust: bool = True  # trust the operating system's roots as well as ca_file
+    ca_file: Path | None = None
+    addresses: str = "all"
+    interval: float = 3600.0  # seconds between probes of a target
+    retry_interval: float = 300.0  # sooner, after a failed probe
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One inventory entry. It expands to one target per address when probed."""
+
+    name: str
+    host: str
+    port: int
+    protocol: str = "tls"
+    # SNI and the name verified against the certificate; None sends no SNI (the host
+    # is then verified, which is how an IP literal is checked against IP SANs).
+    server_name: str | None = None
+    addresses: str = "all"
+    timeout: float = 10.0
+    warn_days: float = 30.0
+    critical_days: float = 7.0
+    verify: bool = True
+    system_trust: bool = True
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    interval: float = 3600.0
+    retry_interval: float = 300.0
+
+    @property
+    def verify_name(self) -> str:
+        """The name the certificate must match."""
+        return self.server_name or self.host
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.warn_days, self.critical_days)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """The `alerts:` section, validated; `sinks` are the sinks' settings."""
+
+    state_dir: Path = Path("/var/lib/certwatch")
+    external_url: str | None = None
+    repeat_warning: float = 86400.0  # re-send an open warning daily
+    repeat_critical: float = 4 * 3600.0
+    probe_failures: int = 3  # consecutive failed probes before a probe alert
+    retry_initial: float = 5.0
+    retry_max: float = 300.0
+    give_up_after: float = 86400.0
+    sinks: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    endpoints: tuple[Endpoint, ...]
+    defaults: Defaults = field(default_factory=Defaults)
+    max_concurrency: int = 100
+    listen: str = DEFAULT_LISTEN  # the daemon's HTTP server: "HOST:PORT" or ":PORT"
+    demo: bool = False  # start local demo endpoints and watch them too
+    alerts: AlertSettings | None = None  # None: no notifications, no state database
+    source: str = "<inventory>"
+
+
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 literal."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def split_listen(listen: str) -> tuple[str | None, int]:
+    """ "HOST:PORT", "[V6]:PORT" or ":PORT" (every interface) as (host or None, port)."""
+    host, _, port = listen.rpartition(":")
+    return (host.strip("[]") or None), int(port)

@@ -1,0 +1,291 @@
+"""Offline verification: how clients would judge a presented chain, at a chosen moment.
+
+Pure: a parsed chain, a :class:`TrustStore` (roots as values) and `now` in, a
+:class:`Verification` out, so an expired or untrusted chain is analysed exactly like a
+good one, and tests can move the clock.
+
+Verification uses `cryptography.x509.verification` with its web-PKI policy relaxed where
+OpenSSL, Go and browsers are more lenient (for example a leaf without an authority key
+identifier, common from older private CAs), so certwatch never calls a certificate
+untrusted that real clients accept. Hostname matching is done here (RFC 6125 rules) so a
+mismatch is told apart from an untrusted chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Mapping
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from certwatch.core.timestamps import rfc3339
+from certwatch.core.vocabulary import Problem
+from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
+
+__all__ = ["TrustStore", "Verification", "hostname_matches", "verify_chain"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrustStore:
+    """Trusted roots; built once per configuration, shared by every assessment."""
+
+    roots: tuple[x509.Certificate, ...]
+    store: Store | None  # None when there are no roots at all
+    subjects: frozenset[x509.Name | bytes]
+    infos: Mapping[str, CertInfo]  # by SHA-256 fingerprint, parsed once, shared by all
+
+    @classmethod
+    def of(cls, roots: Iterable[x509.Certificate]) -> TrustStore:
+        unique = {sha256_hex(root): root for root in roots}
+        infos = {}
+        for fingerprint, root in unique.items():
+            with contextlib.suppress(ValueError):  # a root we cannot describe still anchors
+                infos[fingerprint] = parse_certificate(root.public_bytes(Encoding.DER), -1)
+        certs = tuple(unique.values())
+        return cls(certs, Store(list(certs)) if certs else None,
+                   frozenset(names_of(root)[0] for root in certs), infos)
+
+
+# Extensions the strict web-PKI profile requires but OpenSSL, Go and browsers do not.
+def _server_auth_allowed(policy: object, cert: x509.Certificate,
+                         eku: x509.ExtendedKeyUsage | None) -> None:
+    """As OpenSSL's purpose check: an EKU, critical or not, must allow serverAuth."""
+    if eku is not None and not {ExtendedKeyUsageOID.SERVER_AUTH,
+                                ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(eku):
+        raise ValueError("extended key usage does not allow TLS server authentication")
+
+
+# OpenSSL also accepts a critical subjectAltName beside a non-empty subject and a
+# critical extended key usage (trustme and some private CAs issue both).
+_RELAXED_EE = (ExtensionPolicy.webpki_defaults_ee()
+               .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+               .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _server_auth_allowed))
+# The server verifier refuses a leaf without a subjectAltName outright, which no modern
+# client matches a name against (hostname_mismatch says so) but whose chain they would
+# still build: its trust is judged with this policy and a client verifier instead.
+_SANLESS_EE = (ExtensionPolicy.webpki_defaults_ee()
+               .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _server_auth_allowed))
+_RELAXED_CA = (ExtensionPolicy.webpki_defaults_ca()
+               .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.SubjectKeyIdentifier, Criticality.AGNOSTIC, None)
+               .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, None))
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """How clients would judge the chain, with each problem named.
+
+    problems: expired, not_yet_valid, self_signed, untrusted, incomplete_chain,
+    hostname_mismatch. `trusted` says whether a path to a trusted root exists at some
+    moment when every certificate on it is valid, so an expired but otherwise good
+    chain is reported as expired, not as untrusted.
+    """
+
+    trusted: bool
+    hostname_match: bool
+    problems: tuple[Problem, ...]
+    detail: str  # words for an operator; empty when there is no problem
+    path: tuple[CertInfo, ...] = ()  # leaf to root as a client builds it, when trusted
+                                     # (a trust anchor has position -1)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def rejections(self) -> tuple[Problem, ...]:
+        """The problems that are not about time: expiry is the threshold policy's to judge."""
+        return tuple(p for p in self.problems if p is not Problem.EXPIRED)
+
+
+def _normalise_host(name: str) -> str:
+    name = name.rstrip(".").lower()
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
+
+
+def hostname_matches(cert: CertInfo, name: str) -> bool:
+    """RFC 6125: DNS SANs (a whole left-most label may be '*'), IP SANs for IP literals.
+
+    The subject common name is ignored, as modern clients do.
+    """
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return any(ipaddress.ip_address(a) == ip for a in cert.ip_addresses)
+    host = _normalise_host(name)
+    for pattern in cert.dns_names:
+        pattern = _normalise_host(pattern)
+        if pattern == host:
+            return True
+        if pattern.startswith("*.") and "*" not in pattern[2:]:
+            first, _, rest = host.partition(".")
+            if first and rest == pattern[2:] and rest.count(".") >= 1:
+                return True
+    return False
+
+
+def _subject_for(name: str) -> DNSName | IPAddress | None:
+    try:
+        return IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    try:
+        return DNSName(_normalise_host(name))
+    except ValueError:
+        return None
+
+
+def _name_in(cert: CertInfo, wanted: str) -> str:
+    """A name the certificate is valid for: `wanted` if it matches, else one of its SANs."""
+    if hostname_matches(cert, wanted):
+        return wanted
+    for name in cert.dns_names:
+        return name.replace("*", "wildcard", 1) if name.startswith("*.") else name
+    return cert.ip_addresses[0] if cert.ip_addresses else wanted
+
+
+def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
+                at: datetime) -> tuple[list[x509.Certificate] | None, str]:
+    subject = _subject_for(name)
+    if trust.store is None:
+        return None, "no trusted roots are configured"
+    if subject is None:
+        return None, f"{name!r} is not a valid DNS name or IP address"
+    builder = PolicyBuilder().store(trust.store).time(at)
+    leaf, intermediates = chain.certificates[0], list(chain.certificates[1:])
+    try:
+        if not chain.infos[0].dns_names and not chain.infos[0].ip_addresses:
+            return (builder.extension_policies(ca_policy=_RELAXED_CA, ee_policy=_SANLESS_EE)
+                    .build_client_verifier().verify(leaf, intermediates).chain), ""
+        verifier = (builder.extension_policies(ca_policy=_RELAXED_CA, ee_policy=_RELAXED_EE)
+                    .build_server_verifier(subject))
+        return verifier.verify(leaf, intermediates), ""
+    except (VerificationError, ValueError) as exc:  # ValueError: cryptography failing to
+        return None, str(exc)                        # name a certificate it cannot decode
+
+
+# No client accepts an RSA or DSA key this small (Go, OpenSSL at security level 1 and
+# browsers refuse them). cryptography only checks the keys that sign on the path, so the
+# leaf's own key is checked here; 1024 bits and more are reported in key_bits.
+MIN_KEY_BITS = 1024
+
+
+def _weak_key(leaf: CertInfo) -> str | None:
+    if leaf.key_type in ("RSA", "DSA") and leaf.key_bits is not None and leaf.key_bits < MIN_KEY_BITS:
+        return (f"the leaf's {leaf.key_bits}-bit {leaf.key_type} key is too weak: clients "
+                f"refuse keys under {MIN_KEY_BITS} bits")
+    return None
+
+
+def _moment_all_valid(chain: tuple[CertInfo, ...]) -> datetime | None:
+    start = max(c.not_before for c in chain)
+    end = min(c.not_after for c in chain)
+    return start if start < end else None
+
+
+def _missing_issuer(chain: ParsedChain, trust: TrustStore) -> CertInfo | None:
+    """The last certificate reachable from the leaf whose issuer nobody has, if any."""
+    by_subject = {names_of(cert)[0]: index for index, cert in enumerate(chain.certificates)}
+    index, seen = 0, set()
+    while not chain.infos[index].self_issued and index not in seen:
+        seen.add(index)
+        issuer = names_of(chain.certificates[index])[1]
+        if issuer in trust.subjects:
+            return None
+        if issuer not in by_subject:
+            return chain.infos[index]
+        index = by_subject[issuer]
+    return None
+
+
+def _validity_problems(certs: Iterable[CertInfo], now: datetime) -> list[Problem]:
+    problems = []
+    if any(c.not_after <= now for c in certs):
+        problems.append(Problem.EXPIRED)
+    if any(c.not_before > now for c in certs):
+        problems.append(Problem.NOT_YET_VALID)
+    return problems
+
+
+def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime) -> Verification:
+    """Judges a presented chain (leaf first) as a client connecting to `name` at `now`."""
+    if not chain.infos:
+        return Verification(False, False, (Problem.UNTRUSTED,), "no certificate to verify")
+    leaf = chain.infos[0]
+    hostname_ok = hostname_matches(leaf, name)
+    problems: list[Problem] = []
+    details: list[str] = []
+    if not hostname_ok:
+        problems.append(Problem.HOSTNAME_MISMATCH)
+        names = ", ".join([*leaf.dns_names, *leaf.ip_addresses][:5]) or "no subjectAltName"
+        details.append(f"certificate is not valid for {name!r} (it names {names})")
+
+    # Trust is judged at a moment when the chain is valid, so that time problems are
+    # reported as such rather than as distrust; validity is then checked at `now`.
+    path_name = _name_in(leaf, name)
+    path, error = _build_path(chain, trust, path_name, now)
+    if path is None and (moment := _moment_all_valid(chain.infos)) is not None:
+        path, error = _build_path(chain, trust, path_name, moment)
+    weak = _weak_key(leaf)
+    if weak is not None:
+        path = None
+    infos: tuple[CertInfo, ...] = ()
+    if path is not None:
+        known = {**trust.infos, **{c.fingerprint_sha256: c for c in chain.infos}}
+        infos = tuple(info for cert in path if (info := known.get(sha256_hex(cert))))
+        time_problems = _validity_problems(infos, now)
+    else:
+        time_problems = _validity_problems(chain.infos, now)
+        if leaf.self_issued and len(chain.infos) == 1:
+            problems.append(Problem.SELF_SIGNED)
+            details.append("the certificate is self-signed and not a trusted root")
+        elif (missing := _missing_issuer(chain, trust)) is not None:
+            problems.append(Problem.INCOMPLETE_CHAIN)
+            details.append(f"the issuer of certificate {missing.position} ({missing.issuer}) "
+                           "was not sent by the server and is not a trusted root")
+        else:
+            problems.append(Problem.UNTRUSTED)
+            details.append(weak or f"no path to a trusted root: {error}")
+    for problem in time_problems:
+        problems.append(problem)
+        details.append(_time_detail(problem, infos or chain.infos, now))
+    return Verification(
+        trusted=path is not None,
+        hostname_match=hostname_ok,
+        problems=tuple(problems),
+        detail="; ".join(details),
+        path=infos,
+    )
+
+
+def _time_detail(problem: Problem, certs: Iterable[CertInfo], now: datetime) -> str:
+    if problem is Problem.EXPIRED:
+        worst = min((c for c in certs if c.not_after <= now), key=lambda c: c.not_after)
+        return f"{_which(worst)} ({worst.subject}) expired {rfc3339(worst.not_after)}"
+    early = max((c for c in certs if c.not_before > now), key=lambda c: c.not_before)
+    return f"{_which(early)} ({early.subject}) is not valid before {rfc3339(early.not_before)}"
+
+
+def _which(cert: CertInfo) -> str:
+    return "the trusted root" if cert.position < 0 else f"certificate {cert.position}"

@@ -1,0 +1,267 @@
+"""The daemon: schedules probes, keeps the store, serves HTTP, reloads, shuts down cleanly.
+
+This is the shell around the pure core, put together from one module per concern:
+:mod:`~certwatch.daemon.loading` (the configuration and its edits),
+:mod:`~certwatch.daemon.schedule` (due times, the queue and its workers, the clock),
+:mod:`~certwatch.daemon.pipeline` (one endpoint's probe through the flow),
+:mod:`~certwatch.daemon.store` (the latest statuses) and :mod:`certwatch.serving`.
+
+One object owns the running configuration (:class:`Running`) and swaps it whole on
+reload; a bad new file is rejected and the old configuration keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from certwatch.alerting.notifier import AlertsConfig, Notifier
+from certwatch.alerting.outbox import Outbox, StateError
+from certwatch.config import ConfigError
+from certwatch.config.web import WebConfig
+from certwatch.core.inventory import Endpoint, Inventory
+from certwatch.core.status import TargetStatus
+from certwatch.daemon.loading import Loaded, Loader
+from certwatch.daemon.pipeline import Pipeline
+from certwatch.daemon.schedule import Schedule, utcnow
+from certwatch.daemon.store import Store
+from certwatch.render.exposition import TargetExposition
+from certwatch.serving.metrics import DaemonMetrics
+from certwatch.serving.server import Serving, serve
+from certwatch.serving.tls import ServerTLS, TLSLoadError
+from certwatch.sources.trust import TrustStores
+from certwatch.sources.wire import Prober
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger(__name__)
+
+FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """The running configuration, replaced whole on reload."""
+
+    inventory: Inventory
+    endpoints: Mapping[str, Endpoint]
+    alerts: AlertsConfig | None
+    trust: TrustStores
+    prober: Prober
+
+
+class Daemon:
+    """`certwatch run`: one instance per process."""
+
+    def __init__(self, config_path: Path, *, listen: str | None = None,
+                 reload_poll: float = 5.0, grace: float = 5.0,
+                 web_config_path: Path | None = None) -> None:
+        self.loader = Loader(config_path, web_config_path)
+        self.listen_override = listen
+        self.reload_poll = reload_poll
+        self.grace = grace
+        self.metrics = DaemonMetrics()
+        self.registry = self.metrics.registry
+        self.store = Store()
+        self.bound_port: int | None = None
+        self.web_config: WebConfig | None = None
+        self._running: Running | None = None
+        self._stop = asyncio.Event()
+        self._schedule = Schedule(self._probe, self._stop, self.metrics.clock_jumps.inc)
+        self._schedule.wanted = lambda name: self._endpoint(name) is not None
+        self._pipeline = Pipeline(self.store, self.metrics)
+        self._unprobed: set[str] = set()
+        self._notices: list[str] = []
+        self._notifier: Notifier | None = None
+        self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
+
+    # --- the view the web layer reads -------------------------------------------------
+
+    def snapshot(self) -> Mapping[str, TargetStatus]:
+        return self.store.snapshot()
+
+    def target_metrics(self) -> Iterator[str]:
+        return self.exposition.pieces()
+
+    def next_probe_at(self, endpoint_name: str) -> datetime | None:
+        return self._schedule.next_probe_at(endpoint_name)
+
+    def ready(self) -> bool:
+        return self._running is not None and not self._unprobed
+
+    def notices(self) -> list[str]:
+        degraded = self._notifier.degraded if self._notifier else None
+        return list(self._notices) + ([f"alerting degraded: {degraded}"] if degraded else [])
+
+    def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]:
+        return self._notifier.alerts_by_target() if self._notifier else {}
+
+    # --- configuration ------------------------------------------------------------------
+
+    def _endpoint(self, name: str) -> Endpoint | None:
+        return self._running.endpoints.get(name) if self._running else None
+
+    def _apply(self, loaded: Loaded) -> None:
+        """Swaps in a validated configuration: new and changed endpoints are probed
+        promptly, removed ones vanish, unchanged ones keep their state and schedule."""
+        inventory, previous = loaded.inventory, self._running
+        old = previous.endpoints if previous else {}
+        new = {e.name: e for e in inventory.endpoints}
+        if previous is None:  # readiness waits for the first sweep of the first load
+            self._unprobed = set(new)
+            self.metrics.ready.set(0 if new else 1)
+        prober = previous.prober if previous else None
+        if prober is None or inventory.max_concurrency != prober.max_concurrency:
+            prober = Prober(max_concurrency=inventory.max_concurrency)
+        self._schedule.resize(inventory.max_concurrency)
+        self._running = Running(inventory, new, loaded.alerts, TrustStores(), prober)
+        for name in old.keys() - new.keys():
+            self._schedule.unschedule(name)
+            self._first_probe_done(name)  # a removed endpoint no longer holds readiness back
+        removed = self.store.retain(set(new))
+        for key in removed:
+            log.info("target removed", extra={"target": key})
+        if self._notifier is not None:
+            if loaded.alerts is not None:
+                self._notifier.reconfigure(loaded.alerts)
+            self._notifier.observe([], removed)
+        now = utcnow()
+        for name, endpoint in new.items():
+            if old.get(name) != endpoint:
+                self._schedule.schedule(
+                    name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
+        self.metrics.endpoints.set(len(new))
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(now.timestamp())
+        self.metrics.reloads.labels("success").inc()
+
+    async def reload(self, why: str) -> bool:
+        previous = self._running
+        try:
+            loaded = await self.loader.load(with_web=previous is None)
+        except ConfigError as exc:
+            self._rejected(why, exc, kept=previous is not None)
+            return False
+        if previous is None:
+            self.web_config = loaded.web
+        self._apply(loaded)
+        self._notices = []
+        inventory = loaded.inventory
+        if previous is not None and inventory.listen != previous.inventory.listen \
+                and not self.listen_override:
+            log.warning("'listen' changed; restart certwatch to apply it",
+                        extra={"listen": inventory.listen})
+        log.info("configuration loaded", extra={"why": why, "endpoints": len(inventory.endpoints)})
+        return True
+
+    def _rejected(self, why: str, exc: ConfigError, *, kept: bool) -> None:
+        self.metrics.reload_ok.set(0)
+        self.metrics.reloads.labels("failure").inc()
+        still = "; still running the previous inventory" if kept else ""
+        self._notices = [f"configuration reload ({why}) failed{still}. {exc}"]
+        message = ("configuration rejected; the previous inventory keeps running" if kept
+                   else "configuration rejected")
+        for source, problems in exc.parts:
+            log.error(message, extra={"why": why, "source": source, "problems": list(problems)})
+
+    def _config_missing(self) -> None:
+        self.metrics.reload_ok.set(0)
+        self.metrics.reloads.labels("failure").inc()
+        path = self.loader.config_path
+        self._notices = [f"configuration file {path} is missing; "
+                         "still running the previous inventory"]
+        log.error("configuration file is missing; the previous inventory keeps running",
+                  extra={"path": str(path)})
+
+    # --- probing ---------------------------------------------------------------------------
+
+    async def _probe(self, name: str) -> float | None:
+        """The schedule's work for a due endpoint: the seconds until its next probe."""
+        running, endpoint = self._running, self._endpoint(name)
+        if running is None or endpoint is None or self._stop.is_set():
+            return None
+        deadline = self._schedule.deadline(name)
+        outcome = await self._pipeline.run(
+            endpoint, running.prober, running.trust, self._notifier,
+            deadline if deadline is not None else 0.0, lambda: self._endpoint(name))
+        if outcome.lag is not None:
+            self._schedule.record_lag(name, outcome.lag)
+            self._first_probe_done(name)
+        return outcome.wait
+
+    def _first_probe_done(self, name: str) -> None:
+        if name in self._unprobed:
+            self._unprobed.discard(name)
+            if not self._unprobed:
+                self.metrics.ready.set(1)
+                log.info("first sweep finished", extra={"targets": len(self.store.statuses())})
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        # Signals first: as PID 1 in a container, a SIGTERM during start-up must stop us.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self._schedule.start(loop)
+        try:
+            if not await self.reload("start-up"):
+                return 2
+            return await self._serve(loop)
+        finally:
+            self._schedule.close()
+            await self.loader.close()
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
+        assert self._running is not None
+        server_tls = None
+        if self.web_config is not None and self.web_config.tls is not None:
+            try:  # validated at loading; the files may have changed since
+                server_tls = ServerTLS(self.web_config.tls)
+            except TLSLoadError as exc:
+                log.error("web configuration %s: %s", self.web_config.source, exc)
+                return 2
+        notifier_task = None
+        if self._running.alerts is not None:
+            try:
+                outbox = Outbox(self._running.alerts.state_dir / "certwatch.db")
+            except StateError as exc:
+                log.error("%s", exc)
+                return 2
+            self._notifier = Notifier(self._running.alerts, outbox, self.registry)
+            notifier_task = asyncio.create_task(self._notifier.run(self._stop))
+        serving = await serve(self, self.listen_override or self._running.inventory.listen,
+                              self.web_config, server_tls)
+        self.bound_port = serving.port
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
+                                                          self.reload, self._config_missing)),
+                    asyncio.create_task(self._schedule.watch_clock())]
+        await self._stop.wait()
+        log.info("stopping: letting probes in flight finish",
+                 extra={"in_flight": len(self._schedule.in_flight)})
+        for watcher in watchers:
+            watcher.cancel()
+        await self._shutdown(serving, notifier_task)
+        return 0
+
+    async def _shutdown(self, serving: Serving, notifier_task: asyncio.Task[None] | None) -> None:
+        await self._schedule.drain(self.grace)
+        if notifier_task is not None:
+            # The loop ends at its next wake-up; what is undelivered stays in the outbox.
+            done, _ = await asyncio.wait({notifier_task}, timeout=self.grace)
+            if not done:
+                notifier_task.cancel()
+        if self._notifier is not None:
+            self._notifier.outbox.close()
+        await serving.runner.cleanup()
+        log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,195 @@
+"""When each endpoint is probed next, and the workers that probe the due ones.
+
+Each endpoint is one APScheduler job that runs once and is rescheduled after its probe:
+`interval` after a success, `retry_interval` after a failure, each with jitter so a
+large inventory spreads out over time. A due job only puts the endpoint's name in a
+queue that `max_concurrency` workers take from, so 10,000 endpoints due at once are
+10,000 names waiting, not 10,000 suspended probes (each holding its coroutine, task and
+buffers). An endpoint is never queued or probed twice at once.
+
+APScheduler runs jobs at wall-clock times, so a watchdog compares the wall clock with
+the monotonic one and moves every due time with a jump (:meth:`Schedule.watch_clock`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+__all__ = ["Schedule", "jittered"]
+
+log = logging.getLogger(__name__)
+
+MAX_JITTER = 300.0  # seconds; jitter is 10% of the interval, at most this
+CLOCK_CHECK = 5.0  # seconds between comparisons of the wall and monotonic clocks
+CLOCK_JUMP = 30.0  # a disagreement larger than this is a clock jump, not drift
+
+# Probes one endpoint; returns the seconds until its next probe, or None for none.
+Run = Callable[[str], Awaitable["float | None"]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def jittered(seconds: float) -> float:
+    spread = min(seconds * 0.1, MAX_JITTER)
+    return seconds + random.uniform(-spread, spread)
+
+
+class Schedule:
+    """The endpoints' due times, the queue of due endpoints and its workers."""
+
+    def __init__(self, run: Run, stop: asyncio.Event, on_clock_jump: Callable[[], None]) -> None:
+        self._run = run
+        self._stop = stop
+        self._on_clock_jump = on_clock_jump
+        self._scheduler: AsyncIOScheduler | None = None
+        self._deadline: dict[str, float] = {}  # next probe per endpoint, on time.monotonic()
+        self._lag: dict[str, float] = {}
+        self._due: asyncio.Queue[str] = asyncio.Queue()  # endpoints whose probe is due, in order
+        self._queued: set[str] = set()  # the names in _due
+        self._running: set[str] = set()  # endpoints being probed
+        self._workers: set[asyncio.Task[Any]] = set()
+        self._worker_count = 0  # how many workers there should be (max_concurrency)
+        self.in_flight: set[asyncio.Task[Any]] = set()  # the workers busy probing
+        self.wanted: Callable[[str], bool] = lambda name: True  # is the endpoint configured?
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
+        self._scheduler.start()
+
+    # --- what the rest of the daemon reads ----------------------------------------------
+
+    def deadline(self, name: str) -> float | None:
+        """When the endpoint's next probe is due, on the monotonic clock."""
+        return self._deadline.get(name)
+
+    def next_probe_at(self, name: str) -> datetime | None:
+        deadline = self._deadline.get(name)
+        if deadline is None:
+            return None
+        return utcnow() + timedelta(seconds=deadline - time.monotonic())
+
+    def record_lag(self, name: str, lag: float) -> None:
+        self._lag[name] = lag
+
+    def worst_lag(self) -> float:
+        return max(self._lag.values(), default=0.0)
+
+    # --- due times ------------------------------------------------------------------------
+
+    def schedule(self, name: str, when: datetime) -> None:
+        assert self._scheduler is not None
+        self._deadline[name] = time.monotonic() + (when - utcnow()).total_seconds()
+        self._scheduler.add_job(self._enqueue, "date", run_date=when, args=[name], id=name,
+                                replace_existing=True, misfire_grace_time=None)
+
+    def unschedule(self, name: str) -> None:
+        self._deadline.pop(name, None)
+        self._lag.pop(name, None)
+        if self._scheduler is not None:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(name)
+
+    async def _enqueue(self, name: str) -> None:
+        """The scheduler's job (a coroutine: APScheduler runs plain functions in threads)."""
+        if self._stop.is_set() or name in self._queued or not self.wanted(name):
+            return  # a queued name is probed with the definition current when it runs
+        if name in self._running:  # a reload asked for a probe while one is under way
+            self.schedule(name, utcnow() + timedelta(seconds=1))
+            return
+        self._queued.add(name)
+        self._due.put_nowait(name)
+
+    # --- workers --------------------------------------------------------------------------
+
+    def resize(self, count: int) -> None:
+        """Starts workers up to `count`; surplus ones end after their next probe."""
+        self._worker_count = count
+        while len(self._workers) < count:
+            worker = asyncio.get_running_loop().create_task(self._work())
+            self._workers.add(worker)
+
+    async def _work(self) -> None:
+        worker = asyncio.current_task()
+        assert worker is not None
+        try:
+            while not self._stop.is_set() and len(self._workers) <= self._worker_count:
+                name = await self._due.get()
+                self._queued.discard(name)
+                self.in_flight.add(worker)
+                try:
+                    await self._probe(name)
+                finally:
+                    self.in_flight.discard(worker)
+        finally:
+            self._workers.discard(worker)
+
+    async def _probe(self, name: str) -> None:
+        self._running.add(name)
+        wait = None
+        try:
+            wait = await self._run(name)
+        finally:
+            self._running.discard(name)
+            if wait is not None and not self._stop.is_set():
+                self.schedule(name, utcnow() + timedelta(seconds=jittered(wait)))
+
+    # --- the wall clock ---------------------------------------------------------------------
+
+    async def watch_clock(self) -> None:
+        """Keeps the schedule when the wall clock jumps: a clock set back an hour would
+        delay every probe by an hour (and one set forward would fire them all at once),
+        so every due time moves by the same amount and each probe keeps the wait it had
+        left."""
+        wall, mono = time.time(), time.monotonic()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), CLOCK_CHECK)
+            now_wall, now_mono = time.time(), time.monotonic()
+            jump = (now_wall - wall) - (now_mono - mono)
+            wall, mono = now_wall, now_mono
+            if abs(jump) < CLOCK_JUMP:
+                continue
+            log.warning("the wall clock jumped by %+.0f s; moving every scheduled probe with it",
+                        jump, extra={"jump_seconds": round(jump, 1)})
+            self._on_clock_jump()
+            # Each probe keeps the wait it had left on the monotonic clock. (Moving the
+            # wall-clock due times by the jump is wrong for the probes that already ran,
+            # and were rescheduled, between the jump and its detection.)
+            now, mono = utcnow(), time.monotonic()
+            for name, deadline in list(self._deadline.items()):
+                if name not in self._running and name not in self._queued:
+                    self.schedule(name, now + timedelta(seconds=max(0.0, deadline - mono)))
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Stops scheduling; probes in flight get `grace` seconds to finish."""
+        assert self._scheduler is not None
+        # pause(), not shutdown(): APScheduler's AsyncIOExecutor.shutdown cancels every job
+        # still running, which would cut the probes in flight short of their grace time.
+        self._scheduler.pause()
+        for worker in self._workers - self.in_flight:
+            worker.cancel()  # idle: waiting for a name
+        if self.in_flight:
+            _, pending = await asyncio.wait(set(self.in_flight), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("probes cancelled after the grace time", extra={"count": len(pending)})
+                await asyncio.wait(pending, timeout=1)
+        self.close()
+
+    def close(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
