@@ -22,12 +22,14 @@ from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.logs import configure_logging
 from certwatch.render.report import assessment_to_dict, render_table, sort_key
-from certwatch.sources.wire import Prober
+from certwatch.sources.registry import Sources
 from certwatch.sweep import sweep
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3
+STRICT_HELP = ("refuse the whole inventory when any entry is invalid (as `strict: true` in the "
+               "file does); by default an invalid entry is a target in error")
 
 
 def exit_code(assessments: Sequence[Assessment]) -> int:
@@ -65,8 +67,25 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Inventory:
     if args.targets:
         document = {"endpoints": [_ad_hoc_endpoint(t, args) for t in args.targets]}
-        return build_inventory(document, source="command line")
-    return load_inventory(args.config)
+        return build_inventory(document, source="command line", strict=args.strict)
+    # The environment holds the PKCS#12 passwords; the alert sinks are not read.
+    return load_inventory(args.config, environ=os.environ, with_sinks=False, strict=args.strict)
+
+
+async def _check(inventory: Inventory) -> list[Assessment]:
+    """Every entry observed once by its source, and the endpoints they discover."""
+    sources = Sources(inventory)
+    try:
+        discovered = await sources.discover(inventory.endpoints)
+        return await sweep([*inventory.endpoints, *discovered], sources)
+    finally:
+        await sources.close()
+
+
+def _print_entry_problems(inventory: Inventory) -> None:
+    """The invalid entries, as a refused file's problems are shown."""
+    if inventory.problems:
+        print(ConfigError(inventory.source, inventory.problems), file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -75,8 +94,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
-    prober = Prober(max_concurrency=inventory.max_concurrency)
-    assessments = sorted(asyncio.run(sweep(inventory.endpoints, prober)), key=sort_key)
+    _print_entry_problems(inventory)
+    assessments = sorted(asyncio.run(_check(inventory)), key=sort_key)
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -90,9 +109,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from certwatch.serving.tls import tls_problem  # loads the TLS pair, as `run` would
 
     try:
-        inventory, web = load_configuration(args.config, args.web_config, os.environ, tls_problem)
+        inventory, web = load_configuration(args.config, args.web_config, os.environ, tls_problem,
+                                            strict=args.strict)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    if inventory.problems:  # `run` would probe the rest; validation still fails
+        _print_entry_problems(inventory)
         return 1
     print(f"{args.config}: ok, {len(inventory.endpoints)} endpoints")
     if web is not None:
@@ -109,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
-                              grace=args.grace, web_config_path=args.web_config).run())
+                              grace=args.grace, web_config_path=args.web_config,
+                              strict=args.strict).run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="FILE",
                      help="TLS, client certificates and basic auth for the HTTP server, in "
                           "Prometheus exporter-toolkit's web configuration format")
+    run.add_argument("--strict", action="store_true", help=STRICT_HELP)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
@@ -161,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
     check.add_argument("--insecure", action="store_true",
                        help="do not let verification problems raise the state")
+    check.add_argument("--strict", action="store_true", help=STRICT_HELP)
     check.set_defaults(func=cmd_check)
 
     validate = commands.add_parser("validate", help="check an inventory file (and a web "
@@ -169,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path,
                           metavar="FILE", help="also check this web configuration (as `run` "
                           "takes it)")
+    validate.add_argument("--strict", action="store_true", help=STRICT_HELP)
     validate.set_defaults(func=cmd_validate)
     return parser
 

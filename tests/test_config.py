@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def problems_of(text: str, base: Path | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_inventory(text, source="inv.yaml", base=base)
+        parse_inventory(text, source="inv.yaml", base=base, strict=True)
     assert str(info.value).startswith("inv.yaml: ")
     return list(info.value.problems)
 

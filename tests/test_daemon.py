@@ -162,7 +162,8 @@ def test_metrics_api_renewal_and_removal(pki: tuple[Issued, Path], daemon_factor
         (expiry,) = [s for s in metrics["certwatch_cert_expiry_timestamp_seconds"]]
         assert expiry.labels == {"name": "web", "host": "127.0.0.1", "port": str(port),
                                  "address": "127.0.0.1", "server_name": "svc.test",
-                                 "protocol": "tls", "team": "pay"}
+                                 "protocol": "tls", "source": "tls", "location": "",
+                                 "team": "pay"}
         assert abs(expiry.value - (NOW + 5 * DAY).timestamp()) < 5
         states = {(s.labels["name"], s.labels["state"]): s.value for s in metrics["certwatch_target_state"]}
         assert states[("web", "critical")] == 1 and states[("web", "ok")] == 0

@@ -68,7 +68,7 @@ PROBLEM_LINE = re.compile(r"(line \d+(, column \d+)?|top): \S")
 def outcome(text: str) -> Inventory | ConfigError:
     """Loads `text`; an Inventory or a ConfigError, and any other exception fails."""
     try:
-        return parse_inventory(text, source="prop.yaml", base=Path("/nonexistent-base"))
+        return parse_inventory(text, source="prop.yaml", base=Path("/nonexistent-base"), strict=True)
     except ConfigError as exc:
         return exc
 
@@ -177,7 +177,7 @@ def test_any_bytes_in_a_file_load_or_give_clear_errors(tmp_path_factory: pytest.
     path = tmp_path_factory.mktemp("bytes") / "inventory.yaml"
     path.write_bytes(data)
     try:
-        result: Inventory | ConfigError = load_inventory(path)
+        result: Inventory | ConfigError = load_inventory(path, strict=True)
     except ConfigError as exc:
         result = exc
     assert_clear(result)

@@ -25,13 +25,14 @@ __all__ = ["ConfigError", "build_inventory", "load_configuration", "load_invento
 
 
 def load_configuration(inventory_path: Path, web_path: Path | None, environ: Mapping[str, str],
-                       check_tls: TLSCheck | None = None) -> tuple[Inventory, WebConfig | None]:
+                       check_tls: TLSCheck | None = None, *,
+                       strict: bool = False) -> tuple[Inventory, WebConfig | None]:
     """The inventory, its sinks and the web configuration; ConfigError names every
     problem of every file."""
     errors: list[ConfigError] = []
     inventory = web = None
     try:
-        inventory = load_inventory(inventory_path, environ=environ)
+        inventory = load_inventory(inventory_path, environ=environ, strict=strict)
     except ConfigError as exc:
         errors.append(exc)
     if web_path is not None:

@@ -15,6 +15,15 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
+from certwatch.config.selections import (
+    AT_REST_KEYS,
+    FILE_KEYS,
+    KUBERNETES_KEYS,
+    read_file_selection,
+    read_kubernetes_access,
+    read_kubernetes_selection,
+    source_of,
+)
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
@@ -32,6 +41,8 @@ from certwatch.core.inventory import (
     is_ip,
     split_listen,
 )
+from certwatch.core.selections import FileSelection
+from certwatch.core.vocabulary import SourceKind
 
 __all__ = ["build_inventory", "listen_problem", "load_inventory", "parse_inventory"]
 
@@ -44,7 +55,8 @@ _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "add
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
                   "retry_interval")
-_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts")
+_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
+             "kubernetes", "strict")
 _ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
 
 
@@ -207,7 +219,7 @@ def _server_name(read: Reader, host: Any) -> str | None:
 
 
 def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
-                   base: Path) -> tuple[str | None, Endpoint | None]:
+                   base: Path, environ: Mapping[str, str]) -> tuple[str | None, Endpoint | None]:
     """The endpoint's name (for duplicate checks) and the endpoint, None if invalid."""
     label = raw.get("name") if isinstance(raw, dict) else None
     where = f"endpoint {index + 1}" + (f" {describe(label)}" if isinstance(label, str) else "")
@@ -217,6 +229,8 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     if not isinstance(raw, dict):
         problems.add(line, where, f"must be a mapping or a URL, not {describe(raw)}")
         return None, None
+    if source_of(raw) != SourceKind.TLS:
+        return _read_at_rest(Reader(raw, where, problems, base, environ), defaults)
     read = Reader(raw, where, problems, base)
     read.unknown_keys(_ENDPOINT_KEYS)
     values = _from_url(read) if "url" in raw else {}
@@ -273,6 +287,38 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     return name, endpoint
 
 
+def _read_at_rest(read: Reader, defaults: Defaults) -> tuple[str | None, Endpoint | None]:
+    """An entry of certificates at rest: `files:` or `kubernetes:`, and the settings of
+    judging them (no host, port or protocol)."""
+    raw, source = read.mapping, source_of(read.mapping)
+    own = FILE_KEYS if source == SourceKind.FILE else KUBERNETES_KEYS
+    read.unknown_keys([*AT_REST_KEYS, *own], kind=f" for a {source} entry")
+    selection = (read_file_selection(read) if source == SourceKind.FILE
+                 else read_kubernetes_selection(read))
+    name = raw.get("name")
+    if name is None and isinstance(selection, FileSelection) and len(selection.patterns) == 1:
+        name = selection.patterns[0]
+    if not isinstance(name, str) or not name.strip():
+        read.problem("name", f"a {source} entry needs a 'name' (text), not {describe(name)}")
+        name = None
+    warn = read.number("warn_days", defaults.warn_days, minimum=0, maximum=MAX_DAYS)
+    critical = read.number("critical_days", defaults.critical_days, minimum=0, maximum=MAX_DAYS)
+    if "warn_days" in raw or "critical_days" in raw:
+        _thresholds_problem(read, warn, critical)
+    endpoint = Endpoint(
+        name=name or "", host="", port=0, protocol="", server_name=None,
+        timeout=read.number("timeout", defaults.timeout, minimum=0.1, maximum=600),
+        warn_days=warn, critical_days=critical,
+        verify=read.boolean("verify", defaults.verify),
+        system_trust=read.boolean("system_trust", defaults.system_trust),
+        ca_file=read.path("ca_file", defaults.ca_file),
+        labels=_read_labels(read),
+        interval=read.duration("interval", defaults.interval),
+        retry_interval=read.duration("retry_interval", defaults.retry_interval),
+        source=source, selection=selection)
+    return name, None if read.failed or name is None or selection is None else endpoint
+
+
 def _read_labels(read: Reader) -> tuple[tuple[str, str], ...]:
     labels = read.mapping.get("labels")
     if labels is None:
@@ -300,15 +346,25 @@ def _read_labels(read: Reader) -> tuple[tuple[str, str], ...]:
 
 
 def parse_inventory(text: str, source: str = "<inventory>", base: Path | None = None,
-                    environ: Mapping[str, str] | None = None) -> Inventory:
+                    environ: Mapping[str, str] | None = None, *, strict: bool = False,
+                    with_sinks: bool = True) -> Inventory:
     """Validates inventory YAML; raises ConfigError listing every problem."""
-    return build_inventory(load_yaml(text, source), source, base, environ)
+    return build_inventory(load_yaml(text, source), source, base, environ, strict=strict,
+                           with_sinks=with_sinks)
 
 
 def build_inventory(document: Any, source: str = "<inventory>", base: Path | None = None,
-                    environ: Mapping[str, str] | None = None) -> Inventory:
+                    environ: Mapping[str, str] | None = None, *, strict: bool = False,
+                    with_sinks: bool = True) -> Inventory:
     """Validates an already-parsed document (from YAML, or built by the CLI). With
-    `environ`, the alert sinks are read as well (see :mod:`certwatch.config.sinks`)."""
+    `environ`, the alert sinks are read as well (see :mod:`certwatch.config.sinks`)
+    unless `with_sinks` is false; the PKCS#12 passwords of file entries come from it.
+
+    An endpoint entry with problems costs only itself: it becomes an endpoint in error
+    (its `rejected` says why, with file and line) and the inventory lists its problems,
+    unless `strict` (or `strict: true` in the file) asks for all or nothing. Any other
+    problem (the defaults, the alerts, the file's shape) rejects the whole file.
+    """
     base = base or Path.cwd()
     problems = Problems()
     if document is None:
@@ -320,7 +376,10 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     defaults = _read_defaults(document.get("defaults"), problems, base)
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
     demo = top.boolean("demo", False)
-    alerts = _read_alerts(document.get("alerts"), problems, base, environ)
+    strict = top.boolean("strict", False) or strict
+    alerts = _read_alerts(document.get("alerts"), problems, base,
+                          environ if with_sinks else None)
+    kubernetes = read_kubernetes_access(document.get("kubernetes"), problems, base)
     listen = document.get("listen", DEFAULT_LISTEN)
     if (message := listen_problem(listen)) is not None:
         top.problem("listen", message)
@@ -329,22 +388,54 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     if not isinstance(raw_endpoints, list):
         top.problem("endpoints", f"'endpoints' must be a list, not {describe(raw_endpoints)}")
         raw_endpoints = []
+    entry_problems = Problems()
+    endpoints = _read_endpoints(raw_endpoints, defaults, entry_problems, base, source,
+                                environ or {})
+    if len(problems) or (strict and len(entry_problems)):
+        problems.extend(entry_problems)
+        problems.raise_for(source)
+    uses_kubernetes = any(e.source == SourceKind.KUBERNETES for e in endpoints)
+    return Inventory(endpoints=tuple(endpoints), defaults=defaults,
+                     max_concurrency=int(concurrency), listen=listen, demo=demo,
+                     alerts=alerts, source=source,
+                     kubernetes=kubernetes if uses_kubernetes else None, strict=strict,
+                     problems=tuple(entry_problems.items))
+
+
+def _read_endpoints(raw_endpoints: list[Any], defaults: Defaults, problems: Problems,
+                    base: Path, source: str, environ: Mapping[str, str]) -> list[Endpoint]:
+    """Every entry: valid ones as they are, invalid ones as endpoints in error."""
     endpoints: list[Endpoint] = []
     seen: dict[str, int] = {}
     for index, (raw, line) in enumerate(zip(raw_endpoints, item_lines(raw_endpoints))):
-        name, endpoint = _read_endpoint(raw, index, line, defaults, problems, base)
-        if name is not None and name in seen:
-            problems.add(line, f"endpoint {index + 1} '{name}'",
-                         f"duplicate name (first used by endpoint {seen[name] + 1}); "
-                         "give each a distinct 'name'")
+        mine = Problems()
+        name, endpoint = _read_endpoint(raw, index, line, defaults, mine, base, environ)
+        duplicate = name is not None and name in seen
+        if duplicate:
+            assert name is not None
+            mine.add(line, f"endpoint {index + 1} '{name}'",
+                     f"duplicate name (first used by endpoint {seen[name] + 1}); "
+                     "give each a distinct 'name'")
         elif name is not None:
             seen[name] = index
-        if endpoint is not None:
+        if endpoint is not None and not len(mine):
             endpoints.append(endpoint)
-    problems.raise_for(source)
-    return Inventory(endpoints=tuple(endpoints), defaults=defaults,
-                     max_concurrency=int(concurrency), listen=listen, demo=demo,
-                     alerts=alerts, source=source)
+            continue
+        problems.extend(mine)
+        shown = f"{name} (endpoint {index + 1})" if duplicate else name or f"endpoint {index + 1}"
+        endpoints.append(_rejected(raw, shown, tuple(f"{source}: {p}" for p in mine.items)))
+    return endpoints
+
+
+def _rejected(raw: Any, name: str, why: tuple[str, ...]) -> Endpoint:
+    """An entry validation refused, as an endpoint that only says why (what of it can
+    be shown is kept: its host and port, for the page)."""
+    mapping = raw if isinstance(raw, dict) else {}
+    host, port = mapping.get("host"), mapping.get("port")
+    return Endpoint(name=name, host=host if isinstance(host, str) and _host_problem(host) is None
+                    else "",
+                    port=port if isinstance(port, int) and not isinstance(port, bool) else 0,
+                    protocol="", source=source_of(mapping), rejected=why)
 
 
 def listen_problem(listen: Any) -> str | None:
@@ -361,8 +452,9 @@ def listen_problem(listen: Any) -> str | None:
 
 
 def load_inventory(path: Path | str, *, environ: Mapping[str, str] | None = None,
-                   read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:
+                   read: Callable[[Path], bytes] = Path.read_bytes, strict: bool = False,
+                   with_sinks: bool = True) -> Inventory:
     """Reads and validates an inventory file; relative paths in it are relative to it."""
     path = Path(path)
     return parse_inventory(read_text(path, read), source=str(path), base=path.parent.resolve(),
-                           environ=environ)
+                           environ=environ, strict=strict, with_sinks=with_sinks)

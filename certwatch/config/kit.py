@@ -95,6 +95,11 @@ class Problems:
     def __len__(self) -> int:
         return len(self._items)
 
+    def extend(self, other: Problems) -> None:
+        """Takes in another collection's problems (kept in file order with these)."""
+        self._items.extend((line, len(self._items) + i, text)
+                           for i, (line, _, text) in enumerate(other._items))
+
     def raise_for(self, source: str) -> None:
         if self._items:
             raise ConfigError(source, self.items)

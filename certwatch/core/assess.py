@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from certwatch.core.atrest import verify_at_rest
 from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
 from certwatch.core.timestamps import SECONDS_PER_DAY
 from certwatch.core.verify import TrustStore, Verification, verify_chain
-from certwatch.core.vocabulary import ErrorKind, Problem, Reason, State
+from certwatch.core.vocabulary import ErrorKind, Problem, Reason, SourceKind, State
 from certwatch.core.x509 import CertInfo, parse_chain
 
 __all__ = ["Assessment", "assess"]
@@ -73,7 +74,10 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
             reason, summary = ErrorKind.NO_CERTIFICATE, "the server presented no certificate"
         return Assessment(target, observation, now, State.ERROR, (reason,), summary, chain)
 
-    verification = verify_chain(parsed, trust, endpoint.verify_name, now)
+    if endpoint.source == SourceKind.TLS:
+        verification = verify_chain(parsed, trust, endpoint.verify_name, now)
+    else:  # at rest: the chain and the dates, no host name
+        verification = verify_at_rest(parsed, trust, now)
     # What clients rely on is the path they build: a server may send certificates that
     # none needs (a whole CA bundle, an old expired root), which must not set the state.
     relied_on = tuple(c for c in verification.path if c.position >= 0) or chain
@@ -97,6 +101,11 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
         # The certificate was read, but the handshake did not complete (for example a
         # server that demands a client certificate we do not have).
         reasons.append(Reason.HANDSHAKE_INCOMPLETE)
+    key = observation.key_check
+    if key is not None and key.problem is not None:
+        # A key that is not the certificate's: the service fails when it loads them.
+        reasons.append(key.problem)
+        state = state.worse(State.CRITICAL)
 
     days = expiry.days_left
     which = "leaf" if earliest.position == 0 else f"certificate {earliest.position} of the chain"
@@ -107,5 +116,7 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
         summary += f"; clients reject it: {verification.detail}"
     if observation.error is not None:
         summary += f"; {observation.error}"
+    if key is not None and key.problem is not None:
+        summary += f"; {key.detail}"
     return Assessment(target, observation, now, state, tuple(reasons), summary, chain,
                       verification, earliest, expiry)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certwatch.core.selections import KubernetesAccess, Selection
+
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
     "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Thresholds",
@@ -48,7 +50,8 @@ RESERVED_LABELS = frozenset(
     {"name", "host", "port", "address", "server_name", "protocol", "job", "instance",
      # labels certwatch's own series add beside the target's
      "state", "problem", "position", "role", "serial", "fingerprint_sha256", "subject",
-     "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher"}
+     "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher",
+     "source", "location"}
 )
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
 
@@ -99,6 +102,13 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     interval: float = 3600.0
     retry_interval: float = 300.0
+    # Where its certificates come from (a SourceKind), and what a source other than the
+    # wire reads; `rejected` holds why validation refused the entry (then it is a target
+    # in state error, and nothing is probed).
+    source: str = "tls"
+    selection: Selection | None = None
+    rejected: tuple[str, ...] = ()
+    origin: str | None = None  # where a discovered endpoint was found: "ingress <ns>/<name>"
 
     @property
     def verify_name(self) -> str:
@@ -134,6 +144,9 @@ class Inventory:
     demo: bool = False  # start local demo endpoints and watch them too
     alerts: AlertSettings | None = None  # None: no notifications, no state database
     source: str = "<inventory>"
+    kubernetes: KubernetesAccess | None = None  # how the kubernetes entries reach the API
+    strict: bool = False  # any invalid entry rejects the whole file
+    problems: tuple[str, ...] = ()  # the invalid entries' problems (each is a target in error)
 
 
 def is_ip(text: str) -> bool:

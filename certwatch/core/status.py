@@ -68,12 +68,15 @@ def merge(previous: Sequence[TargetStatus], fresh: Sequence[Assessment], endpoin
 
     def carried(old: TargetStatus, latest: Assessment) -> TargetStatus:
         observation = dataclasses.replace(
-            old.assessment.observation, target=Target(endpoint, old.target.address))
+            old.assessment.observation, target=dataclasses.replace(old.target, endpoint=endpoint))
         return TargetStatus(rejudge(observation), _failure(latest), old.consecutive_failures + 1,
                             latest.observation.started_at, latest.observation.duration_seconds)
 
     # The name did not resolve: every address we knew keeps its certificate, failed.
-    if len(fresh) == 1 and fresh[0].target.address is None:
+    # (An entry validation rejected is in state error: nothing is carried for it.)
+    carry = not endpoint.rejected
+    if carry and len(fresh) == 1 and fresh[0].target.address is None \
+            and fresh[0].target.location is None:
         with_certificates = [s for s in previous if s.assessment.leaf is not None]
         if with_certificates:
             return [carried(old, fresh[0]) for old in with_certificates]
@@ -82,7 +85,7 @@ def merge(previous: Sequence[TargetStatus], fresh: Sequence[Assessment], endpoin
     for assessment in fresh:
         old = known.get(assessment.target.key)
         error = _failure(assessment)
-        if assessment.leaf is None and old is not None and old.assessment.leaf is not None:
+        if carry and assessment.leaf is None and old is not None and old.assessment.leaf is not None:
             statuses.append(carried(old, assessment))
             continue
         failures = 0 if error is None else (old.consecutive_failures if old else 0) + 1

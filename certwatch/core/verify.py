@@ -35,7 +35,7 @@ from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
 from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
 
-__all__ = ["TrustStore", "Verification", "hostname_matches", "verify_chain"]
+__all__ = ["TrustStore", "Verification", "hostname_matches", "time_problems", "verify_chain"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -103,6 +103,7 @@ class Verification:
     detail: str  # words for an operator; empty when there is no problem
     path: tuple[CertInfo, ...] = ()  # leaf to root as a client builds it, when trusted
                                      # (a trust anchor has position -1)
+    name_checked: bool = True  # False for a certificate at rest: there is no host name
 
     @property
     def ok(self) -> bool:
@@ -228,6 +229,12 @@ def _validity_problems(certs: Iterable[CertInfo], now: datetime) -> list[Problem
     return problems
 
 
+def time_problems(certs: tuple[CertInfo, ...], now: datetime) -> tuple[list[Problem], list[str]]:
+    """Expired and not-yet-valid certificates among `certs` at `now`, with their words."""
+    problems = _validity_problems(certs, now)
+    return problems, [_time_detail(problem, certs, now) for problem in problems]
+
+
 def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime) -> Verification:
     """Judges a presented chain (leaf first) as a client connecting to `name` at `now`."""
     if not chain.infos:
@@ -254,9 +261,9 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
     if path is not None:
         known = {**trust.infos, **{c.fingerprint_sha256: c for c in chain.infos}}
         infos = tuple(info for cert in path if (info := known.get(sha256_hex(cert))))
-        time_problems = _validity_problems(infos, now)
+        timing = _validity_problems(infos, now)
     else:
-        time_problems = _validity_problems(chain.infos, now)
+        timing = _validity_problems(chain.infos, now)
         if leaf.self_issued and len(chain.infos) == 1:
             problems.append(Problem.SELF_SIGNED)
             details.append("the certificate is self-signed and not a trusted root")
@@ -267,7 +274,7 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
         else:
             problems.append(Problem.UNTRUSTED)
             details.append(weak or f"no path to a trusted root: {error}")
-    for problem in time_problems:
+    for problem in timing:
         problems.append(problem)
         details.append(_time_detail(problem, infos or chain.infos, now))
     return Verification(

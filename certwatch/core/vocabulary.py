@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Action", "AlertKind", "ErrorKind", "Phase", "Problem", "Reason", "Severity", "State"]
+__all__ = ["Action", "AlertKind", "ErrorKind", "Phase", "Problem", "Reason", "Severity",
+           "SourceKind", "State"]
 
 
 class State(StrEnum):
@@ -59,6 +60,12 @@ class ErrorKind(StrEnum):
     CLIENT_CERT = "client_cert"
     NO_CERTIFICATE = "no_certificate"  # the handshake completed without a certificate
     INTERNAL = "internal"
+    # Certificates at rest (files, Kubernetes objects): see certwatch.sources.files.
+    UNREADABLE = "unreadable"  # the file cannot be read (missing, permissions, too large, ...)
+    NOT_A_CERTIFICATE = "not_a_certificate"  # read, but holds no certificate
+    BAD_PASSWORD = "bad_password"  # a PKCS#12 file the configured password does not open
+    SOURCE = "source"  # the source itself failed (the Kubernetes API did not answer)
+    INVALID = "invalid"  # the inventory entry was rejected by validation
 
 
 class Phase(StrEnum):
@@ -69,6 +76,9 @@ class Phase(StrEnum):
     CONNECT = "connect"
     STARTTLS = "starttls"
     HANDSHAKE = "handshake"
+    CONFIG = "config"  # validating the inventory entry
+    READ = "read"  # reading a file or an object of the Kubernetes API
+    DECODE = "decode"  # decoding what was read (PEM, DER, PKCS#12)
 
 
 class Problem(StrEnum):
@@ -89,6 +99,8 @@ class Reason(StrEnum):
     EXPIRING = "expiring"
     MALFORMED_CERTIFICATE = "malformed_certificate"
     HANDSHAKE_INCOMPLETE = "handshake_incomplete"
+    KEY_MISMATCH = "key_mismatch"  # the private key beside the certificate is not its key
+    KEY_UNREADABLE = "key_unreadable"  # a private key was given but cannot be decoded
 
 
 class Severity(StrEnum):
@@ -115,3 +127,11 @@ class Action(StrEnum):
     ESCALATE = "escalate"
     REMIND = "remind"
     RESOLVE = "resolve"
+
+
+class SourceKind(StrEnum):
+    """Where a target's certificate comes from: the `source` of every target."""
+
+    TLS = "tls"  # a handshake over the wire (directly or after STARTTLS)
+    FILE = "file"  # a file on disk (PEM, DER, PKCS#12)
+    KUBERNETES = "kubernetes"  # a Secret or ConfigMap read through the Kubernetes API

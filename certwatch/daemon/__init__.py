@@ -13,11 +13,11 @@ reload; a bad new file is rejected and the old configuration keeps running.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import random
 import signal
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -30,20 +30,19 @@ from certwatch.core.status import TargetStatus
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.schedule import Schedule, utcnow
+from certwatch.daemon.sourcing import endpoint_map, swap_endpoints
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
 from certwatch.serving.server import Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
+from certwatch.sources import Listener
+from certwatch.sources.registry import Sources
 from certwatch.sources.trust import TrustStores
-from certwatch.sources.wire import Prober
 
 __all__ = ["Daemon"]
 
 log = logging.getLogger(__name__)
-
-FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
-
 
 @dataclass(frozen=True, slots=True)
 class Running:
@@ -53,7 +52,7 @@ class Running:
     endpoints: Mapping[str, Endpoint]
     alerts: AlertsConfig | None
     trust: TrustStores
-    prober: Prober
+    sources: Sources
 
 
 class Daemon:
@@ -61,8 +60,8 @@ class Daemon:
 
     def __init__(self, config_path: Path, *, listen: str | None = None,
                  reload_poll: float = 5.0, grace: float = 5.0,
-                 web_config_path: Path | None = None) -> None:
-        self.loader = Loader(config_path, web_config_path)
+                 web_config_path: Path | None = None, strict: bool = False) -> None:
+        self.loader = Loader(config_path, web_config_path, strict=strict)
         self.listen_override = listen
         self.reload_poll = reload_poll
         self.grace = grace
@@ -80,6 +79,8 @@ class Daemon:
         self._notices: list[str] = []
         self._notifier: Notifier | None = None
         self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
+        self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
+        self._listener = Listener(self._changed, self._rediscover)
 
     # --- the view the web layer reads -------------------------------------------------
 
@@ -111,35 +112,42 @@ class Daemon:
         """Swaps in a validated configuration: new and changed endpoints are probed
         promptly, removed ones vanish, unchanged ones keep their state and schedule."""
         inventory, previous = loaded.inventory, self._running
-        old = previous.endpoints if previous else {}
-        new = {e.name: e for e in inventory.endpoints}
         if previous is None:  # readiness waits for the first sweep of the first load
-            self._unprobed = set(new)
-            self.metrics.ready.set(0 if new else 1)
-        prober = previous.prober if previous else None
-        if prober is None or inventory.max_concurrency != prober.max_concurrency:
-            prober = Prober(max_concurrency=inventory.max_concurrency)
+            self._unprobed = {e.name for e in inventory.endpoints}
+            self.metrics.ready.set(0 if self._unprobed else 1)
+        sources = Sources(inventory, previous.sources if previous else None)
+        for replaced in sources.replaced:
+            asyncio.ensure_future(sources.close([replaced]))
         self._schedule.resize(inventory.max_concurrency)
-        self._running = Running(inventory, new, loaded.alerts, TrustStores(), prober)
-        for name in old.keys() - new.keys():
-            self._schedule.unschedule(name)
-            self._first_probe_done(name)  # a removed endpoint no longer holds readiness back
-        removed = self.store.retain(set(new))
-        for key in removed:
-            log.info("target removed", extra={"target": key})
-        if self._notifier is not None:
-            if loaded.alerts is not None:
-                self._notifier.reconfigure(loaded.alerts)
-            self._notifier.observe([], removed)
-        now = utcnow()
-        for name, endpoint in new.items():
-            if old.get(name) != endpoint:
-                self._schedule.schedule(
-                    name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
-        self.metrics.endpoints.set(len(new))
+        self._running = Running(inventory, previous.endpoints if previous else {},
+                                loaded.alerts, TrustStores(), sources)
+        self.metrics.invalid_entries.set(len(inventory.problems))
+        if self._notifier is not None and loaded.alerts is not None:
+            self._notifier.reconfigure(loaded.alerts)
+        sources.follow(inventory.endpoints, self._listener)
+        now = self._set_endpoints(sources.discovered())
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(now.timestamp())
         self.metrics.reloads.labels("success").inc()
+
+    def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:
+        running = self._running
+        assert running is not None
+        new = endpoint_map(running.inventory.endpoints, discovered)
+        self._running = dataclasses.replace(running, endpoints=new)
+        now = swap_endpoints(running.endpoints, new, schedule=self._schedule, store=self.store,
+                             notifier=self._notifier, forget=self._first_probe_done)
+        self.metrics.endpoints.set(len(new))
+        return now
+
+    def _changed(self, name: str) -> None:
+        """A source saw an entry's certificates change: probe it now."""
+        if self._endpoint(name) is not None and not self._stop.is_set():
+            self._schedule.schedule(name, utcnow())
+
+    def _rediscover(self) -> None:
+        if self._running is not None and not self._stop.is_set():
+            self._set_endpoints(self._running.sources.discovered())
 
     async def reload(self, why: str) -> bool:
         previous = self._running
@@ -188,7 +196,7 @@ class Daemon:
             return None
         deadline = self._schedule.deadline(name)
         outcome = await self._pipeline.run(
-            endpoint, running.prober, running.trust, self._notifier,
+            endpoint, running.sources, running.trust, self._notifier,
             deadline if deadline is not None else 0.0, lambda: self._endpoint(name))
         if outcome.lag is not None:
             self._schedule.record_lag(name, outcome.lag)
@@ -249,6 +257,8 @@ class Daemon:
         for watcher in watchers:
             watcher.cancel()
         await self._shutdown(serving, notifier_task)
+        if self._running is not None:
+            await self._running.sources.close()
         return 0
 
     async def _shutdown(self, serving: Serving, notifier_task: asyncio.Task[None] | None) -> None:

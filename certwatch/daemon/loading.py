@@ -44,8 +44,9 @@ class Loader:
     """Reads the inventory (and, once, the web configuration) as the daemon runs it."""
 
     def __init__(self, config_path: Path, web_path: Path | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, *, strict: bool = False) -> None:
         self.config_path = config_path
+        self.strict = strict
         self.web_path = web_path
         self.environ = environ if environ is not None else os.environ
         self.file_signature: Signature | None = None
@@ -62,8 +63,11 @@ class Loader:
     async def load(self, *, with_web: bool = False) -> Loaded:
         self.file_signature = self.signature()
         inventory, web = load_configuration(self.config_path, self.web_path if with_web else None,
-                                            self.environ, tls_problem)
+                                            self.environ, tls_problem, strict=self.strict)
         inventory = await self._with_demo(inventory)
+        for problem in inventory.problems:
+            log.error("invalid inventory entry; it is reported as a target in error",
+                      extra={"source": inventory.source, "problem": problem})
         alerts = alerts_config(inventory.alerts) if inventory.alerts is not None else None
         return Loaded(inventory, alerts, web)
 

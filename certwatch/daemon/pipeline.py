@@ -64,7 +64,8 @@ class Pipeline:
             # How late the probe started, all on the monotonic clock (a wall-clock jump,
             # even one during the probe, is not lateness): each observation's duration is
             # monotonic, so the earliest start is now less the longest of them.
-            since_start = max(a.observation.duration_seconds for a in judged.assessments)
+            since_start = max((a.observation.duration_seconds for a in judged.assessments),
+                              default=0.0)
             lag = max(0.0, time.monotonic() - since_start - deadline)
             failed = any(not s.probe_success for s in statuses)
         except Exception:

@@ -47,9 +47,11 @@ def _target_labels(status: TargetStatus, user_labels: tuple[str, ...]) -> str:
     endpoint, address = status.target.endpoint, status.target.address
     own = dict(endpoint.labels)
     return _labels([
-        ("name", endpoint.name), ("host", endpoint.host), ("port", str(endpoint.port)),
+        ("name", endpoint.name), ("host", endpoint.host),
+        ("port", str(endpoint.port) if endpoint.port else ""),
         ("address", address or ""), ("server_name", endpoint.server_name or ""),
-        ("protocol", endpoint.protocol),
+        ("protocol", endpoint.protocol), ("source", endpoint.source),
+        ("location", status.target.location or ""),
         *((label, own.get(label, "")) for label in user_labels),
     ])
 
@@ -104,13 +106,18 @@ def _chain(status: TargetStatus, head: str, info: bool) -> str:
     return "".join(lines)
 
 
-def _verification(value: Callable[[Verification], bool]) -> Samples:
+def _verification(value: Callable[[Verification], bool], named: bool = False) -> Samples:
     def samples(status: TargetStatus, head: str) -> str:
         verification = status.assessment.verification
-        if verification is None:
+        if verification is None or (named and not verification.name_checked):
             return ""
         return f"{head}}} {'1.0' if value(verification) else '0.0'}\n"
     return samples
+
+
+def _key_match(status: TargetStatus) -> float | None:
+    key = status.assessment.observation.key_check
+    return None if key is None else (1.0 if key.problem is None else 0.0)
 
 
 def _verify_problems(status: TargetStatus, head: str) -> str:
@@ -169,12 +176,17 @@ FAMILIES: dict[str, tuple[str, Samples]] = {
         "1 if clients would accept the chain for this name now, else 0.",
         _with_certificate(_verification(lambda v: v.ok))),
     "certwatch_cert_hostname_match": (
-        "1 if the leaf is valid for the name checked, else 0.",
-        _with_certificate(_verification(lambda v: v.hostname_match))),
+        "1 if the leaf is valid for the name checked, else 0 (no series where no name is "
+        "checked: a certificate at rest).",
+        _with_certificate(_verification(lambda v: v.hostname_match, named=True))),
     "certwatch_cert_verify_problem": (
         "Present for each reason clients would reject the chain.",
         _with_certificate(_verify_problems)),
     "certwatch_tls_info": ("The TLS version and cipher negotiated.", _with_certificate(_tls_info)),
+    "certwatch_cert_key_match": (
+        "1 if the private key found with a certificate at rest is its key, else 0 (no series "
+        "where no key was found).",
+        _with_certificate(_gauge(_key_match))),
 }
 
 

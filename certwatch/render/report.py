@@ -13,13 +13,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from certwatch.core.alerts import Alert
 from certwatch.core.assess import Assessment
+from certwatch.core.observation import Target
 from certwatch.core.status import TargetStatus
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import State
 from certwatch.core.x509 import CertInfo
 
-__all__ = ["assessment_to_dict", "open_alerts_by_target", "render_table", "reported_days_left",
-           "safe_text", "sort_key", "status_to_dict"]
+__all__ = ["assessment_to_dict", "location_of", "open_alerts_by_target", "render_table",
+           "reported_days_left", "safe_text", "sort_key", "status_to_dict"]
 
 
 def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
@@ -49,9 +50,23 @@ def reported_days_left(a: Assessment) -> float | None:
     return round(a.days_left, 2) if a.days_left is not None else None
 
 
+def location_of(target: Target) -> str | None:
+    """Where the certificate was found: a file or object ("path#0"), or the address and
+    port of a handshake (the host's name when it did not resolve)."""
+    if target.location is not None:
+        return target.location
+    endpoint = target.endpoint
+    where = target.address or endpoint.host
+    if not where or not endpoint.port:
+        return None
+    return f"[{where}]:{endpoint.port}" if ":" in where else f"{where}:{endpoint.port}"
+
+
 def assessment_to_dict(a: Assessment) -> dict[str, Any]:
     endpoint, observation, verification = a.target.endpoint, a.observation, a.verification
     error = observation.error
+    key = observation.key_check
+    named = verification is not None and verification.name_checked
     return {
         "key": a.target.key,
         "name": endpoint.name,
@@ -60,6 +75,9 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "address": a.target.address,
         "server_name": endpoint.server_name,
         "protocol": endpoint.protocol,
+        "source": endpoint.source,
+        "location": location_of(a.target),
+        "origin": endpoint.origin,
         "state": a.state.value,
         "reasons": list(a.reasons),
         "summary": a.summary,
@@ -74,7 +92,9 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "trusted": verification.trusted if verification else None,
         "verify_error": (verification.detail or None) if verification else None,
         "verify_problems": list(verification.problems) if verification else [],
-        "hostname_match": verification.hostname_match if verification else None,
+        "hostname_match": verification.hostname_match if verification and named else None,
+        "key_match": (key.problem is None) if key is not None else None,
+        "key_problem": key.detail if key is not None and key.problem else None,
         "tls_version": observation.tls_version,
         "cipher": observation.cipher,
         "error_kind": error.kind if error else None,
@@ -138,19 +158,22 @@ def _row(a: Assessment) -> list[str]:
         f"{days:.1f}" if days is not None else "-",
         expiry,
         a.target.endpoint.name,
-        a.target.address or "-",
-        a.target.endpoint.protocol,
+        a.target.endpoint.source,
+        location_of(a.target) or "-",
+        a.target.endpoint.protocol or "-",
         issuer,
         detail,
     ]
 
 
 def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> str:
-    headers = ["STATE", "DAYS", "EXPIRES", "NAME", "ADDRESS", "PROTO", "ISSUER", "DETAIL"]
+    headers = ["STATE", "DAYS", "EXPIRES", "NAME", "SOURCE", "LOCATION", "PROTO", "ISSUER",
+               "DETAIL"]
     ordered: Sequence[Assessment] = sorted(assessments, key=sort_key)
     rows = [[safe_text(cell) for cell in _row(a)] for a in ordered]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    widths[6] = min(widths[6], 40)  # issuers are long; the JSON output has them whole
+    widths[5] = min(widths[5], 60)  # a deep path; the JSON output has it whole
+    widths[7] = min(widths[7], 40)  # issuers are long; the JSON output has them whole
     lines = []
     for cells, a in [(headers, None), *zip(rows, ordered)]:
         text = "  ".join(

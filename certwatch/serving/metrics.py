@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import platform
 
+from typing import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from certwatch.sources import SourceHealth
 
 from certwatch import __version__
 
@@ -41,5 +47,34 @@ class DaemonMetrics:
         info = Gauge("certwatch_build_info", "certwatch's version, as labels.",
                      ["version", "python_version"], registry=self.registry)
         info.labels(__version__, platform.python_version()).set(1)
+        self.invalid_entries = Gauge(
+            "certwatch_config_invalid_entries",
+            "Inventory entries validation rejected (each is a target in state error).",
+            registry=self.registry)
         for result in ("success", "failure"):
             self.reloads.labels(result)
+
+    def watch_sources(self, health: Callable[[], Mapping[str, SourceHealth]]) -> None:
+        """Exports each following source's health, read at scrape time."""
+        self.registry.register(SourceHealthCollector(health))
+
+
+class SourceHealthCollector(Collector):
+    """certwatch_source_up{source} and the time of its last success."""
+
+    def __init__(self, health: Callable[[], Mapping[str, SourceHealth]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("certwatch_source_up", "1 if the source could read what it "
+                               "reads (the Kubernetes API answers, every file reads), else 0.",
+                               labels=["source"])
+        last = GaugeMetricFamily("certwatch_source_last_success_timestamp_seconds",
+                                 "When the source last read everything it reads.",
+                                 labels=["source"])
+        for source, health in sorted(self._health().items()):
+            up.add_metric([source], 1.0 if health.up else 0.0)
+            if health.last_success is not None:
+                last.add_metric([source], health.last_success.timestamp())
+        yield up
+        yield last
