@@ -166,6 +166,13 @@ def _row(a: Assessment) -> list[str]:
     ]
 
 
+def _fit(cell: str, width: int, *, keep_end: bool = False) -> str:
+    """A cell cut to `width`; a location keeps its end (the file name and position)."""
+    if len(cell) <= width:
+        return cell
+    return "…" + cell[len(cell) - width + 1:] if keep_end else cell[: width - 1] + "…"
+
+
 def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> str:
     headers = ["STATE", "DAYS", "EXPIRES", "NAME", "SOURCE", "LOCATION", "PROTO", "ISSUER",
                "DETAIL"]
@@ -176,11 +183,8 @@ def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> 
     widths[7] = min(widths[7], 40)  # issuers are long; the JSON output has them whole
     lines = []
     for cells, a in [(headers, None), *zip(rows, ordered)]:
-        text = "  ".join(
-            (c if len(c) <= widths[i] else c[: widths[i] - 1] + "…").ljust(widths[i])
-            if i < len(cells) - 1 else c
-            for i, c in enumerate(cells)
-        )
+        text = "  ".join(_fit(c, widths[i], keep_end=i == 5).ljust(widths[i])
+                         if i < len(cells) - 1 else c for i, c in enumerate(cells))
         if colour and a is not None:
             text = f"{_COLOURS[a.state]}{text}{_RESET}"
         lines.append(text.rstrip())

@@ -263,6 +263,8 @@ class FileSource:
     def _read_entry(self, endpoint: Endpoint, started_at: datetime) -> tuple[Observation, ...]:
         selection = endpoint.selection
         assert isinstance(selection, FileSelection)
+        # What the files look like as they are read: following compares with this.
+        self._signatures[endpoint.name] = _signature(endpoint)
         paths, empty = expand(selection.patterns)
         observations: list[Observation] = []
         for pattern, why in empty:
