@@ -23,7 +23,7 @@ import json
 import os
 import ssl
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 import httpx
 
@@ -67,17 +67,26 @@ def _translate(exc: Exception) -> ApiError:
     if isinstance(exc, httpx.TimeoutException):
         return ApiError("timeout", "no answer in time")
     if isinstance(exc, httpx.ConnectError):
-        text = str(exc)
-        if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
-            return ApiError("tls", text)
-        if "refused" in text.lower():
+        causes = list(_causes(exc))
+        if any(isinstance(c, ConnectionRefusedError) for c in causes) or "refused" in str(exc):
             return ApiError("refused", "connection refused")
-        return ApiError("unreachable", text or type(exc).__name__)
+        if any(isinstance(c, ssl.SSLError) for c in causes):
+            return ApiError("tls", str(exc))
+        return ApiError("unreachable", str(exc) or type(exc).__name__)
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         return ApiError("garbage", f"the connection broke: {exc or type(exc).__name__}")
     if isinstance(exc, (ValueError, UnicodeDecodeError)):
         return ApiError("garbage", f"not the JSON the API returns: {exc}")
     return ApiError("unreachable", f"{type(exc).__name__}: {exc}")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class KubeAPI:

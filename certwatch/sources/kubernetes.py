@@ -46,6 +46,8 @@ __all__ = ["KubernetesSource", "Spec", "specs_of"]
 log = logging.getLogger(__name__)
 
 TLS_SECRET = "kubernetes.io/tls"
+_KIND = {"secrets": "secret", "configmaps": "configmap", "ingresses": "ingress",
+         "gateways": "gateway"}
 _PATHS = {"secrets": "/api/v1", "configmaps": "/api/v1",
           "ingresses": "/apis/networking.k8s.io/v1",
           "gateways": "/apis/gateway.networking.k8s.io/v1"}
@@ -339,7 +341,7 @@ class KubernetesSource:
                 reflector = reflectors.get(spec)
                 if spec.resource in ("secrets", "configmaps") or reflector is None:
                     continue
-                kind = spec.resource[:-1]
+                kind = _KIND[spec.resource]
                 for name, kept in sorted((reflector.view or {}).items()):
                     for host, port in kept["hosts"]:
                         endpoint = _discovered_endpoint(entry, host, port, f"{kind} {name}")
@@ -378,7 +380,7 @@ def _object_observations(endpoint: Endpoint, spec: Spec, name: str, kept: Kept,
                          started_at: datetime) -> list[Observation]:
     selection = endpoint.selection
     assert isinstance(selection, KubernetesSelection)
-    kind = spec.resource[:-1]
+    kind = _KIND[spec.resource]
     if spec.resource == "configmaps":
         keys = selection.configmap_keys
     elif kept.get("type") == TLS_SECRET:
