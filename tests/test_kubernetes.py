@@ -86,7 +86,8 @@ def test_builtin_kinds_match_the_kubernetes_schemas(version: str) -> None:
                 path = "/".join(str(p) for p in exc.path)
                 pytest.fail(f"{name}: {doc['kind']} at {path or '/'}: {exc.message} (Kubernetes {version})")
             checked.append(doc["kind"])
-    assert sorted(checked) == ["ConfigMap", "Secret", "Service", "ServiceAccount", "StatefulSet"]
+    assert sorted(checked) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret",
+                               "Service", "ServiceAccount", "StatefulSet"]
 
 
 def test_the_validator_rejects_a_broken_manifest() -> None:
@@ -119,8 +120,8 @@ def test_kustomize_renders_it() -> None:
     result = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rendered = {d["kind"]: d for d in yaml.safe_load_all(result.stdout) if d}
-    assert set(rendered) == {"ServiceAccount", "ConfigMap", "StatefulSet", "Service",
-                             "ServiceMonitor", "PrometheusRule"}
+    assert set(rendered) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                             "StatefulSet", "Service", "ServiceMonitor", "PrometheusRule"}
     assert _container(rendered)["image"] == f"certwatch:{certwatch.__version__}"
 
 
@@ -216,6 +217,32 @@ def test_secret_template_covers_the_credentials_the_inventory_names() -> None:
     named = set(re.findall(r"_env: *([A-Z_][A-Z0-9_]*)", text))
     named |= set(re.findall(r"_file: */run/secrets/certwatch/([A-Za-z0-9_]+)", text))
     assert named and named <= keys
+
+
+def test_rbac_grants_exactly_what_the_kubernetes_source_reads() -> None:
+    from certwatch.sources.kubernetes import _PATHS
+
+    kinds = _by_kind()
+    role, binding = kinds["ClusterRole"], kinds["ClusterRoleBinding"]
+    granted = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    used = {("" if path == "/api/v1" else path.split("/")[2], resource)
+            for resource, path in _PATHS.items()}
+    assert set(granted) == used
+    assert all(verbs == ["get", "list", "watch"] for verbs in granted.values())
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    (subject,) = binding["subjects"]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount",
+                                                  kinds["ServiceAccount"]["metadata"]["name"])
+    # The token reaches the certwatch container alone, projected where the source reads it.
+    pod = pod_spec(kinds)
+    mounts = {m["mountPath"]: m for m in _container(kinds)["volumeMounts"]}
+    volume = {v["name"]: v for v in pod["volumes"]}[
+        mounts["/var/run/secrets/kubernetes.io/serviceaccount"]["name"]]
+    sources = volume["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["path"] == "token"
+    assert sources[1]["configMap"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
 
 
 # --- prometheus-operator CRDs ---------------------------------------------------------

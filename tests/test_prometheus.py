@@ -271,7 +271,8 @@ def test_dashboard_is_importable() -> None:
     for metric in ("certwatch_target_state", "certwatch_cert_expiry_timestamp_seconds",
                    "certwatch_cert_info", "certwatch_cert_verify_problem", "certwatch_probe_error_info",
                    "certwatch_probes_total", "certwatch_tls_info", "certwatch_probe_duration_seconds",
-                   "certwatch_scan_lag_seconds", "certwatch_config_last_reload_successful"):
+                   "certwatch_scan_lag_seconds", "certwatch_config_last_reload_successful",
+                   "certwatch_source_up", "certwatch_source_last_success_timestamp_seconds"):
         assert metric in exprs, metric
 
 
@@ -354,6 +355,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                    + (f", labels: {labels[name]}" if name in labels else "") + "}"
                    for name, server in servers.items()]
         entries.append(f"{{name: down, host: 127.0.0.1, port: {closed_port()}}}")
+        entries.append("{name: files, files: ok.crt}")  # a source of another kind: the leaf
+        # and its intermediate, read from the file the 'ok' server serves
         inventory = ("defaults: {ca_file: root.pem, system_trust: false, interval: 1s, "
                      "retry_interval: 1s, timeout: 2}\nendpoints:\n"
                      + "".join(f"  - {e}\n" for e in entries))
@@ -402,8 +405,8 @@ def _wait_for_data(stack: Stack) -> None:
     """Until every target was probed, 'down' failed three times in a row, and counters
     have enough samples for rate() over 10s."""
     wait_for("certificates from every TLS target", lambda: _names(stack.query(
-        "certwatch_cert_expiry_timestamp_seconds")) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned"},
-             timeout=20)
+        "certwatch_cert_expiry_timestamp_seconds")) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned",
+                                                          "files"}, timeout=20)
     wait_for("three failed probes of 'down'", lambda: stack.query(
         'certwatch_probe_consecutive_failures{name="down"} >= 3'), timeout=20)
     wait_for("several scrapes", lambda: stack.query(
@@ -514,7 +517,7 @@ def test_the_certificate_table_joins_and_filters(stack: Stack) -> None:
     days_expr, expiry_expr = (t["expr"] for t in table["targets"])
     every = {"job": "certwatch", "instance": grafana_regex(stack.instance), "team": ".*", "env": ".*"}
     rows = {s["metric"]["name"]: s for s in stack.query(_grafana_variables(days_expr, every))}
-    assert set(rows) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned"}
+    assert set(rows) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned", "files"}
     soon = rows["soon"]["metric"]
     assert float(rows["soon"]["value"][1]) == pytest.approx(5, abs=0.1)
     assert (soon["subject"], soon["issuer"], soon["state"]) == ("CN=svc.test", "CN=Integration CA", "critical")
