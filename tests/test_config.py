@@ -23,7 +23,8 @@ def test_shipped_inventories_are_valid() -> None:
     default = load_inventory(REPO / "config" / "certwatch.yaml")
     assert default.demo  # the newcomer's default watches local demo endpoints
     reference = load_inventory(REPO / "config" / "reference.yaml")
-    assert len(reference.endpoints) == 7 and not reference.demo
+    assert len(reference.endpoints) == 9 and not reference.demo and not reference.problems
+    assert {e.source for e in reference.endpoints} == {"tls", "file", "kubernetes"}
 
 
 def test_defaults_apply_and_endpoints_override(tmp_path: Path) -> None:

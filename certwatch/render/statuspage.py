@@ -239,6 +239,8 @@ def _endpoint_cell(target: Mapping[str, Any]) -> str:
     where = "unresolved" if not address else (
         f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}")
     details = [where, str(target.get("protocol") or "tls")]
+    if target.get("source") not in (None, "tls"):  # a file or Kubernetes: where it was read
+        details = [str(target["source"]), str(target.get("location") or "")]
     if target.get("server_name"):
         details.append(f"SNI {target['server_name']}")
     labels = target.get("labels") or {}
