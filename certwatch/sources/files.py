@@ -48,7 +48,7 @@ from certwatch.core.vocabulary import ErrorKind, Phase, Reason
 from certwatch.core.x509 import pem_certificates
 from certwatch.sources import Listener, SourceHealth
 
-__all__ = ["FileSource", "FileReadError", "expand", "read_bounded"]
+__all__ = ["DecodeError", "FileReadError", "FileSource", "decode", "expand", "read_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +157,12 @@ class _Decoded:
 
 
 def decode(data: bytes, path: str, password: str | None) -> _Decoded:
-    """Certificates (and a private key) of one file; raises ProbeError-worthy ValueError
-    with a kind: ("not_a_certificate" | "bad_password", words)."""
+    """Certificates (and a private key) of one file; raises DecodeError (its kind is
+    not_a_certificate or bad_password) when there is none to read."""
     if b"-----BEGIN" in data:
         certs, problems = pem_certificates(data)
         if not certs:
-            raise _DecodeError(ErrorKind.NOT_A_CERTIFICATE, problems[0] if problems
+            raise DecodeError(ErrorKind.NOT_A_CERTIFICATE, problems[0] if problems
                                else "PEM without a certificate")
         key = None
         if any(marker in data for marker in _PEM_KEY):
@@ -180,7 +180,9 @@ def decode(data: bytes, path: str, password: str | None) -> _Decoded:
     return _pkcs12(data, password, pkcs12_first)
 
 
-class _DecodeError(Exception):
+class DecodeError(Exception):
+    """Bytes that hold no usable certificate; `kind` is the ErrorKind to report."""
+
     def __init__(self, kind: ErrorKind, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
@@ -204,13 +206,13 @@ def _pkcs12(data: bytes, password: str | None, expected: bool) -> _Decoded:
             continue
         certs = ([cert] if cert is not None else []) + list(extra)
         if not certs:
-            raise _DecodeError(ErrorKind.NOT_A_CERTIFICATE, "PKCS#12 without a certificate")
+            raise DecodeError(ErrorKind.NOT_A_CERTIFICATE, "PKCS#12 without a certificate")
         return _Decoded(certs[:MAX_CERTIFICATES], key)
     if "password" in error.lower() or "mac" in error.lower():
         told = "the configured password" if password is not None else "no password"
-        raise _DecodeError(ErrorKind.BAD_PASSWORD, f"PKCS#12 that {told} does not open")
+        raise DecodeError(ErrorKind.BAD_PASSWORD, f"PKCS#12 that {told} does not open")
     what = "PKCS#12 that cannot be read" if expected else "neither PEM, DER nor PKCS#12"
-    raise _DecodeError(ErrorKind.NOT_A_CERTIFICATE, what)
+    raise DecodeError(ErrorKind.NOT_A_CERTIFICATE, what)
 
 
 def _key_file(path: Path) -> PrivateKeyTypes | KeyCheck:
@@ -283,7 +285,7 @@ class FileSource:
         except FileReadError as exc:
             return self._failed(endpoint, path, started_at, start,
                                 ProbeError(ErrorKind.UNREADABLE, Phase.READ, f"{path}: {exc}"))
-        except _DecodeError as exc:
+        except DecodeError as exc:
             return self._failed(endpoint, path, started_at, start,
                                 ProbeError(exc.kind, Phase.DECODE, f"{path}: {exc}"))
         certs = decoded.certs

@@ -30,15 +30,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from certwatch.core.atrest import issuer_path, key_check
 from certwatch.core.inventory import Endpoint
-from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.observation import KeyCheck, Observation, ProbeError, Target
 from certwatch.core.selections import KubernetesAccess, KubernetesSelection
-from certwatch.core.vocabulary import ErrorKind, Phase, SourceKind
+from certwatch.core.vocabulary import ErrorKind, Phase, Reason, SourceKind
 from certwatch.sources import Listener, SourceHealth
-from certwatch.sources.files import _DecodeError, decode
+from certwatch.sources.files import DecodeError, decode
 from certwatch.sources.kubeapi import ApiError, KubeAPI
 
 __all__ = ["KubernetesSource", "Spec", "specs_of"]
@@ -395,9 +396,9 @@ def _object_observations(endpoint: Endpoint, spec: Spec, name: str, kept: Kept,
         data = kept["data"][key]
         try:
             if data is None:
-                raise _DecodeError(ErrorKind.NOT_A_CERTIFICATE, "not base64")
+                raise DecodeError(ErrorKind.NOT_A_CERTIFICATE, "not base64")
             decoded = decode(data, key, None)
-        except _DecodeError as exc:
+        except DecodeError as exc:
             error = ProbeError(exc.kind, Phase.DECODE, f"{where}: {exc}")
             observations.append(Observation(Target(endpoint, None, where), started_at, 0.0,
                                             error=error))
@@ -414,12 +415,7 @@ def _object_observations(endpoint: Endpoint, spec: Spec, name: str, kept: Kept,
     return observations
 
 
-def _tls_key_check(cert: Any, data: bytes, where: str) -> Any:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    from certwatch.core.observation import KeyCheck
-    from certwatch.core.vocabulary import Reason
-
+def _tls_key_check(cert: x509.Certificate, data: bytes, where: str) -> KeyCheck:
     try:
         key = load_pem_private_key(data, None)
     except (ValueError, TypeError) as exc:
