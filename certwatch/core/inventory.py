@@ -26,6 +26,7 @@ PROTOCOLS: dict[str, int] = {
     "ldap": 389,
     "postgres": 5432,
     "xmpp": 5222,
+    "mysql": 3306,  # MariaDB too: the SSL request in the handshake response
 }
 # Implicit-TLS names people write: they are plain `tls` on their own port.
 TLS_ALIASES: dict[str, int] = {
