@@ -18,6 +18,7 @@ from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_o
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
+from certwatch.core.names import a_label
 from certwatch.core.inventory import (
     ADDRESS_MODES,
     DEFAULT_LISTEN,
@@ -132,17 +133,21 @@ def _read_alerts(raw: Any, problems: Problems, base: Path,
     )
 
 
-def _host_problem(host: Any) -> str | None:
+def _host_problem(host: Any, key: str = "host") -> str | None:
     if not isinstance(host, str) or not host.strip():
         return f"'host' must be a host name or IP address, not {describe(host)}"
     if is_ip(host):
         return None
-    if len(host) > 253 or not all(
-        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
-        for label in host.rstrip(".").split(".")
-    ):
-        return f"'host' is not a valid host name: {describe(host)}"
+    try:
+        a_label(host)
+    except ValueError as exc:
+        return f"'{key}' is {exc}: {describe(host)}"
     return None
+
+
+def _wire_name(host: str) -> str:
+    """A valid host name as DNS, SNI and the proxy get it: international names as A-labels."""
+    return host if is_ip(host) else a_label(host)
 
 
 def _from_url(read: Reader) -> dict[str, Any]:
@@ -199,11 +204,16 @@ def _server_name(read: Reader, host: Any) -> str | None:
         return None  # explicitly turned off
     if isinstance(server_name, str) and is_ip(server_name):
         return None  # SNI never carries an IP literal (RFC 6066 section 3)
-    if server_name is not None and _host_problem(server_name) is not None:
+    if server_name is None:
+        return None  # the host was invalid, and said so
+    if not isinstance(server_name, str) or not server_name.strip():
         read.problem("server_name",
                      f"'server_name' must be a host name or false, not {describe(server_name)}")
         return None
-    return server_name  # type: ignore[no-any-return]
+    if (message := _host_problem(server_name, "server_name")) is not None:
+        read.problem("server_name", message)
+        return None
+    return _wire_name(server_name)
 
 
 def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
@@ -225,8 +235,10 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     host = values.get("host", raw.get("host"))
     if "url" not in raw or values:
         if (message := _host_problem(host)) is not None:
-            read.problem("host", message)
+            read.problem("url" if "url" in raw else "host", message)
             host = None
+        else:
+            host = _wire_name(str(host))
 
     port = values.get("port", raw.get("port", port_default))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:

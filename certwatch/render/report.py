@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from certwatch.core.alerts import Alert
 from certwatch.core.assess import Assessment
+from certwatch.core.names import for_people
 from certwatch.core.status import TargetStatus
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import State
@@ -137,7 +138,7 @@ def _row(a: Assessment) -> list[str]:
         a.state.value.upper(),
         f"{days:.1f}" if days is not None else "-",
         expiry,
-        a.target.endpoint.name,
+        for_people(a.target.endpoint.name),
         a.target.address or "-",
         a.target.endpoint.protocol,
         issuer,

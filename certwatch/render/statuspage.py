@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from certwatch.core.names import for_people
 from certwatch.core.vocabulary import ErrorKind, Problem, State
 from certwatch.render.report import safe_text
 
@@ -238,13 +239,15 @@ def _endpoint_cell(target: Mapping[str, Any]) -> str:
     address, port = target.get("address"), target.get("port")
     where = "unresolved" if not address else (
         f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}")
-    details = [where, str(target.get("protocol") or "tls")]
+    details = [for_people(where), str(target.get("protocol") or "tls")]
     if target.get("server_name"):
-        details.append(f"SNI {target['server_name']}")
+        sni = str(target["server_name"])
+        shown = for_people(sni)  # an international name, and its A-label for the curious
+        details.append(f"SNI {shown}" if shown == sni else f"SNI {shown} ({sni})")
     labels = target.get("labels") or {}
     tags = "".join(f'<span class="tag">{_text(k)}={_text(v)}</span>'
                    for k, v in sorted(labels.items()))
-    return (f'<div class="name">{_text(target.get("name", ""))}</div>'
+    return (f'<div class="name">{_text(for_people(str(target.get("name", ""))))}</div>'
             f'<div class="sub">{" · ".join(_text(d) for d in details)}</div>{tags}')
 
 
