@@ -52,7 +52,8 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         entry = {"host": parts.hostname or spec, "protocol": args.protocol}
         if port is not None:
             entry["port"] = port
-    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses"):
+    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses", "proxy_url",
+                   "proxy_username", "proxy_password_env"):
         if getattr(args, option) is not None:
             entry[option] = getattr(args, option)
     if args.server_name is not None:
@@ -65,8 +66,8 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Inventory:
     if args.targets:
         document = {"endpoints": [_ad_hoc_endpoint(t, args) for t in args.targets]}
-        return build_inventory(document, source="command line")
-    return load_inventory(args.config)
+        return build_inventory(document, source="command line", secrets=os.environ)
+    return load_inventory(args.config, secrets=os.environ)  # proxy passwords, not sinks
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -159,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--critical-days", type=float)
     check.add_argument("--timeout", type=float, help="seconds per phase (default 10)")
     check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
+    check.add_argument("--proxy-url", metavar="http://HOST:PORT",
+                       help="for ad hoc targets: reach them through this HTTP CONNECT proxy")
+    check.add_argument("--proxy-username", help="Basic credentials for --proxy-url ...")
+    check.add_argument("--proxy-password-env", metavar="VARIABLE",
+                       help="... with the password from this environment variable")
     check.add_argument("--insecure", action="store_true",
                        help="do not let verification problems raise the state")
     check.set_defaults(func=cmd_check)

@@ -1,11 +1,12 @@
-"""Real servers from Debian, started on loopback for the tests: MariaDB.
+"""Real servers from Debian, started on loopback for the tests: MariaDB and tinyproxy.
 
 Each is a context manager that starts the real program with a configuration written
 here (its own data directory, certificates made by the test), waits a bounded time
-until it accepts connections, and stops it on exit. They listen on 127.0.0.1 only.
+until it accepts connections, and stops it on exit. They listen on 127.0.0.1 only; the
+proxy only opens tunnels to loopback addresses, so no test traffic leaves the machine.
 
 A missing program skips its tests on a developer's machine and fails them under CI,
-where .ci/run installs the packages (mariadb-server).
+where .ci/run installs the packages (mariadb-server, tinyproxy).
 """
 
 from __future__ import annotations
@@ -131,3 +132,33 @@ class MariaDB(_Process):
                 f"--pid-file={self.directory / 'mariadb.pid'}", "--skip-log-bin",
                 "--skip-name-resolve", "--log-error=" + str(self.log), *tls]
 
+
+class TinyProxy(_Process):
+    """tinyproxy as an HTTP CONNECT proxy that opens tunnels to 127.0.0.1 only, with
+    Basic credentials required when `credentials` = (user, password) is given."""
+
+    def __init__(self, directory: Path, *, credentials: tuple[str, str] | None = None) -> None:
+        super().__init__(directory)
+        self.credentials = credentials
+        self._program = program("tinyproxy", "tinyproxy")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _prepare(self) -> None:
+        # Every target but 127.0.0.1 is refused (403) before any look-up or connection.
+        (self.directory / "allowed").write_text("^127\\.0\\.0\\.1$\n")
+        lines = [
+            f"Port {self.port}", f"Listen {self.host}", "Allow 127.0.0.1",
+            "Timeout 30", "MaxClients 100", "LogLevel Info",
+            f'LogFile "{self.directory / "tinyproxy.log"}"',
+            f'Filter "{self.directory / "allowed"}"', "FilterDefaultDeny Yes", "FilterType ere",
+            "DisableViaHeader Yes",
+        ]
+        if self.credentials is not None:
+            lines.append("BasicAuth {} {}".format(*self.credentials))
+        (self.directory / "tinyproxy.conf").write_text("\n".join(lines) + "\n")
+
+    def _command(self) -> list[str]:
+        return [self._program, "-d", "-c", str(self.directory / "tinyproxy.conf")]

@@ -20,7 +20,7 @@ from certwatch.core.assess import Assessment
 from certwatch.core.vocabulary import ErrorKind, Phase, State
 from certwatch.sources.wire import Prober
 from certwatch.sweep import sweep
-from tests.debian_servers import MariaDB
+from tests.debian_servers import MariaDB, TinyProxy
 from tests.pki import make_intermediate, make_leaf, make_root
 from tests.servers import TarpitServer
 
@@ -132,3 +132,14 @@ def test_a_greeting_cut_short_costs_one_deadline() -> None:
     assert error is not None and (error.kind, error.phase) == (ErrorKind.TIMEOUT, Phase.STARTTLS)
     assert result.observation.duration_seconds < 2
 
+
+def test_mariadb_through_a_real_proxy(mariadb_tls: Database, tmp_path: Path) -> None:
+    server = mariadb_tls.server
+    with TinyProxy(tmp_path / "proxy") as proxy:
+        (result,) = check({"host": server.host, "port": server.port, "protocol": "mysql",
+                           "server_name": "db.test", "proxy_url": proxy.url},
+                          root_pem=mariadb_tls.root_pem)
+        log = (tmp_path / "proxy" / "tinyproxy.log").read_text()
+    assert result.observation.error is None, result.summary
+    assert result.verification is not None and result.verification.ok
+    assert f"CONNECT 127.0.0.1:{server.port}" in log

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
+from certwatch.config.proxy import PROXY_KEYS, read_proxy
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
@@ -40,11 +41,11 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DAYS = 36500
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
-                 "ca_file", "addresses", "interval", "retry_interval")
+                 "ca_file", "addresses", "interval", "retry_interval", *PROXY_KEYS)
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
-                  "retry_interval")
+                  "retry_interval", *PROXY_KEYS)
 _TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts")
 _ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
 
@@ -64,13 +65,15 @@ def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
                                       f"warn_days ({warn:g})")
 
 
-def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
+def _read_defaults(raw: Any, problems: Problems, base: Path,
+                   secrets: Mapping[str, str] | None = None) -> Defaults:
     mapping = _mapping_or_none(raw, "defaults", problems)
     if mapping is None:
         return Defaults()
-    read = Reader(mapping, "defaults", problems, base)
+    read = Reader(mapping, "defaults", problems, base, secrets)
     read.unknown_keys(_DEFAULT_KEYS)
     fallback = Defaults()
+    addresses = read.choice("addresses", fallback.addresses, ADDRESS_MODES)
     defaults = Defaults(
         timeout=read.number("timeout", fallback.timeout, minimum=0.1, maximum=600),
         warn_days=read.number("warn_days", fallback.warn_days, minimum=0, maximum=MAX_DAYS),
@@ -79,9 +82,10 @@ def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
         verify=read.boolean("verify", fallback.verify),
         system_trust=read.boolean("system_trust", fallback.system_trust),
         ca_file=read.path("ca_file", None),
-        addresses=read.choice("addresses", fallback.addresses, ADDRESS_MODES),
+        addresses=addresses,
         interval=read.duration("interval", fallback.interval),
         retry_interval=read.duration("retry_interval", fallback.retry_interval),
+        proxy=read_proxy(read, None, addresses),
     )
     _thresholds_problem(read, defaults.warn_days, defaults.critical_days)
     return defaults
@@ -217,7 +221,8 @@ def _server_name(read: Reader, host: Any) -> str | None:
 
 
 def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
-                   base: Path) -> tuple[str | None, Endpoint | None]:
+                   base: Path, secrets: Mapping[str, str] | None = None
+                   ) -> tuple[str | None, Endpoint | None]:
     """The endpoint's name (for duplicate checks) and the endpoint, None if invalid."""
     label = raw.get("name") if isinstance(raw, dict) else None
     where = f"endpoint {index + 1}" + (f" {describe(label)}" if isinstance(label, str) else "")
@@ -227,7 +232,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     if not isinstance(raw, dict):
         problems.add(line, where, f"must be a mapping or a URL, not {describe(raw)}")
         return None, None
-    read = Reader(raw, where, problems, base)
+    read = Reader(raw, where, problems, base, secrets)
     read.unknown_keys(_ENDPOINT_KEYS)
     values = _from_url(read) if "url" in raw else {}
     protocol, port_default = _protocol(read, values)
@@ -264,10 +269,11 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         read.problem("name", f"'name' must be text, not {describe(name)}")
         name = None
 
+    addresses = read.choice("addresses", defaults.addresses, ADDRESS_MODES)
     endpoint = Endpoint(
         name=name or "", host=host or "", port=port or 0, protocol=protocol,
         server_name=server_name,
-        addresses=read.choice("addresses", defaults.addresses, ADDRESS_MODES),
+        addresses=addresses,
         timeout=read.number("timeout", defaults.timeout, minimum=0.1, maximum=600),
         warn_days=warn,
         critical_days=critical,
@@ -279,6 +285,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         labels=labels,
         interval=read.duration("interval", defaults.interval),
         retry_interval=read.duration("retry_interval", defaults.retry_interval),
+        proxy=read_proxy(read, defaults.proxy, addresses),
     )
     if read.failed or name is None or host is None or port is None:
         return name, None
@@ -312,15 +319,19 @@ def _read_labels(read: Reader) -> tuple[tuple[str, str], ...]:
 
 
 def parse_inventory(text: str, source: str = "<inventory>", base: Path | None = None,
-                    environ: Mapping[str, str] | None = None) -> Inventory:
+                    environ: Mapping[str, str] | None = None, *,
+                    secrets: Mapping[str, str] | None = None) -> Inventory:
     """Validates inventory YAML; raises ConfigError listing every problem."""
-    return build_inventory(load_yaml(text, source), source, base, environ)
+    return build_inventory(load_yaml(text, source), source, base, environ, secrets=secrets)
 
 
 def build_inventory(document: Any, source: str = "<inventory>", base: Path | None = None,
-                    environ: Mapping[str, str] | None = None) -> Inventory:
+                    environ: Mapping[str, str] | None = None, *,
+                    secrets: Mapping[str, str] | None = None) -> Inventory:
     """Validates an already-parsed document (from YAML, or built by the CLI). With
-    `environ`, the alert sinks are read as well (see :mod:`certwatch.config.sinks`)."""
+    `environ`, the alert sinks are read as well (see :mod:`certwatch.config.sinks`).
+    The endpoints' own secrets (proxy passwords) come from `secrets`, else `environ`."""
+    secrets = secrets if secrets is not None else environ
     base = base or Path.cwd()
     problems = Problems()
     if document is None:
@@ -329,7 +340,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
         raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {describe(document)}"])
     top = Reader(document, "", problems, base)
     top.unknown_keys(_TOP_KEYS)
-    defaults = _read_defaults(document.get("defaults"), problems, base)
+    defaults = _read_defaults(document.get("defaults"), problems, base, secrets)
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
     demo = top.boolean("demo", False)
     alerts = _read_alerts(document.get("alerts"), problems, base, environ)
@@ -344,7 +355,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     endpoints: list[Endpoint] = []
     seen: dict[str, int] = {}
     for index, (raw, line) in enumerate(zip(raw_endpoints, item_lines(raw_endpoints))):
-        name, endpoint = _read_endpoint(raw, index, line, defaults, problems, base)
+        name, endpoint = _read_endpoint(raw, index, line, defaults, problems, base, secrets)
         if name is not None and name in seen:
             problems.add(line, f"endpoint {index + 1} '{name}'",
                          f"duplicate name (first used by endpoint {seen[name] + 1}); "
@@ -373,8 +384,9 @@ def listen_problem(listen: Any) -> str | None:
 
 
 def load_inventory(path: Path | str, *, environ: Mapping[str, str] | None = None,
-                   read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:
+                   read: Callable[[Path], bytes] = Path.read_bytes,
+                   secrets: Mapping[str, str] | None = None) -> Inventory:
     """Reads and validates an inventory file; relative paths in it are relative to it."""
     path = Path(path)
     return parse_inventory(read_text(path, read), source=str(path), base=path.parent.resolve(),
-                           environ=environ)
+                           environ=environ, secrets=secrets)

@@ -59,6 +59,11 @@ class ErrorKind(StrEnum):
     CLIENT_CERT = "client_cert"
     NO_CERTIFICATE = "no_certificate"  # the handshake completed without a certificate
     INTERNAL = "internal"
+    # An egress proxy's refusals (see certwatch.sources.proxy).
+    PROXY_AUTH = "proxy_auth"
+    PROXY_DENIED = "proxy_denied"
+    PROXY_TARGET_UNREACHABLE = "proxy_target_unreachable"
+    PROXY_ERROR = "proxy_error"
 
 
 class Phase(StrEnum):
@@ -67,6 +72,7 @@ class Phase(StrEnum):
     SETUP = "setup"
     DNS = "dns"
     CONNECT = "connect"
+    PROXY = "proxy"  # reaching the proxy and its answer to CONNECT
     STARTTLS = "starttls"
     HANDSHAKE = "handshake"
 

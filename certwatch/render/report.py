@@ -61,6 +61,7 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "address": a.target.address,
         "server_name": endpoint.server_name,
         "protocol": endpoint.protocol,
+        "proxy": endpoint.proxy.url if endpoint.proxy else None,
         "state": a.state.value,
         "reasons": list(a.reasons),
         "summary": a.summary,
@@ -129,6 +130,13 @@ _COLOURS = {
 _RESET = "\033[0m"
 
 
+def _where(a: Assessment) -> str:
+    """The address, for people: through a proxy it is the name the proxy resolved."""
+    address = for_people(a.target.address) if a.target.address else "-"
+    proxy = a.target.endpoint.proxy
+    return f"{address} via {proxy.url}" if proxy else address
+
+
 def _row(a: Assessment) -> list[str]:
     days = a.days_left
     expiry = a.earliest.not_after.strftime("%Y-%m-%d") if a.earliest else "-"
@@ -139,7 +147,7 @@ def _row(a: Assessment) -> list[str]:
         f"{days:.1f}" if days is not None else "-",
         expiry,
         for_people(a.target.endpoint.name),
-        a.target.address or "-",
+        _where(a),
         a.target.endpoint.protocol,
         issuer,
         detail,

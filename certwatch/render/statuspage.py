@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from certwatch.core.names import for_people
-from certwatch.core.vocabulary import ErrorKind, Problem, State
+from certwatch.core.vocabulary import ErrorKind, Phase, Problem, State
 from certwatch.render.report import safe_text
 
 __all__ = ["CONTENT_SECURITY_POLICY", "count_states", "render_status_page", "row_order",
@@ -48,6 +48,8 @@ ERROR_WORDS: dict[str, str] = {
     ErrorKind.HANDSHAKE: "TLS handshake failed: {detail}",
     ErrorKind.CLIENT_CERT: "client certificate unusable: {detail}",
     ErrorKind.INTERNAL: "internal error: {detail}",
+    **{kind: "{detail}" for kind in (ErrorKind.PROXY_AUTH, ErrorKind.PROXY_DENIED,
+                                     ErrorKind.PROXY_TARGET_UNREACHABLE, ErrorKind.PROXY_ERROR)},
 }
 
 _CSS = """
@@ -195,8 +197,10 @@ def _sort_key(target: Mapping[str, Any]) -> tuple[int, float, str]:
 def _error_words(error: Mapping[str, Any]) -> str:
     kind, phase, detail = (str(error.get(k) or "") for k in ("kind", "phase", "detail"))
     template = ERROR_WORDS.get(kind, "{kind} during {phase}: {detail}")
-    return template.format(kind=kind.replace("_", " "), phase=phase or "probe",
-                           detail=detail or "no detail")
+    words = template.format(kind=kind.replace("_", " "), phase=phase or "probe",
+                            detail=detail or "no detail")
+    # Reaching the proxy failed (refused, timeout, ...): say whose failure it was.
+    return f"proxy: {words}" if phase == Phase.PROXY and not kind.startswith("proxy") else words
 
 
 def _probe_cell(target: Mapping[str, Any], now: datetime) -> str:
@@ -240,6 +244,8 @@ def _endpoint_cell(target: Mapping[str, Any]) -> str:
     where = "unresolved" if not address else (
         f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}")
     details = [for_people(where), str(target.get("protocol") or "tls")]
+    if target.get("proxy"):
+        details.append(f"via proxy {target['proxy']}")
     if target.get("server_name"):
         sni = str(target["server_name"])
         shown = for_people(sni)  # an international name, and its A-label for the curious
