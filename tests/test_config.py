@@ -23,7 +23,7 @@ def test_shipped_inventories_are_valid() -> None:
     default = load_inventory(REPO / "config" / "certwatch.yaml")
     assert default.demo  # the newcomer's default watches local demo endpoints
     reference = load_inventory(REPO / "config" / "reference.yaml")
-    assert len(reference.endpoints) == 7 and not reference.demo
+    assert len(reference.endpoints) == 10 and not reference.demo
 
 
 def test_defaults_apply_and_endpoints_override(tmp_path: Path) -> None:
