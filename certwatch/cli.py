@@ -54,7 +54,8 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         entry = {"host": parts.hostname or spec, "protocol": args.protocol}
         if port is not None:
             entry["port"] = port
-    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses"):
+    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses", "proxy_url",
+                   "proxy_username", "proxy_password_env"):
         if getattr(args, option) is not None:
             entry[option] = getattr(args, option)
     if args.server_name is not None:
@@ -67,8 +68,9 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Inventory:
     if args.targets:
         document = {"endpoints": [_ad_hoc_endpoint(t, args) for t in args.targets]}
-        return build_inventory(document, source="command line", strict=args.strict)
-    # The environment holds the PKCS#12 passwords; the alert sinks are not read.
+        return build_inventory(document, source="command line", environ=os.environ,
+                               with_sinks=False, strict=args.strict)
+    # The environment holds the PKCS#12 and proxy passwords; the alert sinks are not read.
     return load_inventory(args.config, environ=os.environ, with_sinks=False, strict=args.strict)
 
 
@@ -184,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--critical-days", type=float)
     check.add_argument("--timeout", type=float, help="seconds per phase (default 10)")
     check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
+    check.add_argument("--proxy-url", metavar="http://HOST:PORT",
+                       help="for ad hoc targets: reach them through this HTTP CONNECT proxy")
+    check.add_argument("--proxy-username", help="Basic credentials for --proxy-url ...")
+    check.add_argument("--proxy-password-env", metavar="VARIABLE",
+                       help="... with the password from this environment variable")
     check.add_argument("--insecure", action="store_true",
                        help="do not let verification problems raise the state")
     check.add_argument("--strict", action="store_true", help=STRICT_HELP)

@@ -205,6 +205,7 @@ class TLSServer(_LoopbackServer):
         self._client_ca = client_ca
         self._by_name: dict[str | None, ssl.SSLContext] = {}
         self._front: ssl.SSLContext | None = None
+        self.server_names: list[str | None] = []  # the SNI of each handshake, as received
 
     def _prepare(self) -> None:
         self._by_name = {
@@ -237,6 +238,8 @@ class TLSServer(_LoopbackServer):
     def _select(
         self, sock: ssl.SSLSocket | ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
     ) -> int | None:
+        with self._lock:
+            self.server_names.append(server_name)
         name = server_name.lower() if server_name is not None else None
         ctx = self._by_name.get(name) or self._by_name.get(None)
         if ctx is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from certwatch.config import ConfigError, load_inventory, parse_inventory
-from certwatch.core.inventory import Defaults, Endpoint
+from certwatch.core.inventory import TLS_ALIASES, Defaults, Endpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_shipped_inventories_are_valid() -> None:
     default = load_inventory(REPO / "config" / "certwatch.yaml")
     assert default.demo  # the newcomer's default watches local demo endpoints
     reference = load_inventory(REPO / "config" / "reference.yaml")
-    assert len(reference.endpoints) == 9 and not reference.demo and not reference.problems
+    assert len(reference.endpoints) == 12 and not reference.demo and not reference.problems
     assert {e.source for e in reference.endpoints} == {"tls", "file", "kubernetes"}
 
 
@@ -67,11 +67,27 @@ endpoints:
         ("host: mail.example.com\n    protocol: smtps", "mail.example.com", 465, "tls"),
         ("host: ldap.example.com\n    protocol: ldap", "ldap.example.com", 389, "ldap"),
         ("host: x.example.com\n    protocol: xmpp", "x.example.com", 5222, "xmpp"),
+        ("host: db.example.com\n    protocol: mysql", "db.example.com", 3306, "mysql"),
+        ("url: mysql://db.example.com", "db.example.com", 3306, "mysql"),
     ],
 )
 def test_url_shorthand_and_protocol_ports(entry: str, host: str, port: int, protocol: str) -> None:
     (endpoint,) = parse_inventory(f"endpoints:\n  - {entry}\n").endpoints
     assert (endpoint.host, endpoint.port, endpoint.protocol) == (host, port, protocol)
+
+
+@pytest.mark.parametrize(("alias", "port"), [
+    ("https", 443), ("smtps", 465), ("submissions", 465), ("imaps", 993), ("pop3s", 995),
+    ("ldaps", 636), ("ftps", 990)])
+def test_implicit_tls_shorthands(alias: str, port: int) -> None:
+    """The well-known implicit-TLS ports, as a protocol and as a URL scheme: plain TLS."""
+    assert TLS_ALIASES[alias] == port
+    as_protocol, as_url, other_port = parse_inventory(
+        f"endpoints:\n  - {{host: a.example, protocol: {alias}}}\n  - {alias}://b.example\n"
+        f"  - {{host: c.example, protocol: {alias}, port: 10443}}\n").endpoints
+    assert (as_protocol.protocol, as_protocol.port) == ("tls", port)
+    assert (as_url.protocol, as_url.port) == ("tls", port)
+    assert (other_port.protocol, other_port.port) == ("tls", 10443)
 
 
 def test_bare_string_entries_are_urls() -> None:
@@ -119,8 +135,8 @@ def test_every_problem_is_reported_once_with_its_line() -> None:
         "line 5: endpoint 2: 'port' must be a whole number from 1 to 65535, not int 70000",
         "line 8: endpoint 4 'dup': duplicate name (first used by endpoint 3); give each a distinct 'name'",
         "line 10: endpoint 4 'dup': unknown protocol 'smpt' (did you mean 'smtp'?); known: "
-        "tls, smtp, imap, pop3, ftp, ldap, postgres, xmpp, https, smtps, submissions, imaps, "
-        "pop3s, ldaps, ftps",
+        "tls, smtp, imap, pop3, ftp, ldap, postgres, xmpp, mysql, https, smtps, submissions, "
+        "imaps, pop3s, ldaps, ftps",
         "line 11: endpoint 4 'dup': 'timeout' must be a number, not 'fast'",
         "line 12: endpoint 4 'dup': 'ca_file': file not found: /nonexistent/root.pem",
         "line 13: endpoint 4 'dup': label name 'name' is reserved by certwatch",

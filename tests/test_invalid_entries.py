@@ -59,7 +59,8 @@ def test_an_invalid_entry_is_a_target_in_error(tmp_path: Path, server: TLSServer
     assert (typo["state"], typo["error_kind"], typo["error_phase"]) == ("error", "invalid", "config")
     assert typo["error"] == (f"{path}: line 51: endpoint 47 'typo': unknown protocol 'smpt' "
                              "(did you mean 'smtp'?); known: tls, smtp, imap, pop3, ftp, ldap, "
-                             "postgres, xmpp, https, smtps, submissions, imaps, pop3s, ldaps, ftps")
+                             "postgres, xmpp, mysql, https, smtps, submissions, imaps, pop3s, "
+                             "ldaps, ftps")
     assert spaces["error"] == (f"{path}: line 53: endpoint 48 'spaces': 'host' is not a valid "
                                "host name: 'not a host'")
     assert "line 51" in result.stderr and "line 53" in result.stderr  # said once, on stderr too

@@ -24,9 +24,11 @@ from certwatch.config.selections import (
     read_kubernetes_selection,
     source_of,
 )
+from certwatch.config.proxy import PROXY_KEYS, read_proxy
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
+from certwatch.core.names import a_label
 from certwatch.core.inventory import (
     ADDRESS_MODES,
     DEFAULT_LISTEN,
@@ -50,11 +52,11 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DAYS = 36500
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
-                 "ca_file", "addresses", "interval", "retry_interval")
+                 "ca_file", "addresses", "interval", "retry_interval", *PROXY_KEYS)
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
-                  "retry_interval")
+                  "retry_interval", *PROXY_KEYS)
 _TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
              "kubernetes", "strict")
 _ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
@@ -75,13 +77,15 @@ def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
                                       f"warn_days ({warn:g})")
 
 
-def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
+def _read_defaults(raw: Any, problems: Problems, base: Path,
+                   environ: Mapping[str, str] | None = None) -> Defaults:
     mapping = _mapping_or_none(raw, "defaults", problems)
     if mapping is None:
         return Defaults()
-    read = Reader(mapping, "defaults", problems, base)
+    read = Reader(mapping, "defaults", problems, base, environ)
     read.unknown_keys(_DEFAULT_KEYS)
     fallback = Defaults()
+    addresses = read.choice("addresses", fallback.addresses, ADDRESS_MODES)
     defaults = Defaults(
         timeout=read.number("timeout", fallback.timeout, minimum=0.1, maximum=600),
         warn_days=read.number("warn_days", fallback.warn_days, minimum=0, maximum=MAX_DAYS),
@@ -90,9 +94,10 @@ def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
         verify=read.boolean("verify", fallback.verify),
         system_trust=read.boolean("system_trust", fallback.system_trust),
         ca_file=read.path("ca_file", None),
-        addresses=read.choice("addresses", fallback.addresses, ADDRESS_MODES),
+        addresses=addresses,
         interval=read.duration("interval", fallback.interval),
         retry_interval=read.duration("retry_interval", fallback.retry_interval),
+        proxy=read_proxy(read, None, addresses),
     )
     _thresholds_problem(read, defaults.warn_days, defaults.critical_days)
     return defaults
@@ -144,17 +149,21 @@ def _read_alerts(raw: Any, problems: Problems, base: Path,
     )
 
 
-def _host_problem(host: Any) -> str | None:
+def _host_problem(host: Any, key: str = "host") -> str | None:
     if not isinstance(host, str) or not host.strip():
         return f"'host' must be a host name or IP address, not {describe(host)}"
     if is_ip(host):
         return None
-    if len(host) > 253 or not all(
-        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
-        for label in host.rstrip(".").split(".")
-    ):
-        return f"'host' is not a valid host name: {describe(host)}"
+    try:
+        a_label(host)
+    except ValueError as exc:
+        return f"'{key}' is {exc}: {describe(host)}"
     return None
+
+
+def _wire_name(host: str) -> str:
+    """A valid host name as DNS, SNI and the proxy get it: international names as A-labels."""
+    return host if is_ip(host) else a_label(host)
 
 
 def _from_url(read: Reader) -> dict[str, Any]:
@@ -211,11 +220,16 @@ def _server_name(read: Reader, host: Any) -> str | None:
         return None  # explicitly turned off
     if isinstance(server_name, str) and is_ip(server_name):
         return None  # SNI never carries an IP literal (RFC 6066 section 3)
-    if server_name is not None and _host_problem(server_name) is not None:
+    if server_name is None:
+        return None  # the host was invalid, and said so
+    if not isinstance(server_name, str) or not server_name.strip():
         read.problem("server_name",
                      f"'server_name' must be a host name or false, not {describe(server_name)}")
         return None
-    return server_name  # type: ignore[no-any-return]
+    if (message := _host_problem(server_name, "server_name")) is not None:
+        read.problem("server_name", message)
+        return None
+    return _wire_name(server_name)
 
 
 def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
@@ -231,7 +245,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         return None, None
     if source_of(raw) != SourceKind.TLS:
         return _read_at_rest(Reader(raw, where, problems, base, environ), defaults)
-    read = Reader(raw, where, problems, base)
+    read = Reader(raw, where, problems, base, environ)
     read.unknown_keys(_ENDPOINT_KEYS)
     values = _from_url(read) if "url" in raw else {}
     protocol, port_default = _protocol(read, values)
@@ -239,8 +253,10 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     host = values.get("host", raw.get("host"))
     if "url" not in raw or values:
         if (message := _host_problem(host)) is not None:
-            read.problem("host", message)
+            read.problem("url" if "url" in raw else "host", message)
             host = None
+        else:
+            host = _wire_name(str(host))
 
     port = values.get("port", raw.get("port", port_default))
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -266,10 +282,11 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         read.problem("name", f"'name' must be text, not {describe(name)}")
         name = None
 
+    addresses = read.choice("addresses", defaults.addresses, ADDRESS_MODES)
     endpoint = Endpoint(
         name=name or "", host=host or "", port=port or 0, protocol=protocol,
         server_name=server_name,
-        addresses=read.choice("addresses", defaults.addresses, ADDRESS_MODES),
+        addresses=addresses,
         timeout=read.number("timeout", defaults.timeout, minimum=0.1, maximum=600),
         warn_days=warn,
         critical_days=critical,
@@ -281,6 +298,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         labels=labels,
         interval=read.duration("interval", defaults.interval),
         retry_interval=read.duration("retry_interval", defaults.retry_interval),
+        proxy=read_proxy(read, defaults.proxy, addresses),
     )
     if read.failed or name is None or host is None or port is None:
         return name, None
@@ -373,7 +391,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
         raise ConfigError(source, [f"top: must be a mapping with 'endpoints:', not {describe(document)}"])
     top = Reader(document, "", problems, base)
     top.unknown_keys(_TOP_KEYS)
-    defaults = _read_defaults(document.get("defaults"), problems, base)
+    defaults = _read_defaults(document.get("defaults"), problems, base, environ)
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
     demo = top.boolean("demo", False)
     strict = top.boolean("strict", False) or strict

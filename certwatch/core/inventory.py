@@ -14,7 +14,7 @@ from certwatch.core.selections import KubernetesAccess, Selection
 
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
-    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Thresholds",
+    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy", "Thresholds",
     "is_ip", "split_listen",
 ]
 
@@ -28,6 +28,7 @@ PROTOCOLS: dict[str, int] = {
     "ldap": 389,
     "postgres": 5432,
     "xmpp": 5222,
+    "mysql": 3306,  # MariaDB too: the SSL request in the handshake response
 }
 # Implicit-TLS names people write: they are plain `tls` on their own port.
 TLS_ALIASES: dict[str, int] = {
@@ -65,6 +66,23 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class Proxy:
+    """An HTTP CONNECT proxy an endpoint is reached through. The proxy resolves the
+    endpoint's name: certwatch does no DNS for it. The password never shows in a repr."""
+
+    host: str  # a name (as an A-label) or an IP literal
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The proxy as shown to people and in JSON: never with credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     """Settings every endpoint inherits unless it overrides them."""
 
@@ -77,6 +95,7 @@ class Defaults:
     addresses: str = "all"
     interval: float = 3600.0  # seconds between probes of a target
     retry_interval: float = 300.0  # sooner, after a failed probe
+    proxy: Proxy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +128,9 @@ class Endpoint:
     selection: Selection | None = None
     rejected: tuple[str, ...] = ()
     origin: str | None = None  # where a discovered endpoint was found: "ingress <ns>/<name>"
+    # Reached through this proxy, which resolves `host`: the endpoint is then one target,
+    # whose address is `host` itself (what the CONNECT asked for).
+    proxy: Proxy | None = None
 
     @property
     def verify_name(self) -> str:

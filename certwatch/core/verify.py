@@ -31,6 +31,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from certwatch.core.names import match_form
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
 from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
@@ -116,11 +117,10 @@ class Verification:
 
 
 def _normalise_host(name: str) -> str:
-    name = name.rstrip(".").lower()
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return name
+    """IDNA 2008 + UTS #46 (not Python's IDNA 2003 codec), a wildcard label kept."""
+    if name.startswith("*."):
+        return "*." + match_form(name[2:])
+    return match_form(name)
 
 
 def hostname_matches(cert: CertInfo, name: str) -> bool:

@@ -66,6 +66,11 @@ class ErrorKind(StrEnum):
     BAD_PASSWORD = "bad_password"  # a PKCS#12 file the configured password does not open
     SOURCE = "source"  # the source itself failed (the Kubernetes API did not answer)
     INVALID = "invalid"  # the inventory entry was rejected by validation
+    # An egress proxy's refusals (see certwatch.sources.proxy).
+    PROXY_AUTH = "proxy_auth"
+    PROXY_DENIED = "proxy_denied"
+    PROXY_TARGET_UNREACHABLE = "proxy_target_unreachable"
+    PROXY_ERROR = "proxy_error"
 
 
 class Phase(StrEnum):
@@ -74,6 +79,7 @@ class Phase(StrEnum):
     SETUP = "setup"
     DNS = "dns"
     CONNECT = "connect"
+    PROXY = "proxy"  # reaching the proxy and its answer to CONNECT
     STARTTLS = "starttls"
     HANDSHAKE = "handshake"
     CONFIG = "config"  # validating the inventory entry

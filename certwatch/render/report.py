@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from certwatch.core.alerts import Alert
 from certwatch.core.assess import Assessment
 from certwatch.core.observation import Target
+from certwatch.core.names import for_people
 from certwatch.core.status import TargetStatus
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import State
@@ -78,6 +79,7 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "source": endpoint.source,
         "location": location_of(a.target),
         "origin": endpoint.origin,
+        "proxy": endpoint.proxy.url if endpoint.proxy else None,
         "state": a.state.value,
         "reasons": list(a.reasons),
         "summary": a.summary,
@@ -148,6 +150,16 @@ _COLOURS = {
 _RESET = "\033[0m"
 
 
+def _where(a: Assessment) -> str:
+    """Where the certificate was found, for people: international names in Unicode, and
+    through a proxy, the name the proxy resolved and the proxy."""
+    location = location_of(a.target)
+    if location is None:
+        return "-"
+    proxy = a.target.endpoint.proxy
+    return f"{for_people(location)} via {proxy.url}" if proxy else for_people(location)
+
+
 def _row(a: Assessment) -> list[str]:
     days = a.days_left
     expiry = a.earliest.not_after.strftime("%Y-%m-%d") if a.earliest else "-"
@@ -157,9 +169,9 @@ def _row(a: Assessment) -> list[str]:
         a.state.value.upper(),
         f"{days:.1f}" if days is not None else "-",
         expiry,
-        a.target.endpoint.name,
+        for_people(a.target.endpoint.name),
         a.target.endpoint.source,
-        location_of(a.target) or "-",
+        _where(a),
         a.target.endpoint.protocol or "-",
         issuer,
         detail,

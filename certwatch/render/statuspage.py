@@ -17,7 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from certwatch.core.vocabulary import ErrorKind, Problem, State
+from certwatch.core.names import for_people
+from certwatch.core.vocabulary import ErrorKind, Phase, Problem, State
 from certwatch.render.report import safe_text
 
 __all__ = ["CONTENT_SECURITY_POLICY", "count_states", "render_status_page", "row_order",
@@ -47,6 +48,8 @@ ERROR_WORDS: dict[str, str] = {
     ErrorKind.HANDSHAKE: "TLS handshake failed: {detail}",
     ErrorKind.CLIENT_CERT: "client certificate unusable: {detail}",
     ErrorKind.INTERNAL: "internal error: {detail}",
+    **{kind: "{detail}" for kind in (ErrorKind.PROXY_AUTH, ErrorKind.PROXY_DENIED,
+                                     ErrorKind.PROXY_TARGET_UNREACHABLE, ErrorKind.PROXY_ERROR)},
 }
 
 _CSS = """
@@ -194,8 +197,10 @@ def _sort_key(target: Mapping[str, Any]) -> tuple[int, float, str]:
 def _error_words(error: Mapping[str, Any]) -> str:
     kind, phase, detail = (str(error.get(k) or "") for k in ("kind", "phase", "detail"))
     template = ERROR_WORDS.get(kind, "{kind} during {phase}: {detail}")
-    return template.format(kind=kind.replace("_", " "), phase=phase or "probe",
-                           detail=detail or "no detail")
+    words = template.format(kind=kind.replace("_", " "), phase=phase or "probe",
+                            detail=detail or "no detail")
+    # Reaching the proxy failed (refused, timeout, ...): say whose failure it was.
+    return f"proxy: {words}" if phase == Phase.PROXY and not kind.startswith("proxy") else words
 
 
 def _probe_cell(target: Mapping[str, Any], now: datetime) -> str:
@@ -238,15 +243,19 @@ def _endpoint_cell(target: Mapping[str, Any]) -> str:
     address, port = target.get("address"), target.get("port")
     where = "unresolved" if not address else (
         f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}")
-    details = [where, str(target.get("protocol") or "tls")]
+    details = [for_people(where), str(target.get("protocol") or "tls")]
     if target.get("source") not in (None, "tls"):  # a file or Kubernetes: where it was read
         details = [str(target["source"]), str(target.get("location") or "")]
+    if target.get("proxy"):
+        details.append(f"via proxy {target['proxy']}")
     if target.get("server_name"):
-        details.append(f"SNI {target['server_name']}")
+        sni = str(target["server_name"])
+        shown = for_people(sni)  # an international name, and its A-label for the curious
+        details.append(f"SNI {shown}" if shown == sni else f"SNI {shown} ({sni})")
     labels = target.get("labels") or {}
     tags = "".join(f'<span class="tag">{_text(k)}={_text(v)}</span>'
                    for k, v in sorted(labels.items()))
-    return (f'<div class="name">{_text(target.get("name", ""))}</div>'
+    return (f'<div class="name">{_text(for_people(str(target.get("name", ""))))}</div>'
             f'<div class="sub">{" · ".join(_text(d) for d in details)}</div>{tags}')
 
 

@@ -203,6 +203,51 @@ async def xmpp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, serve
         raise StartTLSError("XMPP server refused STARTTLS")
 
 
+# MySQL and MariaDB: the server speaks first (Protocol::HandshakeV10); a client that
+# wants TLS answers with an SSLRequest (the first 32 bytes of a handshake response, with
+# CLIENT_SSL set) and the handshake follows at once on the same connection.
+_MYSQL_CLIENT_SSL = 0x0800
+# LONG_PASSWORD | PROTOCOL_41 | SSL | SECURE_CONNECTION: what every server since 4.1 speaks.
+_MYSQL_CLIENT_CAPABILITIES = 0x0001 | 0x0200 | _MYSQL_CLIENT_SSL | 0x8000
+_MYSQL_SSL_REQUEST = (
+    (32).to_bytes(3, "little") + b"\x01"  # payload length, sequence id 1
+    + _MYSQL_CLIENT_CAPABILITIES.to_bytes(4, "little")
+    + (1 << 24).to_bytes(4, "little")  # max packet size
+    + b"\x21"  # character set 33, utf8_general_ci
+    + bytes(23)
+)
+
+
+async def _mysql_packet(reader: asyncio.StreamReader) -> bytes:
+    """One MySQL packet's payload, at most MAX_STANZA_BYTES."""
+    try:
+        header = await reader.readexactly(4)
+        length = int.from_bytes(header[:3], "little")
+        if length > MAX_STANZA_BYTES:
+            raise StartTLSError(f"server announced a {length}-byte greeting: not a MySQL server?")
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise StartTLSError("MySQL server closed the connection") from None
+
+
+async def mysql(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server_name: str) -> None:
+    greeting = await _mysql_packet(reader)
+    if greeting[:1] == b"\xff":  # an ERR packet: too many connections, host blocked, ...
+        code = int.from_bytes(greeting[1:3], "little")
+        message = greeting[3:].decode("utf-8", "replace")
+        raise StartTLSError(f"MySQL server refused the connection: error {code} {_quote(message)}")
+    if greeting[:1] != b"\x0a":
+        raise StartTLSError(f"MySQL greeting is not protocol version 10 ({_quote(repr(greeting[:16]))})")
+    version, nul, rest = greeting[1:].partition(b"\x00")
+    if not nul or len(rest) < 15:  # connection id 4, auth data 8, filler 1, capabilities 2
+        raise StartTLSError("MySQL greeting is truncated")
+    capabilities = int.from_bytes(rest[13:15], "little")
+    if not capabilities & _MYSQL_CLIENT_SSL:
+        raise StartTLSError(f"MySQL server {_quote(version.decode('latin-1'))} does not offer "
+                            "TLS (CLIENT_SSL is off: no ssl_cert configured, or TLS disabled)")
+    await _send(writer, _MYSQL_SSL_REQUEST)
+
+
 DIALOGUES: dict[str, Dialogue] = {
     "smtp": smtp,
     "imap": imap,
@@ -211,4 +256,5 @@ DIALOGUES: dict[str, Dialogue] = {
     "ldap": ldap,
     "postgres": postgres,
     "xmpp": xmpp,
+    "mysql": mysql,
 }

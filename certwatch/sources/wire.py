@@ -18,6 +18,10 @@ Error kinds, for operators:
     handshake             TLS failed; the detail is OpenSSL's reason (alerts, versions, ...)
     client_cert           the configured client certificate or key could not be loaded
     internal              a bug in certwatch; the detail says what
+    proxy_*               an egress proxy refused the tunnel (see certwatch.sources.proxy)
+
+Through a proxy (`endpoint.proxy`) there is no DNS here: the proxy resolves the name, so
+the endpoint is one target whose address is the host name the CONNECT asked for.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, Awaitable, Callable
 from certwatch.core.inventory import Endpoint, is_ip
 from certwatch.core.observation import Observation, ProbeError, Target
 from certwatch.core.vocabulary import ErrorKind, Phase
+from certwatch.sources.proxy import ProxyError, open_tunnel
 from certwatch.sources.starttls import DIALOGUES, StartTLSError
 
 __all__ = ["Prober", "classify", "system_resolver"]
@@ -87,6 +92,8 @@ def classify(exc: BaseException, phase: Phase, timeout: float) -> ProbeError:
         return ProbeError(ErrorKind.DNS, phase, exc.strerror or str(exc))
     if isinstance(exc, StartTLSError):
         return ProbeError(ErrorKind.STARTTLS_UNSUPPORTED, phase, str(exc))
+    if isinstance(exc, ProxyError):
+        return ProbeError(exc.kind, phase, str(exc))
     if isinstance(exc, (asyncio.LimitOverrunError, ValueError)) and phase == Phase.STARTTLS:
         return ProbeError(ErrorKind.STARTTLS_UNSUPPORTED, phase, "server sent an overlong line")
     if isinstance(exc, asyncio.IncompleteReadError):
@@ -112,7 +119,8 @@ def classify(exc: BaseException, phase: Phase, timeout: float) -> ProbeError:
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE:
         return ProbeError(ErrorKind.UNREACHABLE, phase, exc.strerror or str(exc))
     if isinstance(exc, OSError):
-        return ProbeError(ErrorKind.UNREACHABLE if phase == Phase.CONNECT else ErrorKind.RESET, phase,
+        return ProbeError(ErrorKind.UNREACHABLE if phase in (Phase.CONNECT, Phase.PROXY)
+                          else ErrorKind.RESET, phase,
                           exc.strerror or str(exc))
     return ProbeError(ErrorKind.INTERNAL, phase, f"{type(exc).__name__}: {exc}")
 
@@ -175,6 +183,14 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     await asyncio.sleep(0)
 
 
+async def _connect(endpoint: Endpoint,
+                   address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A plaintext connection to the endpoint at `address`, directly or through its proxy."""
+    if endpoint.proxy is not None:
+        return await open_tunnel(endpoint.proxy, address, endpoint.port, limit=STREAM_LIMIT)
+    return await asyncio.open_connection(address, endpoint.port, limit=STREAM_LIMIT)
+
+
 # --- the prober ---------------------------------------------------------------------
 
 
@@ -210,8 +226,8 @@ class Prober:
         return tuple(await asyncio.gather(*(self.probe_address(endpoint, a) for a in selected)))
 
     async def _resolve(self, endpoint: Endpoint) -> list[str]:
-        if is_ip(endpoint.host):
-            return [endpoint.host]
+        if is_ip(endpoint.host) or endpoint.proxy is not None:
+            return [endpoint.host]  # through a proxy, the proxy resolves the name
         async with self._dns_slots, asyncio.timeout(endpoint.timeout):
             return await self._resolver(endpoint.host, endpoint.port)
 
@@ -230,10 +246,9 @@ class Prober:
                 except (OSError, ssl.SSLError) as exc:
                     error = ProbeError(ErrorKind.CLIENT_CERT, Phase.SETUP, f"cannot load client certificate: {exc}")
                     return Observation(target, started_at, time.monotonic() - start, error=error)
-                phase = Phase.CONNECT
+                phase = Phase.CONNECT if endpoint.proxy is None else Phase.PROXY
                 async with asyncio.timeout(endpoint.timeout):
-                    reader, writer = await asyncio.open_connection(
-                        address, endpoint.port, limit=STREAM_LIMIT)
+                    reader, writer = await _connect(endpoint, address)
                 if endpoint.protocol != "tls":
                     phase = Phase.STARTTLS
                     async with asyncio.timeout(endpoint.timeout):
