@@ -255,7 +255,8 @@ def make_inventory(endpoints: list[tuple[str, int]], ca_file: str, concurrency: 
     }, source="bench")
 
 
-async def sweep(inventory: Inventory, trust: TrustStores, deadline: float) -> list[Assessment]:
+async def timed_sweep(inventory: Inventory, trust: TrustStores,
+                      deadline: float) -> list[Assessment]:
     async with asyncio.timeout(deadline):
         return await sweep(inventory.endpoints, Prober(max_concurrency=inventory.max_concurrency), trust)
 
@@ -309,7 +310,7 @@ def run_client(args: argparse.Namespace, conn: Connection,
     trust_seconds = time.perf_counter() - start
 
     warmup = make_inventory(endpoints[:WARMUP_TARGETS], ready["ca_file"], args.concurrency)
-    warm = asyncio.run(sweep(warmup, trust, args.deadline))
+    warm = asyncio.run(timed_sweep(warmup, trust, args.deadline))
     if any(a.state is not State.OK for a in warm):
         raise SystemExit("FAIL: the warm-up sweep was not all ok:\n"
                          + "\n".join(f"  {a.target.key}: {a.summary}" for a in warm))
@@ -318,7 +319,7 @@ def run_client(args: argparse.Namespace, conn: Connection,
     conn.send("mark")  # the server measures its side of the sweep from here
     user0, sys0 = cpu_times()
     start = time.perf_counter()
-    assessments = asyncio.run(sweep(inventory, trust, args.deadline))
+    assessments = asyncio.run(timed_sweep(inventory, trust, args.deadline))
     wall = time.perf_counter() - start
     user1, sys1 = cpu_times()
 
