@@ -59,6 +59,8 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/pki.py, used by the server process
 
+from OpenSSL import SSL  # noqa: E402
+
 from certwatch.core.assess import Assessment, assess  # noqa: E402
 from certwatch.core.vocabulary import State  # noqa: E402
 from certwatch.core.x509 import parse_chain  # noqa: E402
@@ -337,7 +339,8 @@ def run_client(args: argparse.Namespace, conn: Connection,
     latencies = sorted(a.observation.duration_seconds * 1000 for a in assessments)
     figures = Figures(
         targets=len(assessments), concurrency=args.concurrency, key_type=args.key_type,
-        python=platform.python_version(), openssl=ssl.OPENSSL_VERSION,
+        python=platform.python_version(),
+        openssl=SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),  # the probe's (pyOpenSSL)
         cpus=multiprocessing.cpu_count(),
         states=dict(Counter(a.state.value for a in assessments).most_common()),
         wall_seconds=wall, probes_per_second=len(assessments) / wall,

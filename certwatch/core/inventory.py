@@ -12,7 +12,8 @@ from typing import Any
 
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
-    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Thresholds",
+    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "RevocationSettings",
+    "Thresholds",
     "is_ip", "split_listen",
 ]
 
@@ -62,6 +63,17 @@ class Thresholds:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationSettings:
+    """Which revocation checks run for an endpoint. Each soft-fails: a check that cannot
+    be made says so and leaves the state alone."""
+
+    staple: bool = True  # ask for the stapled OCSP response and check it
+    crl: bool = True  # fetch the CRLs the chain names and check them
+    ocsp: bool = False  # ask the certificate's OCSP responder (AIA)
+    timeout: float = 5.0  # seconds a fetch may take, all of it
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     """Settings every endpoint inherits unless it overrides them."""
 
@@ -74,6 +86,7 @@ class Defaults:
     addresses: str = "all"
     interval: float = 3600.0  # seconds between probes of a target
     retry_interval: float = 300.0  # sooner, after a failed probe
+    revocation: RevocationSettings = RevocationSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,7 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     interval: float = 3600.0
     retry_interval: float = 300.0
+    revocation: RevocationSettings = RevocationSettings()
 
     @property
     def verify_name(self) -> str:

@@ -35,6 +35,9 @@ class Observation:
     tls_version: str | None = None
     cipher: str | None = None
     error: ProbeError | None = None
+    # The stapled OCSP response (DER) when one was asked for: b"" when the server sent
+    # none; None when none was asked for (or the handshake did not get that far).
+    ocsp_staple: bytes | None = None
 
     @property
     def ok(self) -> bool:
