@@ -22,6 +22,8 @@ from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.logs import configure_logging
 from certwatch.render.report import assessment_to_dict, render_table, sort_key
+from certwatch.config.refusals import policy_for
+from certwatch.sources.revocation import RefusalChecks
 from certwatch.sources.wire import Prober
 from certwatch.sweep import sweep
 
@@ -59,6 +61,10 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         entry["server_name"] = False if args.server_name == "" else args.server_name
     if args.insecure:
         entry["verify"] = False
+    if args.no_revocation:
+        entry["revocation"] = False
+    elif args.ocsp:
+        entry["revocation"] = {"ocsp": True}
     return entry
 
 
@@ -69,6 +75,13 @@ def _load(args: argparse.Namespace) -> Inventory:
     return load_inventory(args.config)
 
 
+async def _check(inventory: Inventory, prober: Prober, refusals: RefusalChecks) -> list[Assessment]:
+    try:
+        return await sweep(inventory.endpoints, prober, refusals=refusals)
+    finally:
+        await refusals.aclose()
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         inventory = _load(args)
@@ -76,7 +89,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
     prober = Prober(max_concurrency=inventory.max_concurrency)
-    assessments = sorted(asyncio.run(sweep(inventory.endpoints, prober)), key=sort_key)
+    refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list))
+    assessments = sorted(asyncio.run(_check(inventory, prober, refusals)), key=sort_key)
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -161,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
     check.add_argument("--insecure", action="store_true",
                        help="do not let verification problems raise the state")
+    check.add_argument("--no-revocation", action="store_true",
+                       help="for ad hoc targets: no stapled OCSP, CRL or OCSP checks")
+    check.add_argument("--ocsp", action="store_true",
+                       help="for ad hoc targets: also ask the certificate's OCSP responder")
     check.set_defaults(func=cmd_check)
 
     validate = commands.add_parser("validate", help="check an inventory file (and a web "

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
+from certwatch.config.refusals import read_ct_log_list, read_distrust_rules, read_revocation
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
@@ -39,12 +40,13 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DAYS = 36500
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
-                 "ca_file", "addresses", "interval", "retry_interval")
+                 "ca_file", "addresses", "interval", "retry_interval", "revocation")
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
-                  "retry_interval")
-_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts")
+                  "retry_interval", "revocation")
+_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts", "distrust",
+             "ct_log_list")
 _ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
 
 
@@ -81,6 +83,7 @@ def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
         addresses=read.choice("addresses", fallback.addresses, ADDRESS_MODES),
         interval=read.duration("interval", fallback.interval),
         retry_interval=read.duration("retry_interval", fallback.retry_interval),
+        revocation=read_revocation(read, fallback.revocation),
     )
     _thresholds_problem(read, defaults.warn_days, defaults.critical_days)
     return defaults
@@ -267,6 +270,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         labels=labels,
         interval=read.duration("interval", defaults.interval),
         retry_interval=read.duration("retry_interval", defaults.retry_interval),
+        revocation=read_revocation(read, defaults.revocation),
     )
     if read.failed or name is None or host is None or port is None:
         return name, None
@@ -341,10 +345,12 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
             seen[name] = index
         if endpoint is not None:
             endpoints.append(endpoint)
+    distrust = read_distrust_rules(document.get("distrust"), "distrust", problems, base)
+    log_list = read_ct_log_list(top)
     problems.raise_for(source)
     return Inventory(endpoints=tuple(endpoints), defaults=defaults,
                      max_concurrency=int(concurrency), listen=listen, demo=demo,
-                     alerts=alerts, source=source)
+                     alerts=alerts, source=source, distrust=distrust, ct_log_list=log_list)
 
 
 def listen_problem(listen: Any) -> str | None:

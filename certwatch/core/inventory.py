@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certwatch.core.ctpolicy import CTLogList
+from certwatch.core.rootprograms import DistrustRule
+
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
     "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "RevocationSettings",
@@ -148,6 +151,8 @@ class Inventory:
     demo: bool = False  # start local demo endpoints and watch them too
     alerts: AlertSettings | None = None  # None: no notifications, no state database
     source: str = "<inventory>"
+    distrust: tuple[DistrustRule, ...] = ()  # the inventory's own rows, beside the shipped
+    ct_log_list: CTLogList | None = None  # None: the shipped log list
 
 
 def is_ip(text: str) -> bool:

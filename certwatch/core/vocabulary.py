@@ -89,6 +89,8 @@ class Reason(StrEnum):
     EXPIRING = "expiring"
     MALFORMED_CERTIFICATE = "malformed_certificate"
     HANDSHAKE_INCOMPLETE = "handshake_incomplete"
+    REVOKED = "revoked"  # the CA revoked a certificate of the chain (staple, CRL or OCSP)
+    MUST_STAPLE_MISSING = "must_staple_missing"  # must-staple, served without a valid staple
 
 
 class Severity(StrEnum):

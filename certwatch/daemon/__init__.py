@@ -35,6 +35,8 @@ from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
 from certwatch.serving.server import Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
+from certwatch.config.refusals import policy_for
+from certwatch.sources.revocation import RefusalChecks
 from certwatch.sources.trust import TrustStores
 from certwatch.sources.wire import Prober
 
@@ -54,6 +56,7 @@ class Running:
     alerts: AlertsConfig | None
     trust: TrustStores
     prober: Prober
+    refusals: RefusalChecks  # revocation and root-program lints; its cache outlives reloads
 
 
 class Daemon:
@@ -120,7 +123,9 @@ class Daemon:
         if prober is None or inventory.max_concurrency != prober.max_concurrency:
             prober = Prober(max_concurrency=inventory.max_concurrency)
         self._schedule.resize(inventory.max_concurrency)
-        self._running = Running(inventory, new, loaded.alerts, TrustStores(), prober)
+        refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list),
+                                 previous.refusals.fetcher if previous else None)
+        self._running = Running(inventory, new, loaded.alerts, TrustStores(), prober, refusals)
         for name in old.keys() - new.keys():
             self._schedule.unschedule(name)
             self._first_probe_done(name)  # a removed endpoint no longer holds readiness back
@@ -189,7 +194,8 @@ class Daemon:
         deadline = self._schedule.deadline(name)
         outcome = await self._pipeline.run(
             endpoint, running.prober, running.trust, self._notifier,
-            deadline if deadline is not None else 0.0, lambda: self._endpoint(name))
+            deadline if deadline is not None else 0.0, lambda: self._endpoint(name),
+            running.refusals)
         if outcome.lag is not None:
             self._schedule.record_lag(name, outcome.lag)
             self._first_probe_done(name)
@@ -260,6 +266,8 @@ class Daemon:
                 notifier_task.cancel()
         if self._notifier is not None:
             self._notifier.outbox.close()
+        if self._running is not None:
+            await self._running.refusals.aclose()
         await serving.runner.cleanup()
         log.info("stopped")
 
