@@ -52,7 +52,8 @@ RESERVED_LABELS = frozenset(
     {"name", "host", "port", "address", "server_name", "protocol", "job", "instance",
      # labels certwatch's own series add beside the target's
      "state", "problem", "position", "role", "serial", "fingerprint_sha256", "subject",
-     "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher"}
+     "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher",
+     "status", "source", "reason", "lint", "severity"}
 )
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
 

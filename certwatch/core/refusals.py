@@ -25,7 +25,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 
@@ -56,11 +56,12 @@ from certwatch.core.rootprograms import (
     validity_of,
 )
 from certwatch.core.verify import TrustStore
-from certwatch.core.vocabulary import Reason, State
+from certwatch.core.timestamps import rfc3339
+from certwatch.core.vocabulary import AlertKind, Reason, Severity, State
 from certwatch.core.x509 import parse_chain, sha256_hex
 
-__all__ = ["Evidence", "Lint", "LintCode", "Policy", "Refusals", "Wanted", "judge_refusals",
-           "wanted"]
+__all__ = ["Evidence", "Lint", "LintCode", "Policy", "Refusals", "Wanted", "alert_conditions",
+           "alert_details", "judge_refusals", "wanted"]
 
 
 class LintCode(StrEnum):
@@ -256,3 +257,39 @@ def judge_refusals(a: Assessment, trust: TrustStore, settings: RevocationSetting
         summary += "; " + "; ".join(lint.detail for lint in lints if lint.state is State.CRITICAL)
     return dataclasses.replace(a, state=state, reasons=tuple(reasons), summary=summary,
                                refusals=refusals)
+
+
+# --- alerts -------------------------------------------------------------------------------
+
+
+def alert_conditions(a: Assessment, name: str) -> dict[AlertKind, tuple[Severity, str]]:
+    """The alert kinds the refusals call for: `revocation` (critical: revoked, or a
+    must-staple leaf without its staple) and `policy` (the worst lint's severity)."""
+    found: dict[AlertKind, tuple[Severity, str]] = {}
+    refusals = a.refusals
+    if refusals is None or a.leaf is None:
+        return found
+    revocation = refusals.revocation
+    if revocation is not None and revocation.status is RevocationStatus.REVOKED:
+        found[AlertKind.REVOCATION] = (Severity.CRITICAL, f"{name}: {revocation.detail}")
+    elif revocation is not None and revocation.must_staple_missing:
+        found[AlertKind.REVOCATION] = (Severity.CRITICAL, f"{name}: the certificate demands an "
+                                                          "OCSP staple and none valid was served")
+    if refusals.lints:
+        worst = max(refusals.lints, key=lambda lint: lint.state.rank)
+        severity = Severity.CRITICAL if worst.state is State.CRITICAL else Severity.WARNING
+        found[AlertKind.POLICY] = (severity, f"{name}: {worst.detail}")
+    return found
+
+
+def alert_details(a: Assessment) -> dict[str, Any]:
+    """What a notification says of the refusals."""
+    refusals = a.refusals
+    revocation = refusals.revocation if refusals is not None else None
+    return {
+        "revocation_status": revocation.status.value if revocation else None,
+        "revocation_source": revocation.source.value if revocation and revocation.source else None,
+        "revocation_checked_at": rfc3339(revocation.checked_at) if revocation else None,
+        "sct_count": refusals.sct_count if refusals is not None else None,
+        "lints": [lint.code.value for lint in refusals.lints] if refusals is not None else [],
+    }

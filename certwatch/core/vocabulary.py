@@ -108,6 +108,8 @@ class AlertKind(StrEnum):
     EXPIRY = "expiry"
     VERIFICATION = "verification"
     PROBE = "probe"
+    REVOCATION = "revocation"  # revoked, or must-staple served without a staple
+    POLICY = "policy"  # root-program lints: CT policy, maximum validity, distrusted CA
 
 
 class Action(StrEnum):

@@ -36,7 +36,7 @@ from certwatch.serving.metrics import DaemonMetrics
 from certwatch.serving.server import Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
 from certwatch.config.refusals import policy_for
-from certwatch.sources.revocation import RefusalChecks
+from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
 from certwatch.sources.trust import TrustStores
 from certwatch.sources.wire import Prober
 
@@ -123,8 +123,10 @@ class Daemon:
         if prober is None or inventory.max_concurrency != prober.max_concurrency:
             prober = Prober(max_concurrency=inventory.max_concurrency)
         self._schedule.resize(inventory.max_concurrency)
-        refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list),
-                                 previous.refusals.fetcher if previous else None)
+        fetcher = previous.refusals.fetcher if previous else RevocationFetcher(
+            on_fetch=lambda source, result: self.metrics.revocation_fetches.labels(
+                source, result).inc())
+        refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list), fetcher)
         self._running = Running(inventory, new, loaded.alerts, TrustStores(), prober, refusals)
         for name in old.keys() - new.keys():
             self._schedule.unschedule(name)

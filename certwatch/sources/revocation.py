@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_CRL_BYTES = 16 * 1024 * 1024  # a large public CA's CRL is a few MB
 MAX_OCSP_BYTES = 64 * 1024
 FETCH_CONCURRENCY = 8
+WAIT_GRACE = 0.25  # seconds
 FAILURE_RETRY = timedelta(minutes=5)
 MAX_CACHE_AGE = timedelta(days=7)  # a nextUpdate further off (or none) is not believed
 STALE_RETRY = timedelta(minutes=5)  # evidence already past nextUpdate is fetched again soon
@@ -66,7 +67,10 @@ class RevocationFetcher:
 
     def __init__(self, *, max_crl_bytes: int = MAX_CRL_BYTES,
                  max_ocsp_bytes: int = MAX_OCSP_BYTES, concurrency: int = FETCH_CONCURRENCY,
-                 clock: Clock = _utcnow) -> None:
+                 clock: Clock = _utcnow,
+                 on_fetch: Callable[[str, str], None] | None = None) -> None:
+        """`on_fetch(source, result)` is told of every fetch: source crl or ocsp, result
+        success or the Unknown reason (for the daemon's counter)."""
         self.max_crl_bytes, self.max_ocsp_bytes = max_crl_bytes, max_ocsp_bytes
         self._slots = asyncio.Semaphore(concurrency)
         self._clock = clock
@@ -76,7 +80,7 @@ class RevocationFetcher:
                                 tuple[tuple[bytes, datetime] | FetchFailure, datetime]] = OrderedDict()
         self._in_flight: dict[object, asyncio.Task[None]] = {}
         self._client: httpx.AsyncClient | None = None
-        self.fetches: dict[tuple[str, str], int] = {}  # (source, result) -> count, for metrics
+        self._on_fetch = on_fetch
 
     # --- Evidence: what the judge reads ---------------------------------------------------
 
@@ -111,7 +115,9 @@ class RevocationFetcher:
                 tasks.append(self._start(key, functools.partial(self._fetch_ocsp, url, request,
                                                               settings)))
         if tasks:
-            await asyncio.wait(tasks, timeout=settings.timeout)
+            # A little past the fetch's own deadline, so a fetch that started at once has
+            # ended, one way or the other; one still queued for a slot reports pending.
+            await asyncio.wait(tasks, timeout=settings.timeout + WAIT_GRACE)
 
     def _start(self, key: object,
                fetch: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
@@ -164,7 +170,8 @@ class RevocationFetcher:
         return FetchFailure(url, Unknown.MALFORMED, f"{url}: {exc}", now)
 
     def _count(self, source: str, result: str) -> None:
-        self.fetches[(source, result)] = self.fetches.get((source, result), 0) + 1
+        if self._on_fetch is not None:
+            self._on_fetch(source, result)
 
     async def _fetch_crl(self, url: str, settings: RevocationSettings) -> None:
         try:
