@@ -58,7 +58,7 @@ from certwatch.core.rootprograms import (
 from certwatch.core.verify import TrustStore
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import AlertKind, Reason, Severity, State
-from certwatch.core.x509 import parse_chain, sha256_hex
+from certwatch.core.x509 import sha256_hex
 
 __all__ = ["Evidence", "Lint", "LintCode", "Policy", "Refusals", "Wanted", "alert_conditions",
            "alert_details", "judge_refusals", "wanted"]
@@ -119,24 +119,39 @@ def _roots_by_fingerprint(trust: TrustStore) -> dict[str, x509.Certificate]:
     return {sha256_hex(root): root for root in trust.roots}
 
 
-def _path_certificates(a: Assessment, trust: TrustStore) -> list[tuple[int, x509.Certificate,
-                                                                      x509.Certificate | None]]:
+@functools.lru_cache(maxsize=1024)
+def _ca_certificate(der: bytes) -> x509.Certificate:
+    """A CA's certificate, loaded once for every target it issued for."""
+    return x509.load_der_x509_certificate(der)
+
+
+PathCertificates = list[tuple[int, x509.Certificate, x509.Certificate | None]]
+
+
+def _path_certificates(a: Assessment, trust: TrustStore) -> PathCertificates:
     """(position, certificate, issuer) for each presented certificate on the path clients
-    build, leaf first; the issuer None when it is not at hand."""
-    parsed = parse_chain(a.observation.chain)
-    presented = {info.fingerprint_sha256: (info.position, cert)
-                 for info, cert in zip(parsed.infos, parsed.certificates)}
-    roots = _roots_by_fingerprint(trust)
+    build, leaf first; the issuer None when it is not at hand. (Loaded, not parsed: the
+    assessment has parsed them already.)"""
+    ders = a.observation.chain
+
+    def load(position: int) -> x509.Certificate | None:
+        try:
+            return _ca_certificate(ders[position]) if position else \
+                x509.load_der_x509_certificate(ders[0])
+        except (ValueError, IndexError):
+            return None
+
     path = a.verification.path if a.verification is not None else ()
     if not path:  # no trusted path: the leaf alone, with an issuer from the chain if any
-        leaf = presented.get(a.leaf.fingerprint_sha256) if a.leaf else None
+        leaf = load(0)
         if leaf is None:
             return []
-        issuer = next((c for _, c in presented.values() if c.subject == leaf[1].issuer
-                       and c is not leaf[1]), None)
-        return [(0, leaf[1], issuer)]
-    certs = [presented[i.fingerprint_sha256][1] if i.position >= 0 else
-             roots.get(i.fingerprint_sha256) for i in path]
+        issuer = next((cert for info in a.chain[1:] if (cert := load(info.position)) is not None
+                       and cert.subject == leaf.issuer), None)
+        return [(0, leaf, issuer)]
+    roots = _roots_by_fingerprint(trust)
+    certs = [load(info.position) if info.position >= 0 else roots.get(info.fingerprint_sha256)
+             for info in path]
     result = []
     for index, info in enumerate(path):
         cert = certs[index]
@@ -161,10 +176,9 @@ def wanted(a: Assessment, trust: TrustStore, settings: RevocationSettings) -> Wa
     return Wanted(tuple(dict.fromkeys(crls)), tuple(requests))
 
 
-def _revocation(a: Assessment, trust: TrustStore, settings: RevocationSettings,
+def _revocation(a: Assessment, certificates: PathCertificates, settings: RevocationSettings,
                 evidence: Evidence, now: datetime) -> Revocation:
     checks: list[RevocationCheck] = []
-    certificates = _path_certificates(a, trust)
     leaf_demands_staple = False
     for position, cert, issuer in certificates:
         staple = a.observation.ocsp_staple
@@ -231,9 +245,10 @@ def judge_refusals(a: Assessment, trust: TrustStore, settings: RevocationSetting
     that ends at another root is a private CA's, and gets no lints."""
     if a.leaf is None:
         return a
-    revocation = _revocation(a, trust, settings, evidence, now)
-    parsed = parse_chain(a.observation.chain[:1])
-    scts = embedded_scts(parsed.certificates[0]) if parsed.certificates else ()
+    certificates = _path_certificates(a, trust)
+    revocation = _revocation(a, certificates, settings, evidence, now)
+    leaf = certificates[0][1] if certificates and certificates[0][0] == 0 else None
+    scts = embedded_scts(leaf) if leaf is not None else ()
     path = a.verification.path if a.verification is not None else ()
     public = bool(path) and path[-1].fingerprint_sha256 in public_roots
     ct = judge_ct(scts, validity_of(a.leaf), policy.logs)

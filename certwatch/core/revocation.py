@@ -194,8 +194,22 @@ def ocsp_request(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
 # --- signatures ---------------------------------------------------------------------------
 
 
-def _signed(key: object, signature: bytes, data: bytes,
+_HASHES = {algorithm.name: algorithm for algorithm in (
+    hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)}
+
+
+def _signed(signer: x509.Certificate, signature: bytes, data: bytes,
             algorithm: hashes.HashAlgorithm | None) -> bool:
+    return _signed_by(signer, signature, data, algorithm.name if algorithm else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _signed_by(signer: x509.Certificate, signature: bytes, data: bytes,
+               hash_name: str | None) -> bool:
+    """Checked once per (signer, signed bytes): a server staples the same response to
+    every handshake until it fetches the next one."""
+    key = signer.public_key()
+    algorithm = _HASHES[hash_name]() if hash_name in _HASHES else None
     try:
         if isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
             key.verify(signature, data, padding.PKCS1v15(), algorithm)
@@ -208,6 +222,15 @@ def _signed(key: object, signature: bytes, data: bytes,
         else:
             return False
     except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
@@ -230,11 +253,8 @@ def _delegated_responder(response: ocsp.OCSPResponse, issuer: x509.Certificate,
             continue
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             continue
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return cert
+        if _issued_by(cert, issuer):
+            return cert
     return None
 
 
@@ -277,7 +297,7 @@ def check_ocsp(data: bytes, cert: x509.Certificate, issuer: x509.Certificate | N
                                                       f"serial {cert.serial_number:X}")
         signer = issuer if _responder_is(response, issuer) else _delegated_responder(
             response, issuer, now)
-        if signer is None or not _signed(signer.public_key(), response.signature,
+        if signer is None or not _signed(signer, response.signature,
                                          response.tbs_response_bytes,
                                          response.signature_hash_algorithm):
             return unknown(Unknown.BAD_SIGNATURE, "it is not signed by the issuer or a responder "
