@@ -18,6 +18,7 @@ loads Chrome's `log_list.json` (v3 format) into it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -67,6 +68,7 @@ class CTVerdict:
     earliest: datetime | None = None  # the earliest SCT's time (root programs cut off by it)
 
 
+@functools.lru_cache(maxsize=4096)
 def embedded_scts(cert: x509.Certificate) -> tuple[SCT, ...]:
     """The SCTs in the certificate's SignedCertificateTimestampList extension."""
     try:

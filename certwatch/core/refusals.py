@@ -119,9 +119,10 @@ def _roots_by_fingerprint(trust: TrustStore) -> dict[str, x509.Certificate]:
     return {sha256_hex(root): root for root in trust.roots}
 
 
-@functools.lru_cache(maxsize=1024)
-def _ca_certificate(der: bytes) -> x509.Certificate:
-    """A CA's certificate, loaded once for every target it issued for."""
+@functools.lru_cache(maxsize=4096)
+def _certificate(der: bytes) -> x509.Certificate:
+    """A certificate loaded once: a CA's for every target it issued for, a leaf for the
+    look-ups before and after the fetches (each is memoised on the certificate)."""
     return x509.load_der_x509_certificate(der)
 
 
@@ -136,8 +137,7 @@ def _path_certificates(a: Assessment, trust: TrustStore) -> PathCertificates:
 
     def load(position: int) -> x509.Certificate | None:
         try:
-            return _ca_certificate(ders[position]) if position else \
-                x509.load_der_x509_certificate(ders[0])
+            return _certificate(ders[position])
         except (ValueError, IndexError):
             return None
 

@@ -164,6 +164,7 @@ def _http(names: Iterable[x509.GeneralName]) -> list[str]:
             and n.value.lower().startswith(("http://", "https://"))]
 
 
+@functools.lru_cache(maxsize=4096)
 def crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
     """The HTTP URLs of the certificate's CRL Distribution Points (LDAP ones are skipped)."""
     points = extension(cert, x509.CRLDistributionPoints)
@@ -171,6 +172,7 @@ def crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))[:URLS_PER_CERTIFICATE]
 
 
+@functools.lru_cache(maxsize=4096)
 def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
     access = extension(cert, x509.AuthorityInformationAccess)
     urls = _http(d.access_location for d in access or ()
@@ -178,6 +180,7 @@ def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))[:URLS_PER_CERTIFICATE]
 
 
+@functools.lru_cache(maxsize=4096)
 def must_staple(cert: x509.Certificate) -> bool:
     """Whether the certificate carries the TLS Feature status_request (RFC 7633)."""
     features = extension(cert, x509.TLSFeature)
