@@ -61,7 +61,7 @@ from certwatch.core.vocabulary import AlertKind, Reason, Severity, State
 from certwatch.core.x509 import sha256_hex
 
 __all__ = ["Evidence", "Lint", "LintCode", "Policy", "Refusals", "Wanted", "alert_conditions",
-           "alert_details", "judge_refusals", "wanted"]
+           "alert_details", "judge_refusals", "revocation_summary", "wanted"]
 
 
 class LintCode(StrEnum):
@@ -297,14 +297,22 @@ def alert_conditions(a: Assessment, name: str) -> dict[AlertKind, tuple[Severity
     return found
 
 
-def alert_details(a: Assessment) -> dict[str, Any]:
-    """What a notification says of the refusals."""
-    refusals = a.refusals
-    revocation = refusals.revocation if refusals is not None else None
+def revocation_summary(a: Assessment) -> dict[str, Any]:
+    """The revocation status, its source and when it was checked, as JSON values (None
+    where nothing was judged): the part notifications, check JSON and the API share."""
+    revocation = a.refusals.revocation if a.refusals is not None else None
     return {
         "revocation_status": revocation.status.value if revocation else None,
         "revocation_source": revocation.source.value if revocation and revocation.source else None,
         "revocation_checked_at": rfc3339(revocation.checked_at) if revocation else None,
+    }
+
+
+def alert_details(a: Assessment) -> dict[str, Any]:
+    """What a notification says of the refusals."""
+    refusals = a.refusals
+    return {
+        **revocation_summary(a),
         "sct_count": refusals.sct_count if refusals is not None else None,
         "lints": [lint.code.value for lint in refusals.lints] if refusals is not None else [],
     }

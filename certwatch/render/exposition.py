@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 from certwatch.core.status import TargetStatus
 from certwatch.core.verify import Verification
 from certwatch.core.vocabulary import State
-from certwatch.render.refusal_metrics import REFUSAL_FAMILIES
+from certwatch.render.refusal_metrics import refusal_families
 
 __all__ = ["FAMILIES", "TargetExposition"]
 
@@ -176,7 +176,7 @@ FAMILIES: dict[str, tuple[str, Samples]] = {
         "Present for each reason clients would reject the chain.",
         _with_certificate(_verify_problems)),
     "certwatch_tls_info": ("The TLS version and cipher negotiated.", _with_certificate(_tls_info)),
-    **REFUSAL_FAMILIES,
+    **refusal_families(_gauge),
 }
 
 

@@ -1,4 +1,4 @@
-"""The exposition families of revocation and the root-program lints (one entry each in
+"""The exposition families of revocation and the root-program lints (entries of
 :data:`certwatch.render.exposition.FAMILIES`). Every label is from a bounded vocabulary:
 status, source and reason of the revocation status, lint code and severity."""
 
@@ -10,9 +10,10 @@ from certwatch.core.refusals import Refusals
 from certwatch.core.revocation import Revocation, RevocationStatus
 from certwatch.core.status import TargetStatus
 
-__all__ = ["REFUSAL_FAMILIES"]
+__all__ = ["refusal_families"]
 
 Samples = Callable[[TargetStatus, str], str]
+Value = Callable[[TargetStatus], "float | None"]
 
 
 def _refusals(status: TargetStatus) -> Refusals | None:
@@ -25,11 +26,11 @@ def _revocation(status: TargetStatus) -> Revocation | None:
     return refusals.revocation if refusals is not None else None
 
 
-def _revoked(status: TargetStatus, head: str) -> str:
+def _revoked(status: TargetStatus) -> float | None:
     revocation = _revocation(status)
     if revocation is None or revocation.status is RevocationStatus.UNKNOWN:
-        return ""
-    return f"{head}}} {'1.0' if revocation.status is RevocationStatus.REVOKED else '0.0'}\n"
+        return None
+    return 1.0 if revocation.status is RevocationStatus.REVOKED else 0.0
 
 
 def _status(status: TargetStatus, head: str) -> str:
@@ -42,25 +43,19 @@ def _status(status: TargetStatus, head: str) -> str:
             f'reason="{reason}"}} 1.0\n')
 
 
-def _checked(status: TargetStatus, head: str) -> str:
+def _checked(status: TargetStatus) -> float | None:
     revocation = _revocation(status)
-    if revocation is None or revocation.checked_at is None:
-        return ""
-    return f"{head}}} {float(revocation.checked_at.timestamp())!r}\n"
+    return revocation.checked_at.timestamp() if revocation and revocation.checked_at else None
 
 
-def _must_staple(status: TargetStatus, head: str) -> str:
+def _must_staple(status: TargetStatus) -> float | None:
     revocation = _revocation(status)
-    if revocation is None:
-        return ""
-    return f"{head}}} {'1.0' if revocation.must_staple_missing else '0.0'}\n"
+    return None if revocation is None else float(revocation.must_staple_missing)
 
 
-def _sct_count(status: TargetStatus, head: str) -> str:
+def _sct_count(status: TargetStatus) -> float | None:
     refusals = _refusals(status)
-    if refusals is None or refusals.sct_count is None:
-        return ""
-    return f"{head}}} {float(refusals.sct_count)!r}\n"
+    return None if refusals is None or refusals.sct_count is None else float(refusals.sct_count)
 
 
 def _lints(status: TargetStatus, head: str) -> str:
@@ -71,20 +66,22 @@ def _lints(status: TargetStatus, head: str) -> str:
                    for lint in refusals.lints)
 
 
-REFUSAL_FAMILIES: dict[str, tuple[str, Samples]] = {
-    "certwatch_cert_revoked": (
-        "1 if a certificate of the chain is revoked (stapled OCSP, CRL or OCSP), 0 if every "
-        "one checked is good; absent while the status is unknown.", _revoked),
-    "certwatch_revocation_status": (
-        "The revocation status (good, revoked, unknown), the source that settled it (staple, "
-        "crl, ocsp) and why it is unknown.", _status),
-    "certwatch_revocation_checked_timestamp_seconds": (
-        "When the evidence behind the revocation status was obtained.", _checked),
-    "certwatch_cert_must_staple_missing": (
-        "1 if the leaf demands an OCSP staple (must-staple) and none valid was served.",
-        _must_staple),
-    "certwatch_cert_sct_count": ("SCTs embedded in the leaf.", _sct_count),
-    "certwatch_cert_lint": (
-        "Present for each root-program lint of a publicly trusted chain (CT policy, maximum "
-        "validity, distrusted CA), with its severity.", _lints),
-}
+def refusal_families(gauge: Callable[[Value], Samples]) -> dict[str, tuple[str, Samples]]:
+    """The families, with `gauge` (the exposition's) making one-sample families."""
+    return {
+        "certwatch_cert_revoked": (
+            "1 if a certificate of the chain is revoked (stapled OCSP, CRL or OCSP), 0 if every "
+            "one checked is good; absent while the status is unknown.", gauge(_revoked)),
+        "certwatch_revocation_status": (
+            "The revocation status (good, revoked, unknown), the source that settled it (staple, "
+            "crl, ocsp) and why it is unknown.", _status),
+        "certwatch_revocation_checked_timestamp_seconds": (
+            "When the evidence behind the revocation status was obtained.", gauge(_checked)),
+        "certwatch_cert_must_staple_missing": (
+            "1 if the leaf demands an OCSP staple (must-staple) and none valid was served.",
+            gauge(_must_staple)),
+        "certwatch_cert_sct_count": ("SCTs embedded in the leaf.", gauge(_sct_count)),
+        "certwatch_cert_lint": (
+            "Present for each root-program lint of a publicly trusted chain (CT policy, maximum "
+            "validity, distrusted CA), with its severity.", _lints),
+    }

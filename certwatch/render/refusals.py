@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from certwatch.core.assess import Assessment
+from certwatch.core.refusals import revocation_summary
 from certwatch.core.revocation import RevocationCheck
 from certwatch.core.timestamps import rfc3339
 
@@ -37,9 +38,7 @@ def refusal_fields(a: Assessment) -> dict[str, Any]:
     refusals = a.refusals
     revocation = refusals.revocation if refusals is not None else None
     return {
-        "revocation_status": revocation.status.value if revocation else None,
-        "revocation_source": revocation.source.value if revocation and revocation.source else None,
-        "revocation_checked_at": rfc3339(revocation.checked_at) if revocation else None,
+        **revocation_summary(a),
         "revocation_reason": revocation.reason.value if revocation and revocation.reason else None,
         "revocation_detail": revocation.detail if revocation else None,
         "revocation_checks": [_check(c) for c in revocation.checks] if revocation else [],
