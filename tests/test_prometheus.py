@@ -582,3 +582,21 @@ def test_a_rejected_configuration_shows_in_the_reload_rule(stack: Stack) -> None
     finally:
         _write_atomically(stack.config, stack.inventory)
     wait_for("the good configuration to load again", lambda: not stack.query(expr), timeout=15)
+
+
+def test_the_daemon_shows_revocation_in_the_api_the_page_and_its_counters(stack: Stack) -> None:
+    """issue 12, end to end: the real daemon fetched the CRL and judged both targets."""
+    _wait_for_data(stack)
+    targets = stack.daemon.targets()
+    revoked, failing = targets["revoked"], targets["crlfail"]
+    assert (revoked["state"], revoked["revocation_status"], revoked["revocation_source"]) == (
+        "critical", "revoked", "crl")
+    assert "revoked" in revoked["reasons"] and revoked["revocation_checked_at"]
+    assert (failing["state"], failing["revocation_status"], failing["revocation_reason"]) == (
+        "ok", "unknown", "unreachable")
+    assert targets["ok"]["revocation_reason"] == "not_checked"
+    status, page = stack.daemon.get("/")
+    assert status == 200 and "revoked (crl)" in page
+    fetches = {s["metric"]["result"] for s in stack.query(
+        'certwatch_revocation_fetches_total{source="crl"}')}
+    assert {"success", "unreachable"} <= fetches

@@ -80,7 +80,7 @@ def refusal_families(gauge: Callable[[Value], Samples]) -> dict[str, tuple[str, 
         "certwatch_cert_must_staple_missing": (
             "1 if the leaf demands an OCSP staple (must-staple) and none valid was served.",
             gauge(_must_staple)),
-        "certwatch_cert_sct_count": ("SCTs embedded in the leaf.", gauge(_sct_count)),
+        "certwatch_cert_scts": ("SCTs embedded in the leaf.", gauge(_sct_count)),
         "certwatch_cert_lint": (
             "Present for each root-program lint of a publicly trusted chain (CT policy, maximum "
             "validity, distrusted CA), with its severity.", _lints),
