@@ -3,9 +3,10 @@
 The handshake never refuses a certificate: verification is off here and happens later,
 offline, in :mod:`certwatch.core.verify`, so expired, self-signed and mismatched certificates
 are still read; the handshake (:mod:`certwatch.sources.handshake`) also asks for the
-stapled OCSP response and hands it on, unjudged. Every phase has its own deadline and a global semaphore bounds how many
-connections are open at once. Failures become :class:`ProbeError` values, translated
-from low-level exceptions in one place (:func:`classify`).
+stapled OCSP response and hands it on, unjudged. Every phase has its own deadline and a
+global semaphore bounds how many connections are open at once. Failures become
+:class:`ProbeError` values, translated from low-level exceptions in one place
+(:func:`classify`).
 
 Error kinds, for operators:
     dns                   the name did not resolve (or not to the address family asked for)
@@ -31,7 +32,7 @@ import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from OpenSSL import SSL
 
