@@ -59,6 +59,8 @@ from typing import Any, Iterator
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/pki.py, used by the server process
 
+from OpenSSL import SSL  # noqa: E402
+
 from certwatch.core.assess import Assessment, assess  # noqa: E402
 from certwatch.core.vocabulary import State  # noqa: E402
 from certwatch.core.x509 import parse_chain  # noqa: E402
@@ -255,7 +257,8 @@ def make_inventory(endpoints: list[tuple[str, int]], ca_file: str, concurrency: 
     }, source="bench")
 
 
-async def sweep(inventory: Inventory, trust: TrustStores, deadline: float) -> list[Assessment]:
+async def timed_sweep(inventory: Inventory, trust: TrustStores,
+                      deadline: float) -> list[Assessment]:
     async with asyncio.timeout(deadline):
         return await sweep(inventory.endpoints, Prober(max_concurrency=inventory.max_concurrency), trust)
 
@@ -309,7 +312,7 @@ def run_client(args: argparse.Namespace, conn: Connection,
     trust_seconds = time.perf_counter() - start
 
     warmup = make_inventory(endpoints[:WARMUP_TARGETS], ready["ca_file"], args.concurrency)
-    warm = asyncio.run(sweep(warmup, trust, args.deadline))
+    warm = asyncio.run(timed_sweep(warmup, trust, args.deadline))
     if any(a.state is not State.OK for a in warm):
         raise SystemExit("FAIL: the warm-up sweep was not all ok:\n"
                          + "\n".join(f"  {a.target.key}: {a.summary}" for a in warm))
@@ -318,7 +321,7 @@ def run_client(args: argparse.Namespace, conn: Connection,
     conn.send("mark")  # the server measures its side of the sweep from here
     user0, sys0 = cpu_times()
     start = time.perf_counter()
-    assessments = asyncio.run(sweep(inventory, trust, args.deadline))
+    assessments = asyncio.run(timed_sweep(inventory, trust, args.deadline))
     wall = time.perf_counter() - start
     user1, sys1 = cpu_times()
 
@@ -336,7 +339,8 @@ def run_client(args: argparse.Namespace, conn: Connection,
     latencies = sorted(a.observation.duration_seconds * 1000 for a in assessments)
     figures = Figures(
         targets=len(assessments), concurrency=args.concurrency, key_type=args.key_type,
-        python=platform.python_version(), openssl=ssl.OPENSSL_VERSION,
+        python=platform.python_version(),
+        openssl=SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),  # the probe's (pyOpenSSL)
         cpus=multiprocessing.cpu_count(),
         states=dict(Counter(a.state.value for a in assessments).most_common()),
         wall_seconds=wall, probes_per_second=len(assessments) / wall,

@@ -22,7 +22,9 @@ from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.logs import configure_logging
 from certwatch.render.report import assessment_to_dict, render_table, sort_key
+from certwatch.config.refusals import policy_for
 from certwatch.sources.registry import Sources
+from certwatch.sources.revocation import RefusalChecks
 from certwatch.sweep import sweep
 
 __all__ = ["main"]
@@ -62,6 +64,10 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         entry["server_name"] = False if args.server_name == "" else args.server_name
     if args.insecure:
         entry["verify"] = False
+    if args.no_revocation:
+        entry["revocation"] = False
+    elif args.ocsp:
+        entry["revocation"] = {"ocsp": True}
     return entry
 
 
@@ -74,14 +80,15 @@ def _load(args: argparse.Namespace) -> Inventory:
     return load_inventory(args.config, environ=os.environ, with_sinks=False, strict=args.strict)
 
 
-async def _check(inventory: Inventory) -> list[Assessment]:
+async def _check(inventory: Inventory, refusals: RefusalChecks) -> list[Assessment]:
     """Every entry observed once by its source, and the endpoints they discover."""
     sources = Sources(inventory)
     try:
         discovered = await sources.discover(inventory.endpoints)
-        return await sweep([*inventory.endpoints, *discovered], sources)
+        return await sweep([*inventory.endpoints, *discovered], sources, refusals=refusals)
     finally:
         await sources.close()
+        await refusals.aclose()
 
 
 def _print_entry_problems(inventory: Inventory) -> None:
@@ -97,7 +104,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
     _print_entry_problems(inventory)
-    assessments = sorted(asyncio.run(_check(inventory)), key=sort_key)
+    refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list))
+    assessments = sorted(asyncio.run(_check(inventory, refusals)), key=sort_key)
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -194,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--insecure", action="store_true",
                        help="do not let verification problems raise the state")
     check.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    check.add_argument("--no-revocation", action="store_true",
+                       help="for ad hoc targets: no stapled OCSP, CRL or OCSP checks")
+    check.add_argument("--ocsp", action="store_true",
+                       help="for ad hoc targets: also ask the certificate's OCSP responder")
     check.set_defaults(func=cmd_check)
 
     validate = commands.add_parser("validate", help="check an inventory file (and a web "

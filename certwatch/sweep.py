@@ -2,6 +2,11 @@
 
 The one path from an endpoint to its assessments, used by `certwatch check`, by the
 daemon for each due endpoint, and by the tests and benchmarks.
+
+The expiry judgement is made first, from the observation alone. Revocation and the
+root-program lints (:class:`~certwatch.sources.revocation.RefusalChecks`) come after it:
+their fetches wait at most the endpoint's `revocation.timeout`, and whatever fails there
+leaves the expiry judgement as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from certwatch.core.assess import Assessment, assess
 from certwatch.core.inventory import Endpoint
 from certwatch.core.observation import Observation
 from certwatch.core.verify import TrustStore
+from certwatch.config.refusals import shipped_policy
 from certwatch.sources import Source
+from certwatch.sources.revocation import RefusalChecks
 from certwatch.sources.trust import TrustStores
 
 __all__ = ["Judged", "judge_endpoint", "sweep"]
@@ -35,25 +42,43 @@ class Judged:
     assessments: tuple[Assessment, ...]
     now: datetime
     trust: TrustStore
+    stores: TrustStores | None = None
+    refusals: RefusalChecks | None = None
 
     def rejudge(self, observation: Observation) -> Assessment:
         """An earlier observation judged at this moment (a certificate still known after
-        a failed probe must still cross its thresholds on time)."""
-        return assess(observation, self.now, self.trust)
+        a failed probe must still cross its thresholds on time), with the revocation
+        evidence at hand (nothing is fetched for it)."""
+        assessment = assess(observation, self.now, self.trust)
+        if self.refusals is None or self.stores is None:
+            return assessment
+        return self.refusals.judge(assessment, self.endpoint, self.stores, self.now)
 
 
 async def judge_endpoint(endpoint: Endpoint, source: Source, trust: TrustStores,
-                         clock: Clock = utcnow) -> Judged:
+                         clock: Clock = utcnow, refusals: RefusalChecks | None = None) -> Judged:
     """Observes one endpoint and assesses each of its targets."""
     observations = await source.observe(endpoint)
     now = clock()
     store = trust.for_endpoint(endpoint)
-    return Judged(endpoint, tuple(assess(o, now, store) for o in observations), now, store)
+    assessments = tuple(assess(o, now, store) for o in observations)
+    if refusals is not None:
+        assessments = await refusals.check(assessments, endpoint, trust, now)
+    return Judged(endpoint, assessments, now, store, trust, refusals)
 
 
 async def sweep(endpoints: Iterable[Endpoint], source: Source, trust: TrustStores | None = None,
-                clock: Clock = utcnow) -> list[Assessment]:
-    """Every endpoint observed concurrently (the source bounds its own connections)."""
+                clock: Clock = utcnow, refusals: RefusalChecks | None = None) -> list[Assessment]:
+    """Every endpoint observed concurrently (the source bounds its own connections).
+    Without `refusals`, revocation is checked with the shipped policy data and a
+    fetcher of this sweep's own."""
     trust = trust or TrustStores()
-    judged = await asyncio.gather(*(judge_endpoint(e, source, trust, clock) for e in endpoints))
+    own = refusals is None
+    checks = refusals or RefusalChecks(shipped_policy())
+    try:
+        judged = await asyncio.gather(*(judge_endpoint(e, source, trust, clock, checks)
+                                        for e in endpoints))
+    finally:
+        if own:
+            await checks.aclose()
     return [a for one in judged for a in one.assessments]

@@ -16,12 +16,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from dataclasses import replace
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certwatch.core.alerts import AlertPolicy, decide
-from certwatch.core.assess import assess
+from certwatch.config.refusals import shipped_policy
+from certwatch.core.assess import assess as assess_expiry
+from certwatch.core.refusals import judge_refusals
+from certwatch.core.revocation import index_crl
+from certwatch.core.x509 import sha256_hex
 from certwatch.core.verify import TrustStore
 from certwatch.config import build_inventory
 from certwatch.render.exposition import TargetExposition
@@ -30,6 +36,7 @@ from certwatch.render.report import assessment_to_dict, open_alerts_by_target, s
 from certwatch.core.status import TargetStatus, merge
 
 HERE = Path(__file__).parent / "contract"
+POLICY = shipped_policy()
 RECORD = os.environ.get("CERTWATCH_RECORD_CONTRACT") == "1"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
@@ -50,7 +57,12 @@ ENTRIES: list[dict[str, Any]] = [
     {"name": "carried", "host": "carried.contract.test", "labels": {"env": "staging"}},
     {"name": "client-cert-required", "host": "mtls.contract.test"},
     {"name": "malformed", "host": "bad.contract.test"},
+    # issue 12: a CRL lists this one; the next staples a good OCSP response, under a
+    # root taken as publicly trusted (it has no SCTs: a CT policy lint).
+    {"name": "revoked", "host": "revoked.contract.test"},
+    {"name": "stapled", "host": "stapled.contract.test"},
 ]
+CRL_URL = "http://crl.contract.test/ca.crl"
 
 
 def _record_certificates() -> dict[str, list[str]]:
@@ -96,9 +108,69 @@ def _certificates() -> dict[str, tuple[bytes, ...]]:
     return {name: tuple(base64.b64decode(c) for c in chain) for name, chain in stored.items()}
 
 
+def _record_revocation() -> dict[str, list[str]]:
+    """A second PKI for the revocation targets, with its CRL and a staple (made once)."""
+    from cryptography.x509 import ocsp
+
+    from tests.pki import make_intermediate, make_leaf, make_root
+    from tests.revocation_servers import cdp, make_crl, make_ocsp_response
+
+    root = make_root("Contract Public Root", not_before=NOW - 3650 * DAY, not_after=NOW + 3650 * DAY)
+    ca = make_intermediate(root, "Contract Public CA", not_before=NOW - 365 * DAY,
+                           not_after=NOW + 1000 * DAY)
+    revoked = make_leaf(ca, ["revoked.contract.test"], not_before=NOW - 10 * DAY,
+                        not_after=NOW + 50 * DAY, serial=0x12C, extra_extensions=[cdp(CRL_URL)])
+    stapled = make_leaf(ca, ["stapled.contract.test"], not_before=NOW - 10 * DAY,
+                        not_after=NOW + 60 * DAY, serial=0x12D)
+    crl = make_crl(ca, (0x12C,), last_update=NOW - DAY, next_update=NOW + 6 * DAY)
+    staple = make_ocsp_response(stapled.cert, ca, ocsp.OCSPCertStatus.GOOD,
+                                this_update=NOW - timedelta(hours=2),
+                                next_update=NOW + 3 * DAY)
+
+    def b64(*items: bytes) -> list[str]:
+        return [base64.b64encode(item).decode() for item in items]
+
+    der = Encoding.DER
+    return {"root": b64(root.cert.public_bytes(der)),
+            "revoked": b64(*(c.public_bytes(der) for c in revoked.chain())),
+            "stapled": b64(*(c.public_bytes(der) for c in stapled.chain())),
+            "crl": b64(crl), "staple": b64(staple)}
+
+
+def _revocation_material() -> dict[str, tuple[bytes, ...]]:
+    path = HERE / "revocation.json"
+    if RECORD and not path.exists():
+        path.write_text(json.dumps(_record_revocation(), indent=1) + "\n")
+    stored = json.loads(path.read_text())
+    return {name: tuple(base64.b64decode(c) for c in items) for name, items in stored.items()}
+
+
+class _Evidence:
+    """The contract's CRL, as the fetcher would have it."""
+
+    def __init__(self, crl: bytes) -> None:
+        self._crl = index_crl(crl, CRL_URL, NOW - timedelta(minutes=20))
+
+    def crl(self, url: str) -> Any:
+        return self._crl if url == CRL_URL else None
+
+    def ocsp(self, url: str, request: bytes) -> None:
+        return None
+
+
 def _statuses() -> list[TargetStatus]:
     certs = _certificates()
-    trust = TrustStore.of([x509.load_der_x509_certificate(certs["root"][0])])
+    extra = _revocation_material()
+    public_root = x509.load_der_x509_certificate(extra["root"][0])
+    trust = TrustStore.of([x509.load_der_x509_certificate(certs["root"][0]), public_root])
+    evidence = _Evidence(extra["crl"][0])
+    public = frozenset({sha256_hex(public_root)})
+
+    def assess(observation: Observation, now: datetime, store: TrustStore) -> Any:
+        """As the sweep judges: expiry first, then the refusals (with the contract's CRL)."""
+        judged = assess_expiry(observation, now, store)
+        return judge_refusals(judged, store, observation.target.endpoint.revocation, evidence,
+                              POLICY, now, public_roots=public)
     inventory = build_inventory({"endpoints": ENTRIES}, source="contract")
     endpoints = {e.name: e for e in inventory.endpoints}
 
@@ -129,6 +201,9 @@ def _statuses() -> list[TargetStatus]:
                              "peer rejected the handshake (tlsv13 alert certificate required); "
                              "it may require a client certificate"))],
         "malformed": [seen("malformed", "127.0.0.12", chain=(b"\x30\x03\x02\x01\x00",))],
+        "revoked": [seen("revoked", "127.0.0.13", chain=extra["revoked"])],
+        "stapled": [replace(seen("stapled", "127.0.0.14", chain=extra["stapled"]),
+                            ocsp_staple=extra["staple"][0])],
     }
     statuses: list[TargetStatus] = []
     for name, seen_now in observations.items():

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from tests.pki import make_intermediate, make_leaf, make_root
+from tests.revocation_servers import EvidenceServer, cdp, make_crl
 from tests.servers import TLSServer, closed_port
 from tests.test_daemon import RunningDaemon, free_port, wait_for
 
@@ -272,7 +273,8 @@ def test_dashboard_is_importable() -> None:
                    "certwatch_cert_info", "certwatch_cert_verify_problem", "certwatch_probe_error_info",
                    "certwatch_probes_total", "certwatch_tls_info", "certwatch_probe_duration_seconds",
                    "certwatch_scan_lag_seconds", "certwatch_config_last_reload_successful",
-                   "certwatch_source_up", "certwatch_source_last_success_timestamp_seconds"):
+                   "certwatch_source_up", "certwatch_source_last_success_timestamp_seconds",
+                   "certwatch_cert_revoked", "certwatch_revocation_status"):
         assert metric in exprs, metric
 
 
@@ -337,6 +339,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     inter = make_intermediate(root, "Integration CA", not_before=NOW - 400 * DAY, not_after=NOW + 2000 * DAY)
     (directory / "root.pem").write_bytes(root.cert_pem)
     self_signed = make_leaf(None, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 80 * DAY)
+    # issue 12: a leaf its CA's CRL lists, and one whose CRL is at a closed port.
+    crls = EvidenceServer()
+    crls.__enter__()
+    revoked = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 80 * DAY,
+                        extra_extensions=[cdp(crls.url("/ca.crl"))])
+    crls.files["/ca.crl"] = make_crl(inter, (revoked.cert.serial_number,),
+                                     last_update=NOW - DAY, next_update=NOW + 7 * DAY)
+    unreachable = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 80 * DAY,
+                            extra_extensions=[cdp(f"http://127.0.0.1:{closed_port()}/ca.crl")])
     servers = {
         "ok": TLSServer({None: _leaf(inter, directory, "ok", ["svc.test"], 80)}),
         "warn": TLSServer({None: _leaf(inter, directory, "warn", ["svc.test"], 20)},
@@ -345,10 +356,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "expired": TLSServer({None: _leaf(inter, directory, "expired", ["svc.test"], -2, 90)}),
         "wrongname": TLSServer({None: _leaf(inter, directory, "wrongname", ["other.test"], 80)}),
         "selfsigned": TLSServer({None: self_signed.write(directory, "selfsigned")}),
+        "revoked": TLSServer({None: revoked.write(directory, "revoked")}),
+        "crlfail": TLSServer({None: unreachable.write(directory, "crlfail")}),
     }
     labels = {"ok": "{team: pay, env: prod}", "soon": "{team: pay}", "warn": "{team: web}",
               "expired": "{env: prod}"}
     with contextlib.ExitStack() as stack_:
+        stack_.callback(crls.__exit__, None, None, None)
         for server in servers.values():
             stack_.enter_context(server)
         entries = [f"{{name: {name}, host: 127.0.0.1, port: {server.port}, server_name: svc.test"
@@ -405,14 +419,15 @@ def _wait_for_data(stack: Stack) -> None:
     """Until every target was probed, 'down' failed three times in a row, and counters
     have enough samples for rate() over 10s."""
     wait_for("certificates from every TLS target", lambda: _names(stack.query(
-        "certwatch_cert_expiry_timestamp_seconds")) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned",
-                                                          "files"}, timeout=20)
+        "certwatch_cert_expiry_timestamp_seconds")) == TLS_TARGETS | {"files"},
+             timeout=20)
     wait_for("three failed probes of 'down'", lambda: stack.query(
         'certwatch_probe_consecutive_failures{name="down"} >= 3'), timeout=20)
     wait_for("several scrapes", lambda: stack.query(
         'count_over_time(certwatch_probes_total{result="failure"}[10s]) >= 3'), timeout=20)
 
 
+TLS_TARGETS = {"ok", "warn", "soon", "expired", "wrongname", "selfsigned", "revoked", "crlfail"}
 EXPECTED_FIRING = {
     "CertificateExpiringSoon": {"warn", "soon", "expired"},
     "CertificateExpiringCritical": {"soon", "expired"},
@@ -420,6 +435,8 @@ EXPECTED_FIRING = {
     "CertificateUntrusted": {"selfsigned"},
     "HostnameMismatch": {"wrongname"},
     "ProbeFailing": {"down"},
+    "CertificateRevoked": {"revoked"},
+    "RevocationCheckFailing": {"crlfail"},  # its expression; the rule waits 6h on top
 }
 
 
@@ -517,7 +534,7 @@ def test_the_certificate_table_joins_and_filters(stack: Stack) -> None:
     days_expr, expiry_expr = (t["expr"] for t in table["targets"])
     every = {"job": "certwatch", "instance": grafana_regex(stack.instance), "team": ".*", "env": ".*"}
     rows = {s["metric"]["name"]: s for s in stack.query(_grafana_variables(days_expr, every))}
-    assert set(rows) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned", "files"}
+    assert set(rows) == TLS_TARGETS | {"files"}
     soon = rows["soon"]["metric"]
     assert float(rows["soon"]["value"][1]) == pytest.approx(5, abs=0.1)
     assert (soon["subject"], soon["issuer"], soon["state"]) == ("CN=svc.test", "CN=Integration CA", "critical")
@@ -568,3 +585,21 @@ def test_a_rejected_configuration_shows_in_the_reload_rule(stack: Stack) -> None
     finally:
         _write_atomically(stack.config, stack.inventory)
     wait_for("the good configuration to load again", lambda: not stack.query(expr), timeout=15)
+
+
+def test_the_daemon_shows_revocation_in_the_api_the_page_and_its_counters(stack: Stack) -> None:
+    """issue 12, end to end: the real daemon fetched the CRL and judged both targets."""
+    _wait_for_data(stack)
+    targets = stack.daemon.targets()
+    revoked, failing = targets["revoked"], targets["crlfail"]
+    assert (revoked["state"], revoked["revocation_status"], revoked["revocation_source"]) == (
+        "critical", "revoked", "crl")
+    assert "revoked" in revoked["reasons"] and revoked["revocation_checked_at"]
+    assert (failing["state"], failing["revocation_status"], failing["revocation_reason"]) == (
+        "ok", "unknown", "unreachable")
+    assert targets["ok"]["revocation_reason"] == "not_checked"
+    status, page = stack.daemon.get("/")
+    assert status == 200 and "revoked (crl)" in page
+    fetches = {s["metric"]["result"] for s in stack.query(
+        'certwatch_revocation_fetches_total{method="crl"}')}
+    assert {"success", "unreachable"} <= fetches

@@ -25,6 +25,7 @@ from certwatch.config.selections import (
     source_of,
 )
 from certwatch.config.proxy import PROXY_KEYS, read_proxy
+from certwatch.config.refusals import read_ct_log_list, read_distrust_rules, read_revocation
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
@@ -52,13 +53,14 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DAYS = 36500
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
-                 "ca_file", "addresses", "interval", "retry_interval", *PROXY_KEYS)
+                 "ca_file", "addresses", "interval", "retry_interval", "revocation",
+                 *PROXY_KEYS)
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
-                  "retry_interval", *PROXY_KEYS)
+                  "retry_interval", "revocation", *PROXY_KEYS)
 _TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
-             "kubernetes", "strict")
+             "kubernetes", "strict", "distrust", "ct_log_list")
 _ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
 
 
@@ -98,6 +100,7 @@ def _read_defaults(raw: Any, problems: Problems, base: Path,
         interval=read.duration("interval", fallback.interval),
         retry_interval=read.duration("retry_interval", fallback.retry_interval),
         proxy=read_proxy(read, None, addresses),
+        revocation=read_revocation(read, fallback.revocation),
     )
     _thresholds_problem(read, defaults.warn_days, defaults.critical_days)
     return defaults
@@ -299,6 +302,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         interval=read.duration("interval", defaults.interval),
         retry_interval=read.duration("retry_interval", defaults.retry_interval),
         proxy=read_proxy(read, defaults.proxy, addresses),
+        revocation=read_revocation(read, defaults.revocation),
     )
     if read.failed or name is None or host is None or port is None:
         return name, None
@@ -409,6 +413,8 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     entry_problems = Problems()
     endpoints = _read_endpoints(raw_endpoints, defaults, entry_problems, base, source,
                                 environ or {})
+    distrust = read_distrust_rules(document.get("distrust"), "distrust", problems, base)
+    log_list = read_ct_log_list(top)
     if len(problems) or (strict and len(entry_problems)):
         problems.extend(entry_problems)
         problems.raise_for(source)
@@ -417,7 +423,8 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
                      max_concurrency=int(concurrency), listen=listen, demo=demo,
                      alerts=alerts, source=source,
                      kubernetes=kubernetes if uses_kubernetes else None, strict=strict,
-                     problems=tuple(entry_problems.items))
+                     problems=tuple(entry_problems.items), distrust=distrust,
+                     ct_log_list=log_list)
 
 
 def _read_endpoints(raw_endpoints: list[Any], defaults: Defaults, problems: Problems,

@@ -5,6 +5,10 @@ Per target and kind there is at most one open alert (an incident):
                   (critical) or expired (critical)
     verification  clients reject the certificate (untrusted, name mismatch, ...): critical
     probe         the probe failed `after_failures` times in a row: critical
+    revocation    a certificate of the chain is revoked, or a must-staple leaf is served
+                  without its staple: critical
+    policy        a root-program lint (CT policy, maximum validity, distrusted CA): its
+                  severity, warning unless clients already refuse the certificate
 
 An alert triggers when its condition starts, escalates within the same incident
 (warning -> critical, e.g. 29 -> 6 days), is re-sent at the repeat interval of its
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
+from certwatch.core.refusals import alert_conditions, alert_details
 from certwatch.core.status import TargetStatus
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Action, AlertKind, Severity
@@ -100,6 +105,7 @@ def _details(status: TargetStatus) -> dict[str, Any]:
         "verify_error": a.verification.detail if a.verification and a.verification.detail else None,
         "error": str(status.last_error) if status.last_error else None,
         "consecutive_failures": status.consecutive_failures,
+        **alert_details(a),
     }
 
 
@@ -118,6 +124,7 @@ def conditions(status: TargetStatus, policy: AlertPolicy) -> dict[AlertKind, tup
         found[AlertKind.VERIFICATION] = (
             Severity.CRITICAL,
             f"{name}: clients reject the certificate ({', '.join(a.rejections)})")
+    found.update(alert_conditions(a, name))
     if status.consecutive_failures >= policy.probe_failures and status.last_error is not None:
         found[AlertKind.PROBE] = (Severity.CRITICAL,
                                   f"{name}: {status.consecutive_failures} probes failed in a "
@@ -197,4 +204,8 @@ def _resolution(alert: Alert, status: TargetStatus, details: Mapping[str, Any]) 
         return f"{name}: certificate expiry is no longer within the thresholds"
     if alert.kind == AlertKind.VERIFICATION:
         return f"{name}: clients accept the certificate again"
+    if alert.kind == AlertKind.REVOCATION:
+        return f"{name}: the certificate served is no longer revoked (renewed or replaced)"
+    if alert.kind == AlertKind.POLICY:
+        return f"{name}: the certificate no longer breaks a root-program rule"
     return f"{name}: probes succeed again"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from certwatch.core.atrest import verify_at_rest
 from certwatch.core.observation import Observation, Target
@@ -17,6 +18,9 @@ from certwatch.core.timestamps import SECONDS_PER_DAY
 from certwatch.core.verify import TrustStore, Verification, verify_chain
 from certwatch.core.vocabulary import ErrorKind, Problem, Reason, SourceKind, State
 from certwatch.core.x509 import CertInfo, parse_chain
+
+if TYPE_CHECKING:
+    from certwatch.core.refusals import Refusals
 
 __all__ = ["Assessment", "assess"]
 
@@ -33,6 +37,7 @@ class Assessment:
     verification: Verification | None = None
     earliest: CertInfo | None = None  # the certificate of the chain that expires first
     expiry: Expiry | None = None  # the threshold policy's judgement of `earliest`
+    refusals: Refusals | None = None  # revocation and root-program lints, when judged
 
     @property
     def leaf(self) -> CertInfo | None:

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from certwatch.core.ctpolicy import CTLogList
+from certwatch.core.rootprograms import DistrustRule
 from certwatch.core.selections import KubernetesAccess, Selection
 
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
-    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy", "Thresholds",
+    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
+    "RevocationSettings", "Thresholds",
     "is_ip", "split_listen",
 ]
 
@@ -52,7 +55,7 @@ RESERVED_LABELS = frozenset(
      # labels certwatch's own series add beside the target's
      "state", "problem", "position", "role", "serial", "fingerprint_sha256", "subject",
      "issuer", "key_type", "signature_algorithm", "kind", "phase", "version", "cipher",
-     "source", "location"}
+     "source", "location", "status", "method", "reason", "lint", "severity"}
 )
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
 
@@ -83,6 +86,17 @@ class Proxy:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationSettings:
+    """Which revocation checks run for an endpoint. Each soft-fails: a check that cannot
+    be made says so and leaves the state alone."""
+
+    staple: bool = True  # ask for the stapled OCSP response and check it
+    crl: bool = True  # fetch the CRLs the chain names and check them
+    ocsp: bool = False  # ask the certificate's OCSP responder (AIA)
+    timeout: float = 5.0  # seconds a fetch may take, all of it
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     """Settings every endpoint inherits unless it overrides them."""
 
@@ -96,6 +110,7 @@ class Defaults:
     interval: float = 3600.0  # seconds between probes of a target
     retry_interval: float = 300.0  # sooner, after a failed probe
     proxy: Proxy | None = None
+    revocation: RevocationSettings = RevocationSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +146,7 @@ class Endpoint:
     # Reached through this proxy, which resolves `host`: the endpoint is then one target,
     # whose address is `host` itself (what the CONNECT asked for).
     proxy: Proxy | None = None
+    revocation: RevocationSettings = RevocationSettings()
 
     @property
     def verify_name(self) -> str:
@@ -169,6 +185,8 @@ class Inventory:
     kubernetes: KubernetesAccess | None = None  # how the kubernetes entries reach the API
     strict: bool = False  # any invalid entry rejects the whole file
     problems: tuple[str, ...] = ()  # the invalid entries' problems (each is a target in error)
+    distrust: tuple[DistrustRule, ...] = ()  # the inventory's own rows, beside the shipped
+    ct_log_list: CTLogList | None = None  # None: the shipped log list
 
 
 def is_ip(text: str) -> bool:

@@ -43,6 +43,9 @@ class Observation:
     cipher: str | None = None
     error: ProbeError | None = None
     key_check: KeyCheck | None = None  # the private key found with the certificate, if any
+    # The stapled OCSP response (DER) when one was asked for: b"" when the server sent
+    # none; None when none was asked for (or the handshake did not get that far).
+    ocsp_staple: bytes | None = None
 
     @property
     def ok(self) -> bool:

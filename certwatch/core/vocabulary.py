@@ -107,6 +107,8 @@ class Reason(StrEnum):
     HANDSHAKE_INCOMPLETE = "handshake_incomplete"
     KEY_MISMATCH = "key_mismatch"  # the private key beside the certificate is not its key
     KEY_UNREADABLE = "key_unreadable"  # a private key was given but cannot be decoded
+    REVOKED = "revoked"  # the CA revoked a certificate of the chain (staple, CRL or OCSP)
+    MUST_STAPLE_MISSING = "must_staple_missing"  # must-staple, served without a valid staple
 
 
 class Severity(StrEnum):
@@ -124,6 +126,8 @@ class AlertKind(StrEnum):
     EXPIRY = "expiry"
     VERIFICATION = "verification"
     PROBE = "probe"
+    REVOCATION = "revocation"  # revoked, or must-staple served without a staple
+    POLICY = "policy"  # root-program lints: CT policy, maximum validity, distrusted CA
 
 
 class Action(StrEnum):

@@ -29,6 +29,7 @@ from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.status import TargetStatus
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
+from certwatch.daemon.reloads import ConfigStatus
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.sourcing import endpoint_map, swap_endpoints
 from certwatch.daemon.store import Store
@@ -36,6 +37,8 @@ from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
 from certwatch.serving.server import Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
+from certwatch.config.refusals import policy_for
+from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
 from certwatch.sources import Listener
 from certwatch.sources.registry import Sources
 from certwatch.sources.trust import TrustStores
@@ -53,6 +56,7 @@ class Running:
     alerts: AlertsConfig | None
     trust: TrustStores
     sources: Sources
+    refusals: RefusalChecks  # revocation and root-program lints; its cache outlives reloads
 
 
 class Daemon:
@@ -76,7 +80,7 @@ class Daemon:
         self._schedule.wanted = lambda name: self._endpoint(name) is not None
         self._pipeline = Pipeline(self.store, self.metrics)
         self._unprobed: set[str] = set()
-        self._notices: list[str] = []
+        self._config = ConfigStatus(self.metrics)
         self._notifier: Notifier | None = None
         self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
         self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
@@ -98,7 +102,7 @@ class Daemon:
 
     def notices(self) -> list[str]:
         degraded = self._notifier.degraded if self._notifier else None
-        return list(self._notices) + ([f"alerting degraded: {degraded}"] if degraded else [])
+        return self._config.notices + ([f"alerting degraded: {degraded}"] if degraded else [])
 
     def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]:
         return self._notifier.alerts_by_target() if self._notifier else {}
@@ -119,16 +123,17 @@ class Daemon:
         for replaced in sources.replaced:
             asyncio.ensure_future(sources.close([replaced]))
         self._schedule.resize(inventory.max_concurrency)
+        fetcher = previous.refusals.fetcher if previous else RevocationFetcher(
+            on_fetch=lambda source, result: self.metrics.revocation_fetches.labels(
+                source, result).inc())
+        refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list), fetcher)
         self._running = Running(inventory, previous.endpoints if previous else {},
-                                loaded.alerts, TrustStores(), sources)
+                                loaded.alerts, TrustStores(), sources, refusals)
         self.metrics.invalid_entries.set(len(inventory.problems))
         if self._notifier is not None and loaded.alerts is not None:
             self._notifier.reconfigure(loaded.alerts)
         sources.follow(inventory.endpoints, self._listener)
-        now = self._set_endpoints(sources.discovered())
-        self.metrics.reload_ok.set(1)
-        self.metrics.reload_time.set(now.timestamp())
-        self.metrics.reloads.labels("success").inc()
+        self._config.loaded(self._set_endpoints(sources.discovered()))
 
     def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:
         running = self._running
@@ -154,12 +159,11 @@ class Daemon:
         try:
             loaded = await self.loader.load(with_web=previous is None)
         except ConfigError as exc:
-            self._rejected(why, exc, kept=previous is not None)
+            self._config.rejected(why, exc, kept=previous is not None)
             return False
         if previous is None:
             self.web_config = loaded.web
         self._apply(loaded)
-        self._notices = []
         inventory = loaded.inventory
         if previous is not None and inventory.listen != previous.inventory.listen \
                 and not self.listen_override:
@@ -168,24 +172,8 @@ class Daemon:
         log.info("configuration loaded", extra={"why": why, "endpoints": len(inventory.endpoints)})
         return True
 
-    def _rejected(self, why: str, exc: ConfigError, *, kept: bool) -> None:
-        self.metrics.reload_ok.set(0)
-        self.metrics.reloads.labels("failure").inc()
-        still = "; still running the previous inventory" if kept else ""
-        self._notices = [f"configuration reload ({why}) failed{still}. {exc}"]
-        message = ("configuration rejected; the previous inventory keeps running" if kept
-                   else "configuration rejected")
-        for source, problems in exc.parts:
-            log.error(message, extra={"why": why, "source": source, "problems": list(problems)})
-
     def _config_missing(self) -> None:
-        self.metrics.reload_ok.set(0)
-        self.metrics.reloads.labels("failure").inc()
-        path = self.loader.config_path
-        self._notices = [f"configuration file {path} is missing; "
-                         "still running the previous inventory"]
-        log.error("configuration file is missing; the previous inventory keeps running",
-                  extra={"path": str(path)})
+        self._config.missing(self.loader.config_path)
 
     # --- probing ---------------------------------------------------------------------------
 
@@ -197,7 +185,8 @@ class Daemon:
         deadline = self._schedule.deadline(name)
         outcome = await self._pipeline.run(
             endpoint, running.sources, running.trust, self._notifier,
-            deadline if deadline is not None else 0.0, lambda: self._endpoint(name))
+            deadline if deadline is not None else 0.0, lambda: self._endpoint(name),
+            running.refusals)
         if outcome.lag is not None:
             self._schedule.record_lag(name, outcome.lag)
             self._first_probe_done(name)
@@ -249,7 +238,8 @@ class Daemon:
         self.bound_port = serving.port
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
-                                                          self.reload, self._config_missing)),
+                                                          self.reload,
+                                                          self._config_missing)),
                     asyncio.create_task(self._schedule.watch_clock())]
         await self._stop.wait()
         log.info("stopping: letting probes in flight finish",
@@ -270,6 +260,8 @@ class Daemon:
                 notifier_task.cancel()
         if self._notifier is not None:
             self._notifier.outbox.close()
+        if self._running is not None:
+            await self._running.refusals.aclose()
         await serving.runner.cleanup()
         log.info("stopped")
 

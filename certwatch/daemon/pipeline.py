@@ -17,6 +17,7 @@ from certwatch.core.status import Change, merge
 from certwatch.daemon.store import Store
 from certwatch.serving.metrics import DaemonMetrics
 from certwatch.sources import Source
+from certwatch.sources.revocation import RefusalChecks
 from certwatch.sources.trust import TrustStores
 from certwatch.sweep import judge_endpoint
 
@@ -42,13 +43,14 @@ class Pipeline:
 
     async def run(self, endpoint: Endpoint, source: Source, trust: TrustStores,
                   notifier: Notifier | None, deadline: float,
-                  current: Callable[[], Endpoint | None]) -> Outcome:
+                  current: Callable[[], Endpoint | None],
+                  refusals: RefusalChecks | None = None) -> Outcome:
         """Probes `endpoint` (due at `deadline`, monotonic). When `current()` says a reload
         replaced it meanwhile, nothing is recorded: the new definition has its own probe
         coming."""
         lag = None
         try:
-            judged = await judge_endpoint(endpoint, source, trust)
+            judged = await judge_endpoint(endpoint, source, trust, refusals=refusals)
             if current() is not endpoint:
                 return Outcome(None)
             previous = self.store.of_endpoint(endpoint.name)

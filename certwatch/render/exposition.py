@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Sequence
 from certwatch.core.status import TargetStatus
 from certwatch.core.verify import Verification
 from certwatch.core.vocabulary import State
+from certwatch.render.refusal_metrics import refusal_families
 
 __all__ = ["FAMILIES", "TargetExposition"]
 
@@ -187,6 +188,7 @@ FAMILIES: dict[str, tuple[str, Samples]] = {
         "1 if the private key found with a certificate at rest is its key, else 0 (no series "
         "where no key was found).",
         _with_certificate(_gauge(_key_match))),
+    **refusal_families(_gauge),
 }
 
 

@@ -19,6 +19,7 @@ from certwatch.core.status import TargetStatus
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import State
 from certwatch.core.x509 import CertInfo
+from certwatch.render.refusals import refusal_fields, revocation_cell, sct_cell
 
 __all__ = ["assessment_to_dict", "location_of", "open_alerts_by_target", "render_table",
            "reported_days_left", "safe_text", "sort_key", "status_to_dict"]
@@ -109,6 +110,7 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "critical_days": endpoint.critical_days,
         "labels": dict(endpoint.labels),
         "chain": [cert_to_dict(c) for c in a.chain],
+        **refusal_fields(a),
     }
 
 
@@ -174,6 +176,8 @@ def _row(a: Assessment) -> list[str]:
         _where(a),
         a.target.endpoint.protocol or "-",
         issuer,
+        revocation_cell(a),
+        sct_cell(a),
         detail,
     ]
 
@@ -187,7 +191,7 @@ def _fit(cell: str, width: int, *, keep_end: bool = False) -> str:
 
 def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> str:
     headers = ["STATE", "DAYS", "EXPIRES", "NAME", "SOURCE", "LOCATION", "PROTO", "ISSUER",
-               "DETAIL"]
+               "REVOCATION", "SCTS", "DETAIL"]
     ordered: Sequence[Assessment] = sorted(assessments, key=sort_key)
     rows = [[safe_text(cell) for cell in _row(a)] for a in ordered]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]

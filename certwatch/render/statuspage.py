@@ -227,8 +227,23 @@ def _verification_cell(target: Mapping[str, Any]) -> str:
     if problems:
         words = ", ".join(PROBLEM_WORDS.get(p, str(p).replace("_", " ")) for p in problems)
         off = ' <span class="sub">(not enforced)</span>' if target.get("verify") is False else ""
-        return f'<span class="bad">{_text(words)}</span>{off}'
-    return '<span class="good">verified</span>' if target.get("verified") else ""
+        return f'<span class="bad">{_text(words)}</span>{off}{_refusal_note(target)}'
+    verified = '<span class="good">verified</span>' if target.get("verified") else ""
+    return verified + _refusal_note(target)
+
+
+def _refusal_note(target: Mapping[str, Any]) -> str:
+    """Revocation and root-program lints, one line (the API's JSON has them whole)."""
+    status = target.get("revocation_status")
+    parts = []
+    if status == "revoked":
+        parts.append(f'<span class="bad">revoked ({_text(target.get("revocation_source"))})</span>')
+    elif status is not None and status != "unknown":
+        parts.append(f"revocation {_text(status)} ({_text(target.get('revocation_source'))})")
+    lints = [lint.get("code") for lint in target.get("lints") or [] if isinstance(lint, Mapping)]
+    if lints:
+        parts.append(f'<span class="bad">{_text(", ".join(str(c) for c in lints))}</span>')
+    return f'<div class="sub">{" · ".join(parts)}</div>' if parts else ""
 
 
 def _issuer(target: Mapping[str, Any]) -> str:

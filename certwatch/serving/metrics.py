@@ -44,6 +44,10 @@ class DaemonMetrics:
         self.clock_jumps = Counter("certwatch_clock_jumps",
                                    "Wall-clock jumps detected (the schedule was moved with them).",
                                    registry=self.registry)
+        self.revocation_fetches = Counter(
+            "certwatch_revocation_fetches", "CRL and OCSP fetches by method and result "
+            "(success, or why the evidence is unusable).", ["method", "result"],
+            registry=self.registry)
         info = Gauge("certwatch_build_info", "certwatch's version, as labels.",
                      ["version", "python_version"], registry=self.registry)
         info.labels(__version__, platform.python_version()).set(1)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import ssl
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 
 from certwatch.core.inventory import Endpoint
 from certwatch.core.verify import TrustStore
-from certwatch.core.x509 import pem_certificates
+from certwatch.core.x509 import pem_certificates, sha256_hex
 
 __all__ = ["TrustStores", "load_trust_store", "read_pem_certificates", "system_roots"]
 
@@ -50,13 +51,36 @@ def load_trust_store(*, system: bool, ca_file: Path | None) -> TrustStore:
 
 
 class TrustStores:
-    """Trust stores by (system roots?, ca_file), each loaded once."""
+    """Trust stores by (system roots?, ca_file), each loaded once; the system's roots
+    are read once for all of them (`system` is injectable, so tests can make a root
+    "public")."""
 
-    def __init__(self) -> None:
+    def __init__(self, system: Callable[[], list[x509.Certificate]] = system_roots) -> None:
         self._stores: dict[tuple[bool, Path | None], TrustStore] = {}
+        self._load_system = system
+        self._system: tuple[x509.Certificate, ...] | None = None
+        self._public: frozenset[str] | None = None
+
+    def _system_roots(self) -> tuple[x509.Certificate, ...]:
+        if self._system is None:
+            self._system = tuple(self._load_system())
+        return self._system
 
     def for_endpoint(self, endpoint: Endpoint) -> TrustStore:
         key = (endpoint.system_trust, endpoint.ca_file)
         if key not in self._stores:
-            self._stores[key] = load_trust_store(system=key[0], ca_file=key[1])
+            roots = list(self._system_roots()) if endpoint.system_trust else []
+            if endpoint.ca_file is not None:
+                roots.extend(read_pem_certificates(endpoint.ca_file))
+            self._stores[key] = TrustStore.of(roots)
         return self._stores[key]
+
+    def public_roots(self, endpoint: Endpoint) -> frozenset[str]:
+        """SHA-256 fingerprints of the publicly trusted roots (the system's) for an
+        endpoint that trusts them; an endpoint with `system_trust: false` trusts only
+        its own roots, so nothing it sees is public."""
+        if not endpoint.system_trust:
+            return frozenset()
+        if self._public is None:
+            self._public = frozenset(sha256_hex(root) for root in self._system_roots())
+        return self._public

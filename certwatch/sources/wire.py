@@ -2,9 +2,11 @@
 
 The handshake never refuses a certificate: verification is off here and happens later,
 offline, in :mod:`certwatch.core.verify`, so expired, self-signed and mismatched certificates
-are still read. Every phase has its own deadline and a global semaphore bounds how many
-connections are open at once. Failures become :class:`ProbeError` values, translated
-from low-level exceptions in one place (:func:`classify`).
+are still read; the handshake (:mod:`certwatch.sources.handshake`) also asks for the
+stapled OCSP response and hands it on, unjudged. Every phase has its own deadline and a
+global semaphore bounds how many connections are open at once. Failures become
+:class:`ProbeError` values, translated from low-level exceptions in one place
+(:func:`classify`).
 
 Error kinds, for operators:
     dns                   the name did not resolve (or not to the address family asked for)
@@ -27,21 +29,22 @@ the endpoint is one target whose address is the host name the CONNECT asked for.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import errno
 import ipaddress
 import logging
 import socket
-import ssl
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
+
+from OpenSSL import SSL
 
 from certwatch.core.inventory import Endpoint, is_ip
 from certwatch.core.observation import Observation, ProbeError, Target
 from certwatch.core.vocabulary import ErrorKind, Phase
 from certwatch.sources.proxy import ProxyError, open_tunnel
+from certwatch.sources.handshake import Handshake, TLSClosed, TLSError, client_context
 from certwatch.sources.starttls import DIALOGUES, StartTLSError
 
 __all__ = ["Prober", "classify", "system_resolver"]
@@ -75,11 +78,16 @@ def select_addresses(addresses: list[str], mode: str) -> list[str]:
 
 # --- classification: the one place low-level exceptions become values ---------------
 
-# OpenSSL reasons that mean "the peer is not speaking TLS at all".
+# OpenSSL reasons (in OpenSSL's words) that mean "the peer is not speaking TLS at all".
 _NOT_TLS_REASONS = {
-    "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE",
-    "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "UNEXPECTED_RECORD", "RECORD_TOO_LARGE",
-    "UNSUPPORTED_PROTOCOL", "BAD_PACKET_LENGTH", "LENGTH_MISMATCH",
+    "wrong version number", "packet length too long", "record layer failure",
+    "unknown protocol", "http request", "unexpected record", "record too large",
+    "unsupported protocol", "bad packet length", "length mismatch",
+}
+# ... and those that say the server wants a client certificate we do not have.
+_CLIENT_CERT_REASONS = {
+    "tlsv13 alert certificate required", "sslv3 alert handshake failure",
+    "ssl/tls alert handshake failure",
 }
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 
@@ -98,18 +106,16 @@ def classify(exc: BaseException, phase: Phase, timeout: float) -> ProbeError:
         return ProbeError(ErrorKind.STARTTLS_UNSUPPORTED, phase, "server sent an overlong line")
     if isinstance(exc, asyncio.IncompleteReadError):
         return ProbeError(ErrorKind.CLOSED, phase, "peer closed the connection")
-    if isinstance(exc, ssl.SSLEOFError):
+    if isinstance(exc, TLSClosed):
         return ProbeError(ErrorKind.CLOSED, phase, "peer closed the connection during the handshake")
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or ""
-        detail = exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
+    if isinstance(exc, TLSError):
+        reason = exc.reason.lower()
         if reason in _NOT_TLS_REASONS:
-            return ProbeError(ErrorKind.NOT_TLS, phase, f"peer did not answer with TLS ({detail})")
-        if reason in ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE") \
-                and phase == Phase.HANDSHAKE:
-            return ProbeError(ErrorKind.HANDSHAKE, phase, f"peer rejected the handshake ({detail}); "
+            return ProbeError(ErrorKind.NOT_TLS, phase, f"peer did not answer with TLS ({reason})")
+        if reason in _CLIENT_CERT_REASONS and phase == Phase.HANDSHAKE:
+            return ProbeError(ErrorKind.HANDSHAKE, phase, f"peer rejected the handshake ({reason}); "
                                                   "it may require a client certificate")
-        return ProbeError(ErrorKind.HANDSHAKE, phase, detail)
+        return ProbeError(ErrorKind.HANDSHAKE, phase, reason)
     if isinstance(exc, ConnectionRefusedError):
         return ProbeError(ErrorKind.REFUSED, phase, "connection refused")
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
@@ -125,59 +131,12 @@ def classify(exc: BaseException, phase: Phase, timeout: float) -> ProbeError:
     return ProbeError(ErrorKind.INTERNAL, phase, f"{type(exc).__name__}: {exc}")
 
 
-# --- TLS client context -------------------------------------------------------------
-
-# The SSLObject of the handshake under way in this task. asyncio creates it in a
-# callback that runs in a copy of the caller's context, so a context variable carries
-# it back to us; with it the presented chain can be read even when the handshake
-# fails afterwards (a server that rejects us for lacking a client certificate has
-# already sent its own).
-_handshake_objects: contextvars.ContextVar[list[ssl.SSLObject]] = contextvars.ContextVar(
-    "certwatch_handshake_objects")
-
-
-class _RecordingContext(ssl.SSLContext):
-    def wrap_bio(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        ssl_object = super().wrap_bio(*args, **kwargs)
-        holder = _handshake_objects.get(None)
-        if holder is not None:
-            holder.append(ssl_object)
-        return ssl_object
-
-
-def client_context(client_cert: Path | None = None, client_key: Path | None = None) -> ssl.SSLContext:
-    """A context that accepts any certificate: we fetch here and judge later."""
-    context = _RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    # Reach legacy servers too: an old TLS 1.0 box with a 1024-bit key still has a
-    # certificate that expires, and refusing to talk to it would hide that.
-    context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    context.set_ciphers("ALL:@SECLEVEL=0")
-    # Each probe must see the server's current certificate, never a resumed session.
-    context.options |= ssl.OP_NO_TICKET
-    if client_cert is not None:
-        context.load_cert_chain(client_cert, client_key)
-    return context
-
-
-def _presented_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
-    """The chain as the server sent it, leaf first; empty if none arrived."""
-    public = getattr(ssl_object, "get_unverified_chain", None)  # public from Python 3.13
-    certs = public() if public is not None else ssl_object._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
-    if not certs:
-        return ()
-    return tuple(c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
-                 for c in certs)
-
-
 async def _close(writer: asyncio.StreamWriter) -> None:
     """Closes at once: abort() never waits for a close_notify a peer may never send.
 
     abort() closes the socket in a callback it schedules; yielding once lets that run,
     so the connection is gone before the caller releases its slot and the connection
-    bound stays exact. (wait_closed() is no use here: after a failed start_tls the
-    stream's protocol no longer hears of the close.)
+    bound stays exact.
     """
     writer.transport.abort()
     await asyncio.sleep(0)
@@ -201,10 +160,10 @@ class Prober:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._dns_slots = asyncio.Semaphore(DNS_CONCURRENCY)
         self._resolver = resolver
-        self._contexts: dict[tuple[Path | None, Path | None], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[Path | None, Path | None], SSL.Context] = {}
         self.max_concurrency = max_concurrency
 
-    def _context(self, endpoint: Endpoint) -> ssl.SSLContext:
+    def _context(self, endpoint: Endpoint) -> SSL.Context:
         key = (endpoint.client_cert, endpoint.client_key)
         if key not in self._contexts:
             self._contexts[key] = client_context(*key)
@@ -236,14 +195,13 @@ class Prober:
         async with self._slots:
             started_at, start = datetime.now(timezone.utc), time.monotonic()
             target = Target(endpoint, address)
-            handshakes: list[ssl.SSLObject] = []
-            token = _handshake_objects.set(handshakes)
+            handshake: Handshake | None = None
             writer: asyncio.StreamWriter | None = None
             phase = Phase.SETUP
             try:
                 try:
                     context = self._context(endpoint)
-                except (OSError, ssl.SSLError) as exc:
+                except (OSError, SSL.Error) as exc:
                     error = ProbeError(ErrorKind.CLIENT_CERT, Phase.SETUP, f"cannot load client certificate: {exc}")
                     return Observation(target, started_at, time.monotonic() - start, error=error)
                 phase = Phase.CONNECT if endpoint.proxy is None else Phase.PROXY
@@ -254,19 +212,18 @@ class Prober:
                     async with asyncio.timeout(endpoint.timeout):
                         await DIALOGUES[endpoint.protocol](reader, writer, endpoint.verify_name)
                 phase = Phase.HANDSHAKE
+                handshake = Handshake(context, endpoint.server_name,
+                                      request_staple=endpoint.revocation.staple)
                 async with asyncio.timeout(endpoint.timeout):
-                    await writer.start_tls(context, server_hostname=endpoint.server_name)
-                ssl_object = writer.get_extra_info("ssl_object")
-                cipher = ssl_object.cipher()
+                    await handshake.run(reader, writer)
                 return Observation(target, started_at, time.monotonic() - start,
-                                   chain=_presented_chain(ssl_object),
-                                   tls_version=ssl_object.version(),
-                                   cipher=cipher[0] if cipher else None)
+                                   chain=handshake.chain, tls_version=handshake.version,
+                                   cipher=handshake.cipher, ocsp_staple=handshake.staple)
             except Exception as exc:  # noqa: BLE001 - becomes a value
-                chain = _presented_chain(handshakes[-1]) if handshakes else ()
+                # The chain is read even when the handshake failed after it arrived.
+                chain = handshake.chain if handshake is not None else ()
                 return Observation(target, started_at, time.monotonic() - start, chain=chain,
                                    error=classify(exc, phase, endpoint.timeout))
             finally:
-                _handshake_objects.reset(token)
                 if writer is not None:
                     await _close(writer)

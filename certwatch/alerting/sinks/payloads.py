@@ -35,7 +35,9 @@ _ACTION_SENTENCES: dict[str, str] = {Action.ESCALATE: "Escalated.",
                                      Action.REMIND: "Reminder: still open."}
 _KIND_TITLE: dict[str, str] = {AlertKind.EXPIRY: "certificate expiry",
                                AlertKind.VERIFICATION: "certificate rejected by clients",
-                               AlertKind.PROBE: "TLS probe failing"}
+                               AlertKind.PROBE: "TLS probe failing",
+                               AlertKind.REVOCATION: "certificate revocation",
+                               AlertKind.POLICY: "root-program policy"}
 
 
 def _label(n: Notification) -> str:

@@ -1,0 +1,53 @@
+"""What the daemon says about its configuration: the reload metrics, the banner, the logs.
+
+A rejected or vanished file is said once in each place a user looks: the log, the
+`certwatch_config_*` metrics and the status page's banner; at start-up, when there is no
+previous inventory, the messages say so rather than promise one keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from certwatch.config import ConfigError
+from certwatch.serving.metrics import DaemonMetrics
+
+__all__ = ["ConfigStatus"]
+
+log = logging.getLogger(__name__)
+
+
+class ConfigStatus:
+    """The configuration's health as the daemon reports it."""
+
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        self.metrics = metrics
+        self.notices: list[str] = []
+
+    def loaded(self, now: datetime) -> None:
+        self.notices = []
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(now.timestamp())
+        self.metrics.reloads.labels("success").inc()
+
+    def rejected(self, why: str, exc: ConfigError, *, kept: bool) -> None:
+        self._failed()
+        still = "; still running the previous inventory" if kept else ""
+        self.notices = [f"configuration reload ({why}) failed{still}. {exc}"]
+        message = ("configuration rejected; the previous inventory keeps running" if kept
+                   else "configuration rejected")
+        for source, problems in exc.parts:
+            log.error(message, extra={"why": why, "source": source, "problems": list(problems)})
+
+    def missing(self, path: Path) -> None:
+        self._failed()
+        self.notices = [f"configuration file {path} is missing; "
+                        "still running the previous inventory"]
+        log.error("configuration file is missing; the previous inventory keeps running",
+                  extra={"path": str(path)})
+
+    def _failed(self) -> None:
+        self.metrics.reload_ok.set(0)
+        self.metrics.reloads.labels("failure").inc()

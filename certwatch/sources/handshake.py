@@ -1,0 +1,154 @@
+"""The probe's TLS handshake: OpenSSL (through pyOpenSSL) over the connection's own streams.
+
+Why not the standard library: :mod:`ssl` cannot ask for a stapled OCSP response (the
+`status_request` extension) nor hand one back, and the staple is what a server shows
+every client about its certificate's revocation. pyOpenSSL (pyca, the same maintainers
+and the same OpenSSL as `cryptography`) exposes `SSL_set_tlsext_status_type` and the
+client's status callback. The handshake runs on memory BIOs: OpenSSL never touches the
+socket, and this module moves its records between the BIOs and the asyncio streams that
+the connect and STARTTLS phases already use, so one deadline covers the whole phase and
+nothing blocks the loop.
+
+As before, the handshake never refuses a certificate (verification is off; it happens
+offline afterwards), reaches legacy servers (TLS 1.0, every cipher, security level 0)
+and never resumes a session, so each probe sees the server's current certificate. The
+chain the server sent is readable even when the handshake fails afterwards: a server
+that rejects us for lacking a client certificate has already sent its own.
+
+Errors: :class:`TLSError` carries OpenSSL's reason in its words ("wrong version
+number"); :class:`TLSClosed` means the peer hung up before the handshake finished. The
+wire source's `classify` turns them into error kinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from OpenSSL import SSL, crypto
+
+__all__ = ["Handshake", "TLSClosed", "TLSError", "client_context"]
+
+READ_SIZE = 64 * 1024  # bytes read from the peer at a time during the handshake
+# A record the peer sends is at most 16 KiB plus overhead; the certificate message is
+# bounded by OpenSSL itself (max_cert_list, 100 KiB), so the handshake's memory is too.
+
+
+class TLSError(Exception):
+    """OpenSSL ended the handshake; `reason` is its reason, as OpenSSL words it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TLSClosed(TLSError):
+    """The peer closed the connection before the handshake finished."""
+
+    def __init__(self) -> None:
+        super().__init__("peer closed the connection during the handshake")
+
+
+def _reason(exc: SSL.Error) -> str:
+    """The most specific reason in an OpenSSL error (its queue holds one or more)."""
+    queue = exc.args[0] if exc.args else None
+    if isinstance(queue, list) and queue and isinstance(queue[-1], tuple):
+        return str(queue[-1][-1])
+    if isinstance(exc, SSL.ZeroReturnError):
+        return "peer closed the connection during the handshake"
+    return str(exc) or type(exc).__name__
+
+
+def _remember_staple(connection: SSL.Connection, staple: bytes, _data: object) -> bool:
+    handshake = connection.get_app_data()
+    if isinstance(handshake, Handshake):
+        handshake.staple = staple
+    return True  # judged afterwards, offline: never abort the handshake over it
+
+
+def client_context(client_cert: Path | None = None, client_key: Path | None = None) -> SSL.Context:
+    """A context that accepts any certificate: we fetch here and judge later.
+
+    Raises SSL.Error (or OSError) when the client certificate cannot be loaded.
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_verify(SSL.VERIFY_NONE)
+    # Reach legacy servers too: an old TLS 1.0 box with a 1024-bit key still has a
+    # certificate that expires, and refusing to talk to it would hide that.
+    context.set_min_proto_version(0)  # the lowest this OpenSSL supports
+    context.set_cipher_list(b"ALL:@SECLEVEL=0")
+    # Each probe must see the server's current certificate, never a resumed session;
+    # servers without secure renegotiation (RFC 5746) are reached all the same.
+    context.set_options(SSL.OP_ALL | SSL.OP_NO_TICKET | SSL.OP_LEGACY_SERVER_CONNECT)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_ocsp_client_callback(_remember_staple)
+    if client_cert is not None:
+        context.use_certificate_chain_file(str(client_cert))
+        context.use_privatekey_file(str(client_key or client_cert))
+        context.check_privatekey()
+    return context
+
+
+class Handshake:
+    """One client handshake, driven over asyncio streams; read its results afterwards."""
+
+    def __init__(self, context: SSL.Context, server_name: str | None, *,
+                 request_staple: bool = True) -> None:
+        self._connection = SSL.Connection(context, None)
+        self._connection.set_connect_state()
+        self._connection.set_app_data(self)
+        if server_name:
+            self._connection.set_tlsext_host_name(server_name.encode("idna"))
+        self.staple_requested = request_staple
+        if request_staple:
+            self._connection.request_ocsp()
+        # The stapled OCSP response (DER); b"" when asked for and none came; None when
+        # not asked for or the handshake did not get that far.
+        self.staple: bytes | None = None
+
+    async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Completes the handshake (the caller bounds it in time); raises TLSError."""
+        connection = self._connection
+        while True:
+            try:
+                connection.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as exc:
+                self._send(writer)  # the alert that says why, as any client would
+                raise TLSError(_reason(exc)) from None
+            else:
+                self._send(writer)
+                await writer.drain()
+                return
+            self._send(writer)
+            await writer.drain()
+            data = await reader.read(READ_SIZE)
+            if not data:
+                raise TLSClosed()
+            connection.bio_write(data)
+
+    def _send(self, writer: asyncio.StreamWriter) -> None:
+        """Hands what OpenSSL wrote to its memory BIO to the transport."""
+        while True:
+            try:
+                data = self._connection.bio_read(READ_SIZE)
+            except SSL.WantReadError:
+                return
+            if not data or writer.is_closing():
+                return
+            writer.write(data)
+
+    @property
+    def chain(self) -> tuple[bytes, ...]:
+        """The chain as the server sent it (DER, leaf first); empty if none arrived."""
+        certs = self._connection.get_peer_cert_chain()
+        return tuple(crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in certs or ())
+
+    @property
+    def version(self) -> str:
+        return self._connection.get_protocol_version_name()
+
+    @property
+    def cipher(self) -> str | None:
+        return self._connection.get_cipher_name()
