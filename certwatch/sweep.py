@@ -18,9 +18,10 @@ from certwatch.core.verify import TrustStore
 from certwatch.sources import Source
 from certwatch.sources.trust import TrustStores
 
-__all__ = ["Judged", "judge_endpoint", "sweep"]
+__all__ = ["Judged", "Progress", "judge_endpoint", "sweep"]
 
 Clock = Callable[[], datetime]
+Progress = Callable[["Judged"], None]  # told of each endpoint as soon as it is judged
 
 
 def utcnow() -> datetime:
@@ -52,8 +53,16 @@ async def judge_endpoint(endpoint: Endpoint, source: Source, trust: TrustStores,
 
 
 async def sweep(endpoints: Iterable[Endpoint], source: Source, trust: TrustStores | None = None,
-                clock: Clock = utcnow) -> list[Assessment]:
-    """Every endpoint observed concurrently (the source bounds its own connections)."""
-    trust = trust or TrustStores()
-    judged = await asyncio.gather(*(judge_endpoint(e, source, trust, clock) for e in endpoints))
+                clock: Clock = utcnow, progress: Progress | None = None) -> list[Assessment]:
+    """Every endpoint observed concurrently (the source bounds its own connections);
+    `progress`, if given, hears of each endpoint as it is done (a progress bar)."""
+    stores = trust or TrustStores()
+
+    async def judge(endpoint: Endpoint) -> Judged:
+        judged = await judge_endpoint(endpoint, source, stores, clock)
+        if progress is not None:
+            progress(judged)
+        return judged
+
+    judged = await asyncio.gather(*(judge(e) for e in endpoints))
     return [a for one in judged for a in one.assessments]
