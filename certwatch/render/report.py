@@ -136,7 +136,9 @@ def status_facts(status: TargetStatus) -> dict[str, Any]:
         "days_left": reported_days_left(a),
         "labels": dict(endpoint.labels),
         "last_probe_at": rfc3339(status.last_probe_at),
-        "chain": [{"dns_names": list(c.dns_names), "ip_addresses": list(c.ip_addresses),
+        # The names as the parsed certificate holds them (tuples, not copied into lists):
+        # the same values, read only.
+        "chain": [{"dns_names": c.dns_names, "ip_addresses": c.ip_addresses,
                    "issuer": c.issuer, "issuer_name": c.issuer_name} for c in a.chain],
     }
 

@@ -28,7 +28,7 @@ CSS = """
 --row-warning:#fff8e6;--row-critical:#fdf0f0;--row-expired:#fbe7e7;--row-error:#f5f2fe;
 --banner:#fff8c5;--banner-line:#d4a72c;--info:#ddf4ff;--info-line:#54aeff}
 @media (prefers-color-scheme:dark){:root{
---ok-fg:#4ac26b;--warning-fg:#e3a03c;--critical-fg:#ff7b72;--expired-fg:#ffa198;
+--ok-fg:#4ac26b;--warning-fg:#e3a03c;--critical-fg:#ff7b72;--expired-fg:#f778ba;
 --error-fg:#b49cff;--unknown-fg:#9da7b3;
 --ink:#e6edf3;--muted:#9da7b3;--line:#3d444d;--bg:#0d1117;--panel:#151b23;--head:#1b222c;
 --tag:#212830;--link:#6cb6ff;--focus:#6cb6ff;
@@ -49,7 +49,7 @@ footer{color:var(--muted);font-size:12px;padding-top:0}
 h1{font-size:20px;margin:0 8px 0 0;display:inline}
 h2{font-size:15px;margin:0 0 8px}
 .meta,.sub{color:var(--muted);font-size:12px}
-.counts{display:flex;flex-wrap:wrap;gap:8px;list-style:none;padding:0;margin:12px 0 0}
+.counts{display:flex;flex-wrap:wrap;gap:8px;list-style:none;padding:0;margin:12px 0 4px}
 .badge{display:inline-block;border-radius:999px;padding:2px 10px;font-weight:600;
 font-size:12px;color:#fff;white-space:nowrap;text-decoration:none;border:2px solid transparent}
 .counts .badge{font-size:13px;padding:4px 12px}
@@ -145,7 +145,7 @@ td.days,th:nth-child(2){text-align:left}
 td.expires{padding-left:12px}
 td:last-child{padding-bottom:10px}
 .filters{display:grid;grid-template-columns:1fr 1fr}.filters .search{grid-column:1/-1}
-.filters input,.filters select{width:100%}
+.filters input,.filters select,.filters input[type=search]{width:100%}
 .timeline .tl-wide{display:none}.timeline .tl-narrow{display:block}
 .facts{grid-template-columns:1fr}.facts dd{margin-bottom:6px}
 }

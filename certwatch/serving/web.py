@@ -37,6 +37,7 @@ __all__ = ["DaemonView", "create_app"]
 STREAM_CHUNK = 256 * 1024  # characters per write of a streamed response
 
 Clock = Callable[[], datetime]
+_FORM_DEFAULTS = {("sort", "state"), ("order", "asc")}  # what the filter form sends by default
 
 # The pages show peer-supplied text; forbid anything but their own stylesheet.
 _PAGE_HEADERS = {
@@ -192,6 +193,12 @@ def create_app(view: DaemonView, web_config: WebConfig | None = None, *,
     async def page(request: web.Request) -> web.StreamResponse:
         # The filter is in the URL and applied here: only one page of rows is rendered.
         query = Query.parse(request.query.items())
+        if any(not value.strip() or (name, value) in _FORM_DEFAULTS
+               for name, value in request.query.items()):
+            # The filter form sends every field, the empty ones too: the address to share
+            # or bookmark is the short one (?state=critical&team=payments&q=api). (Only
+            # that noise is redirected, so the target is never redirected again.)
+            raise web.HTTPSeeOther(query.href(page=query.page))
         selection = select(((s, status_facts(s)) for s in view.snapshot().values()), query)
         parts = status_page_parts(
             selection, _target_dicts(view, selection.rows), now=clock(), version=__version__,
