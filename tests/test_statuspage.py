@@ -309,6 +309,8 @@ def test_naive_now_is_refused() -> None:
 # present, so hostile values there must stay text too.
 FUTURE_KEYS: dict[str, Any] = {
     "source": {"kind": "file", "location": "/etc/ssl/x.pem"}, "source_location": "/etc/x",
+    "location": "/etc/ssl/x.pem#0", "origin": "ingress shop/web", "key_match": False,
+    "key_problem": "the key does not match the certificate",
     "lifetime_days": 90, "lifetime_used": 0.5, "threshold": {"warn_at": "2026-06-10T00:00:00Z"},
     "renewal_window": {"start": "2026-06-05T00:00:00Z", "end": "2026-06-07T00:00:00Z"},
     "history": [{"fingerprint": "ab", "first_seen": "2026-05-01T00:00:00Z"}],
@@ -480,9 +482,13 @@ def test_label_and_source_filters(fleet: Fleet) -> None:
     assert shown(fleet, ("env", "staging")) == []
     assert len(shown(fleet, ("source", "tls"))) == 10  # today every target is read over TLS
     assert shown(fleet, ("source", "file")) == []
-    target = dict(fleet.targets[0], source={"kind": "file", "location": "/etc/ssl/a.pem"})
-    assert Page(render([target], query=Query.parse([("source", "file")]))).names() == ["www"]
-    assert Page(render([target], query=Query.parse([("q", "/etc/ssl")]))).names() == ["www"]
+    # As the files source (issue 13) shapes it, and as a mapping:
+    for source in ({"source": "file", "location": "/etc/ssl/a.pem#0"},
+                   {"source": {"kind": "file", "location": "/etc/ssl/a.pem#0"}}):
+        target = dict(fleet.targets[0], **source)
+        for pairs in ([("source", "file")], [("q", "/etc/ssl")]):
+            (row,) = Page(render([target], query=Query.parse(pairs))).rows
+            assert row["endpoint"].startswith("wwwfile · /etc/ssl/a.pem#0 · SNI"), row
     # A label named like one of the page's own words is written label.<key>:
     odd = dict(fleet.targets[0], labels={"state": "x"})
     assert Page(render([odd], query=Query.parse([("label.state", "x")]))).names() == ["www"]

@@ -154,6 +154,8 @@ def test_fields_other_work_adds_are_shown_when_present(fleet: Fleet) -> None:
            in found["revocation"]
     assert "SCTs2" in found["revocation"] and "validity_too_long" in found["revocation"]
     assert "Sourcefile: /etc/ssl/x.pem" in found["endpoint"]
+    assert "Found atingress shop/web" in found["endpoint"]
+    assert "Key matchesnoKey problemthe key does not match the certificate" in found["verification"]
     assert found["more"] == "some_new_fieldnestedab"
     index = re.search(r'<nav aria-label="Sections" class="sub">(.*?)</nav>', html)
     assert index and "#renewal" in index.group(1) and "#more" in index.group(1)

@@ -19,8 +19,8 @@ from certwatch.render.report import safe_text
 from certwatch.render.stylesheet import CONTENT_SECURITY_POLICY, CSS
 
 __all__ = ["ERROR_WORDS", "PROBLEM_WORDS", "REFRESH_SECONDS", "STATES", "ago", "badge",
-           "error_words", "facts", "page_end", "page_start", "parse_time", "span",
-           "state_of", "text", "until", "utc"]
+           "error_words", "facts", "page_end", "page_start", "parse_time", "problem_words",
+           "span", "state_of", "text", "until", "utc"]
 
 STATES = tuple(state.value for state in State.worst_first())  # badges and rows: worst first
 REFRESH_SECONDS = 60
@@ -63,6 +63,11 @@ def state_of(target: Mapping[str, Any]) -> str:
 def badge(state: object) -> str:
     shown = state if state in STATES else "unknown"
     return f'<span class="badge s-{shown}">{text(state or "unknown")}</span>'
+
+
+def problem_words(problems: Iterable[object]) -> str:
+    """Verification problems as an operator reads them: "name mismatch, self-signed"."""
+    return ", ".join(PROBLEM_WORDS.get(str(p), str(p).replace("_", " ")) for p in problems)
 
 
 def error_words(error: Mapping[str, Any]) -> str:

@@ -7,7 +7,8 @@ The query is the page's URL query, for example ``?state=critical&team=payments&q
 - ``state``: any of the given states (repeatable);
 - ``source``: where the certificate was read (``tls`` today; files and Kubernetes next);
 - ``q``: words that must each appear (case-insensitively) in the name, host, address,
-  server name, SANs, issuers or labels (``team=payments`` matches a label exactly so);
+  server name, SANs, issuers, labels (``team=payments`` matches a label exactly so), or
+  where the source found the certificate (a file's path, a Secret's name);
 - any other key is a label: ``team=payments``; several values of one key match any of
   them, several keys must all match. A label whose key is one of the words above is
   written ``label.<key>=``;
@@ -39,7 +40,7 @@ MAX_WORDS = 10
 MAX_PARAMETERS = 64  # query parameters read; the rest are ignored
 MAX_FACET_VALUES = 50  # a label with more values is filtered with a text box, not a list
 READS = ("key", "name", "host", "address", "server_name", "state", "days_left", "labels",
-         "last_probe_at", "chain", "source")
+         "last_probe_at", "chain", "source", "location", "origin")
 SORTS: dict[str, str] = {  # the sort orders, and what each is called on the page
     "state": "problems first", "expiry": "soonest expiry", "name": "name",
     "issuer": "issuer", "checked": "last checked",
@@ -58,9 +59,11 @@ def source_of(target: Mapping[str, Any]) -> str:
 
 
 def source_location(target: Mapping[str, Any]) -> str:
+    """Where the source found the certificate: the API's `location` ("path#0", an object
+    in Kubernetes, or address:port for a handshake)."""
     source = target.get("source")
     location = source.get("location") if isinstance(source, Mapping) else None
-    location = location or target.get("source_location")
+    location = location or target.get("location") or target.get("source_location")
     return str(location) if location else ""
 
 
@@ -86,7 +89,7 @@ def search_text(target: Mapping[str, Any]) -> str:
     """Everything `q` looks in, folded to lower case."""
     chain = _chain(target)
     fields = [target.get(k) for k in ("name", "host", "address", "server_name")]
-    fields.append(source_location(target))
+    fields += [source_location(target), target.get("origin")]
     if chain:
         fields += [*(chain[0].get("dns_names") or ()), *(chain[0].get("ip_addresses") or ())]
     fields += [c.get(k) for c in chain for k in ("issuer", "issuer_name")]

@@ -22,18 +22,27 @@ from typing import Any
 from urllib.parse import urlencode
 
 from certwatch.render.pagekit import (
-    PROBLEM_WORDS,
     STATES,
     ago,
     error_words,
     page_end,
     page_start,
+    problem_words,
     state_of,
     text,
     until,
     utc,
 )
-from certwatch.render.selection import SORTS, Query, Selection, issuer_name, label_parameter, select
+from certwatch.render.selection import (
+    SORTS,
+    Query,
+    Selection,
+    issuer_name,
+    label_parameter,
+    select,
+    source_location,
+    source_of,
+)
 from certwatch.render.timeline import expiry_timeline
 
 __all__ = ["render_status_page", "status_page_parts", "target_href"]
@@ -79,7 +88,7 @@ def _probe_cell(target: Mapping[str, Any], now: datetime) -> str:
 def verification_cell(target: Mapping[str, Any]) -> str:
     problems = target.get("verify_problems") or []
     if problems:
-        words = ", ".join(PROBLEM_WORDS.get(p, str(p).replace("_", " ")) for p in problems)
+        words = problem_words(problems)
         off = ' <span class="sub">(not enforced)</span>' if target.get("verify") is False else ""
         return f'<span class="bad">{text(words)}</span>{off}'
     return '<span class="good">verified</span>' if target.get("verified") else ""
@@ -91,6 +100,8 @@ def endpoint_words(target: Mapping[str, Any]) -> str:
     where = "unresolved" if not address else (
         f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}")
     details = [where, str(target.get("protocol") or "tls")]
+    if source_of(target) != "tls":  # a file or a Kubernetes object: where it was read
+        details = [source_of(target), source_location(target)]
     if target.get("server_name"):
         details.append(f"SNI {target['server_name']}")
     return " · ".join(text(d) for d in details)

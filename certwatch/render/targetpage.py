@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 from certwatch.render.lifetime import lifetime_bar
 from certwatch.render.pagekit import (
-    PROBLEM_WORDS,
     ago,
     badge,
     error_words,
@@ -29,6 +28,7 @@ from certwatch.render.pagekit import (
     page_end,
     page_start,
     parse_time,
+    problem_words,
     span,
     text,
     until,
@@ -118,7 +118,7 @@ def _verdict(target: Mapping[str, Any]) -> str:
         root = f", which chains to the trusted root {text(anchor)}" if anchor else ""
         return (f"Clients will accept this certificate: the chain is trusted{root}, the "
                 "name matches and every certificate is valid now.")
-    words = ", ".join(PROBLEM_WORDS.get(p, str(p).replace("_", " ")) for p in problems)
+    words = problem_words(problems)
     enforced = (" This endpoint has verify: false, so these problems do not raise its "
                 "state." if target.get("verify") is False else "")
     return f"Clients will refuse this certificate: {text(words)}.{enforced}"
@@ -132,6 +132,8 @@ def _verification(target: Mapping[str, Any], now: datetime) -> str:
         ("Trusted chain", _yes_no(target.get("trusted"), "yes", "no")),
         ("Name matches", _yes_no(target.get("hostname_match"), "yes", "no")),
         ("Trusted root", text(target.get("trust_anchor") or "")),
+        ("Key matches", _yes_no(target.get("key_match"), "yes", "no")),  # a file's key
+        ("Key problem", text(target.get("key_problem") or "")),
     ])
 
 
@@ -254,6 +256,7 @@ def _endpoint(target: Mapping[str, Any], now: datetime) -> str:
         ("Where", endpoint_words(target)),
         ("Host", text(target.get("host") or "")),
         ("Source", text(source_of(target)) + (f": {text(location)}" if location else "")),
+        ("Found at", text(target.get("origin") or "")),
         ("Labels", label_tags(target)),
         ("Thresholds", f"warning at {text(warn)} days left, critical at {text(critical)}"
          if warn is not None and critical is not None else ""),
@@ -284,6 +287,7 @@ CLAIMED = frozenset({
     "probe_duration_seconds", "warn_days", "critical_days", "labels", "chain",
     "probe_success", "last_probe_at", "next_probe_at", "last_error", "consecutive_failures",
     "certificate_read_at", "alerts", "recent_errors", "source", "source_location",
+    "location", "origin", "key_match", "key_problem",
     "lifetime_days", "lifetime_used", "threshold", "renewal_window", "renewed", "history",
     "revocation", "revocation_status", "revocation_source", "revocation_checked_at",
     "sct_count", "lints",
