@@ -3,7 +3,7 @@ and each target's page.
 
 aiohttp serves in the daemon's own event loop; handlers only read the store's snapshot,
 so a scrape never waits for a probe. The two large responses (with 10,000 targets:
-~40 MB of metrics, ~23 MB of JSON) are streamed in chunks made one target at a time
+~40 MB of metrics, ~26 MB of JSON) are streamed in chunks made one target at a time
 from one snapshot, so neither is ever held whole in memory, and the loop serves other
 requests (and probes) between chunks. The status page shows one page of rows: it
 selects over a small dict of each target (:func:`status_facts`) and builds the API's
