@@ -12,20 +12,22 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence, TextIO
 from urllib.parse import urlsplit
 
 from certwatch import __version__
 from certwatch.config import ConfigError, build_inventory, load_configuration, load_inventory
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
+from certwatch.core.vocabulary import State
 from certwatch.logs import configure_logging
 from certwatch.render.report import assessment_to_dict, render_table, sort_key
 from certwatch.config.refusals import policy_for
 from certwatch.sources.registry import Sources
 from certwatch.sources.revocation import RefusalChecks
-from certwatch.sweep import sweep
+from certwatch.sweep import Judged, sweep
 
 __all__ = ["main"]
 
@@ -80,12 +82,16 @@ def _load(args: argparse.Namespace) -> Inventory:
     return load_inventory(args.config, environ=os.environ, with_sinks=False, strict=args.strict)
 
 
-async def _check(inventory: Inventory, refusals: RefusalChecks) -> list[Assessment]:
+async def _check(inventory: Inventory, refusals: RefusalChecks,
+                 progress: ProgressBar | None) -> list[Assessment]:
     """Every entry observed once by its source, and the endpoints they discover."""
     sources = Sources(inventory)
     try:
         discovered = await sources.discover(inventory.endpoints)
-        return await sweep([*inventory.endpoints, *discovered], sources, refusals=refusals)
+        if progress is not None:
+            progress.total += len(discovered)
+        return await sweep([*inventory.endpoints, *discovered], sources, refusals=refusals,
+                           progress=progress)
     finally:
         await sources.close()
         await refusals.aclose()
@@ -97,6 +103,46 @@ def _print_entry_problems(inventory: Inventory) -> None:
         print(ConfigError(inventory.source, inventory.problems), file=sys.stderr)
 
 
+class ProgressBar:
+    """One line on a terminal: a bar, the endpoints done and the errors so far, redrawn at
+    most every `interval` seconds and cleared at the end (the table follows on stdout)."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO, total: int, *, interval: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream, self.total, self.interval, self.clock = stream, total, interval, clock
+        self.done = self.errors = 0
+        self._drawn = float("-inf")
+        self._draw()
+
+    def __call__(self, judged: Judged) -> None:
+        self.done += 1
+        self.errors += sum(1 for a in judged.assessments if a.state is State.ERROR)
+        if self.done == self.total or self.clock() - self._drawn >= self.interval:
+            self._draw()
+
+    def _draw(self) -> None:
+        filled = self.WIDTH * self.done // max(self.total, 1)
+        errors = f"{self.errors} error{'' if self.errors == 1 else 's'}"
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+                          f"{self.done}/{self.total} endpoints, {errors}")
+        self.stream.flush()
+        self._drawn = self.clock()
+
+    def clear(self) -> None:
+        self.stream.write("\r\x1b[K")  # back to the start of the line, and erase it
+        self.stream.flush()
+
+
+def use_colour(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """--colour always/never, or auto: on a terminal unless NO_COLOR is set (no-color.org:
+    present and not empty; a command-line choice overrides it)."""
+    if choice != "auto":
+        return choice == "always"
+    return stream.isatty() and not environ.get("NO_COLOR")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         inventory = _load(args)
@@ -105,13 +151,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_UNKNOWN
     _print_entry_problems(inventory)
     refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list))
-    assessments = sorted(asyncio.run(_check(inventory, refusals)), key=sort_key)
+    # Progress on stderr only when a person watches it; a pipe or a log gets nothing.
+    bar = ProgressBar(sys.stderr, len(inventory.endpoints)) if sys.stderr.isatty() else None
+    try:
+        assessments = sorted(asyncio.run(_check(inventory, refusals, bar)), key=sort_key)
+    finally:
+        if bar is not None:
+            bar.clear()
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        colour = args.colour == "always" or (args.colour == "auto" and sys.stdout.isatty())
-        print(render_table(assessments, colour=colour))
+        print(render_table(assessments, colour=use_colour(args.colour, sys.stdout, os.environ)))
     return exit_code(assessments)
 
 
@@ -184,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"),
                        help="inventory file (default: %(default)s)")
     check.add_argument("--format", choices=["table", "json"], default="table")
-    check.add_argument("--colour", "--color", choices=["auto", "always", "never"], default="auto")
+    check.add_argument("--colour", "--color", choices=["auto", "always", "never"], default="auto",
+                       help="auto: on a terminal, unless NO_COLOR is set")
     check.add_argument("--protocol", default="tls",
                        choices=sorted([*PROTOCOLS, *TLS_ALIASES]),
                        help="for ad hoc targets: tls or a STARTTLS protocol")

@@ -25,9 +25,10 @@ from certwatch.sources import Source
 from certwatch.sources.revocation import RefusalChecks
 from certwatch.sources.trust import TrustStores
 
-__all__ = ["Judged", "judge_endpoint", "sweep"]
+__all__ = ["Judged", "Progress", "judge_endpoint", "sweep"]
 
 Clock = Callable[[], datetime]
+Progress = Callable[["Judged"], None]  # told of each endpoint as soon as it is judged
 
 
 def utcnow() -> datetime:
@@ -68,16 +69,24 @@ async def judge_endpoint(endpoint: Endpoint, source: Source, trust: TrustStores,
 
 
 async def sweep(endpoints: Iterable[Endpoint], source: Source, trust: TrustStores | None = None,
-                clock: Clock = utcnow, refusals: RefusalChecks | None = None) -> list[Assessment]:
+                clock: Clock = utcnow, refusals: RefusalChecks | None = None,
+                progress: Progress | None = None) -> list[Assessment]:
     """Every endpoint observed concurrently (the source bounds its own connections).
     Without `refusals`, revocation is checked with the shipped policy data and a
-    fetcher of this sweep's own."""
-    trust = trust or TrustStores()
+    fetcher of this sweep's own; `progress`, if given, hears of each endpoint as it is
+    done (a progress bar)."""
+    stores = trust or TrustStores()
     own = refusals is None
     checks = refusals or RefusalChecks(shipped_policy())
+
+    async def judge(endpoint: Endpoint) -> Judged:
+        judged = await judge_endpoint(endpoint, source, stores, clock, checks)
+        if progress is not None:
+            progress(judged)
+        return judged
+
     try:
-        judged = await asyncio.gather(*(judge_endpoint(e, source, trust, clock, checks)
-                                        for e in endpoints))
+        judged = await asyncio.gather(*(judge(e) for e in endpoints))
     finally:
         if own:
             await checks.aclose()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import selectors
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -103,6 +108,91 @@ def test_table_is_sorted_and_shows_hostile_names_harmlessly(servers) -> None:  #
     plain = certwatch("check", f"127.0.0.1:{ok.port}", "--server-name", "svc.test",
                       "--ca-file", str(directory / "root.pem"))
     assert "\x1b" not in plain.stdout  # never colour when not asked and not a terminal
+
+
+def on_terminal(args: list[str], terminal: set[str], *, env: dict[str, str] | None = None,
+                timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+    """`certwatch *args` with stdout and/or stderr (named in `terminal`) on a real
+    pseudo-terminal and the other on a pipe: (exit status, stdout, stderr) as received."""
+    ends: dict[str, tuple[int, int]] = {name: pty.openpty() for name in terminal}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "certwatch", *args], stdin=subprocess.DEVNULL,
+        stdout=ends["stdout"][1] if "stdout" in ends else subprocess.PIPE,
+        stderr=ends["stderr"][1] if "stderr" in ends else subprocess.PIPE,
+        env={**{k: v for k, v in os.environ.items() if k != "NO_COLOR"}, **(env or {})})
+    readers = {name: ends[name][0] for name in ends}
+    for name in ("stdout", "stderr"):
+        if name in ends:
+            os.close(ends[name][1])  # the child holds the terminal now
+        else:
+            readers[name] = getattr(process, name).fileno()
+    received = {name: b"" for name in readers}
+    selector = selectors.DefaultSelector()
+    for name, fd in readers.items():
+        selector.register(fd, selectors.EVENT_READ, name)
+    deadline = time.monotonic() + timeout
+    while selector.get_map() and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1.0):
+            try:
+                data = os.read(key.fd, 65536)
+            except OSError:  # EIO: a terminal whose other end is closed
+                data = b""
+            if data:
+                received[key.data] += data
+            else:
+                selector.unregister(key.fd)
+    selector.close()
+    status = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    for name in ends:
+        os.close(ends[name][0])
+    for name in ("stdout", "stderr"):
+        if name not in ends:
+            getattr(process, name).close()
+    return status, received["stdout"], received["stderr"]
+
+
+@pytest.fixture(scope="module")
+def long_inventory(servers, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """Five endpoints: three with certificates, two refused."""
+    directory, ok, warn, hostile = servers
+    inventory = tmp_path_factory.mktemp("long") / "inventory.yaml"
+    entries = [f"{{name: s{i}, host: 127.0.0.1, port: {server.port}, server_name: svc.test}}"
+               for i, server in enumerate((ok, warn, hostile))]
+    entries += [f"{{name: down{i}, host: 127.0.0.1, port: {closed_port()}}}" for i in range(2)]
+    inventory.write_text(f"defaults: {{ca_file: {directory / 'root.pem'}, system_trust: false}}\n"
+                         "endpoints:\n" + "".join(f"  - {e}\n" for e in entries))
+    return inventory
+
+
+def test_check_shows_its_progress_on_a_terminal(long_inventory: Path) -> None:
+    status, out, err = on_terminal(["check", "-c", str(long_inventory)], {"stderr"})
+    assert status == 3  # two errors
+    bars = re.findall(rb"\r\[([#.]{24})\] (\d)/5 endpoints, (\d) errors?", err)
+    assert bars[0] == (b"." * 24, b"0", b"0") and bars[-1] == (b"#" * 24, b"5", b"2")
+    assert [int(done) for _, done, _ in bars] == sorted(int(d) for _, d, _ in bars)
+    assert err.endswith(b"\r\x1b[K")  # and the line is cleared before the table
+    assert b"\x1b" not in out and b"STATE" in out  # stdout is a pipe: no colour
+
+
+def test_no_progress_and_no_colour_when_not_on_a_terminal(long_inventory: Path) -> None:
+    status, out, err = on_terminal(["check", "-c", str(long_inventory)], set())
+    assert (status, err) == (3, b"")  # nothing at all on stderr
+    assert b"\x1b" not in out
+    status, out, err = on_terminal(["check", "-c", str(long_inventory), "--format", "json"],
+                                   set())
+    assert err == b"" and len(json.loads(out)) == 5
+
+
+def test_the_table_is_coloured_on_a_terminal_unless_no_color(long_inventory: Path) -> None:
+    _, out, err = on_terminal(["check", "-c", str(long_inventory)], {"stdout"})
+    assert err == b""  # stderr is a pipe: no progress
+    assert b"\x1b[32m" in out and b"\x1b[35m" in out  # ok green, errors purple
+    _, plain, _ = on_terminal(["check", "-c", str(long_inventory)], {"stdout", "stderr"},
+                              env={"NO_COLOR": "1"})
+    assert b"\x1b[3" not in plain and b"STATE" in plain
+    _, forced, _ = on_terminal(["check", "-c", str(long_inventory), "--colour", "always"],
+                               {"stdout"}, env={"NO_COLOR": "1"})
+    assert b"\x1b[32m" in forced  # asked for on the command line: that wins
 
 
 def test_validate(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -189,6 +190,35 @@ def test_metrics_api_renewal_and_removal(pki: tuple[Issued, Path], daemon_factor
     assert [(e["before"], e["state"]) for e in changes if e["target"].startswith("web@")] == [
         (None, "critical"), ("critical", "ok")]  # each change logged once, not every scan
     assert daemon.stop() == 0
+
+
+def test_a_target_just_probed_says_when_its_next_probe_is(pki: tuple[Issued, Path],
+                                                          daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """The schedule knew (next_probe_at is the last probe plus the interval); the page said
+    "next probe due now" for anything under a minute away, which with an interval that
+    short (the demo's is 15 s) was every target, just after its probe."""
+    issuer, directory = pki
+    config = directory / "certwatch.yaml"
+    with TLSServer({None: leaf_files(issuer, directory, "a", 60)}) as server:
+        config.write_text(
+            "defaults: {ca_file: root.pem, system_trust: false, interval: 20s, "
+            "retry_interval: 20s, timeout: 2}\nendpoints:\n"
+            f"  - {{name: web, host: 127.0.0.1, port: {server.port}, server_name: svc.test}}\n")
+        daemon = daemon_factory(config)
+        web = wait_for("the first probe", lambda: daemon.targets().get("web"))
+        ahead = (datetime.fromisoformat(web["next_probe_at"])
+                 - datetime.fromisoformat(web["last_probe_at"])).total_seconds()
+        assert 17 <= ahead <= 23  # 20 s, with up to 10% jitter, to the second
+        status, page = daemon.get("/")
+        assert status == 200
+        checked = re.search(r'<td class="checked"[^>]*><div>([^<]*)<div class="sub"[^>]*>([^<]*)<',
+                            page)
+        assert checked is not None, page
+        seconds = re.fullmatch(r"next in (\d+) s", checked.group(2))
+        assert seconds and 1 <= int(seconds.group(1)) <= 23, checked.groups()
+        status, detail = daemon.get("/target?key=web%40127.0.0.1")
+        assert status == 200 and re.search(r"Next probe</dt><dd><time [^>]*>[^<]*</time> "
+                                           r"\(in \d+ s\)", detail), detail
 
 
 def test_failed_probe_keeps_the_last_certificate(pki: tuple[Issued, Path], daemon_factory) -> None:  # type: ignore[no-untyped-def]

@@ -76,7 +76,7 @@ def test_every_state(tmp_path: Path) -> None:
         assert entry["server_name"].endswith(".demo.certwatch.invalid")
         assert entry["ca_file"] == str(tmp_path / "demo-root.pem")
         assert entry["system_trust"] is False
-        assert entry["labels"] == {"env": "demo"}
+        assert entry["labels"]["env"] == "demo" and entry["labels"]["team"]
     assert len({entry["port"] for entry in entries}) == len(entries) == 7
 
 

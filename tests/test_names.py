@@ -148,5 +148,5 @@ endpoints:
     table = render_table(results)
     assert f"{SHARP}:{server.port}" in table and SHARP_A not in table
     page = render_status_page([shown, assessment_to_dict(by_address)], now=NOW)
-    assert f"{SHARP}:{server.port}</div>" in page
+    assert f">{SHARP}:{server.port}</a></div>" in page  # the name, linked to its page
     assert f"SNI {SHARP} ({SHARP_A})" in page

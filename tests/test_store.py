@@ -82,6 +82,22 @@ def test_never_read_target_reports_the_error(root: Issued) -> None:
     assert status.certificate_read_at is None
 
 
+def test_recent_errors_are_the_last_five_newest_first_and_outlive_a_recovery(root: Issued) -> None:
+    (status,) = merge([], [judged(root, left=40)], ENDPOINT, rejudge_at(root, NOW))
+    assert status.recent_errors == ()
+    errors = [ProbeError("timeout", "handshake", f"try {i}") for i in range(7)]
+    for i, error in enumerate(errors):  # a certificate known: each failure is carried
+        at = NOW + i * timedelta(minutes=5)
+        (status,) = merge([status], [judged(root, at=at, left=None, error=error)], ENDPOINT,
+                          rejudge_at(root, at))
+    assert [e.detail for _, e in status.recent_errors] == [f"try {i}" for i in (6, 5, 4, 3, 2)]
+    assert status.recent_errors[0][0] == NOW + 30 * timedelta(minutes=1)
+    (recovered,) = merge([status], [judged(root, left=40)], ENDPOINT, rejudge_at(root, NOW))
+    assert (recovered.last_error, recovered.recent_errors) == (None, status.recent_errors)
+    (never,) = merge([], [judged(root, left=None, error=REFUSED)], ENDPOINT, rejudge_at(root, NOW))
+    assert never.recent_errors == ((NOW, REFUSED),)  # no certificate ever read: also kept
+
+
 def test_vanished_addresses_are_dropped(root: Issued) -> None:
     store = Store()
     two = merge([], [judged(root, address="127.0.0.1"), judged(root, address="127.0.0.2")],

@@ -556,7 +556,7 @@ def test_secrets_never_appear_in_output_or_responses(pki: Pki, start) -> None:  
 
         responses: list[Response] = []
         for path in ("/metrics", "/api/v1/targets", "/api/v1/targets/shop", "/", "/readyz",
-                     "/healthz", "/api/v1/targets/nope"):
+                     "/healthz", "/api/v1/targets/nope", "/target?key=shop%40127.0.0.1"):
             for authorization in (right, basic("prometheus", wrong), None):
                 responses.append(daemon.request(path, authorization=authorization))
         # Both sinks fail, the webhook more than once, and say so in the logs.
@@ -574,8 +574,8 @@ def test_secrets_never_appear_in_output_or_responses(pki: Pki, start) -> None:  
         assert ("certwatch", smtp_password) in smtp.logins
 
     assert all(r.status in (200, 401, 404) for r in responses)
-    assert [r.status for r in responses].count(200) == 9  # 6 paths + 3 later, with the password
-    assert [r.status for r in responses].count(401) == 14  # 7 paths, wrong or no password
+    assert [r.status for r in responses].count(200) == 10  # 7 paths + 3 later, with the password
+    assert [r.status for r in responses].count(401) == 16  # 8 paths, wrong or no password
     output = daemon.log_text()
     state = b"".join(p.read_bytes() for p in (pki.directory / "state").iterdir() if p.is_file())
     said = [output] + [r.body + json.dumps(r.headers) for r in responses]

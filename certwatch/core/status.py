@@ -17,7 +17,9 @@ from certwatch.core.inventory import Endpoint
 from certwatch.core.observation import Observation, ProbeError, Target
 from certwatch.core.vocabulary import ErrorKind, Phase, State
 
-__all__ = ["Change", "TargetStatus", "merge"]
+__all__ = ["RECENT_ERRORS", "Change", "TargetStatus", "merge"]
+
+RECENT_ERRORS = 5  # failed probes remembered per target, newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +31,9 @@ class TargetStatus:
     consecutive_failures: int
     last_probe_at: datetime
     last_probe_duration: float
+    # The latest failed probes (when, why), newest first, kept after a recovery too: what
+    # went wrong lately, for the target's page.
+    recent_errors: tuple[tuple[datetime, ProbeError], ...] = ()
 
     @property
     def target(self) -> Target:
@@ -50,6 +55,12 @@ class TargetStatus:
 Rejudge = Callable[[Observation], Assessment]
 
 
+def _recent(old: TargetStatus | None, error: ProbeError | None,
+            at: datetime) -> tuple[tuple[datetime, ProbeError], ...]:
+    kept = old.recent_errors if old is not None else ()
+    return ((at, error), *kept)[:RECENT_ERRORS] if error is not None else kept
+
+
 def _failure(assessment: Assessment) -> ProbeError | None:
     error = assessment.observation.error
     if error is None and assessment.leaf is None:
@@ -69,8 +80,9 @@ def merge(previous: Sequence[TargetStatus], fresh: Sequence[Assessment], endpoin
     def carried(old: TargetStatus, latest: Assessment) -> TargetStatus:
         observation = dataclasses.replace(
             old.assessment.observation, target=dataclasses.replace(old.target, endpoint=endpoint))
-        return TargetStatus(rejudge(observation), _failure(latest), old.consecutive_failures + 1,
-                            latest.observation.started_at, latest.observation.duration_seconds)
+        error, at = _failure(latest), latest.observation.started_at
+        return TargetStatus(rejudge(observation), error, old.consecutive_failures + 1, at,
+                            latest.observation.duration_seconds, _recent(old, error, at))
 
     # The name did not resolve: every address we knew keeps its certificate, failed.
     # (An entry validation rejected is in state error: nothing is carried for it.)
@@ -89,9 +101,10 @@ def merge(previous: Sequence[TargetStatus], fresh: Sequence[Assessment], endpoin
             statuses.append(carried(old, assessment))
             continue
         failures = 0 if error is None else (old.consecutive_failures if old else 0) + 1
-        statuses.append(TargetStatus(assessment, error, failures,
-                                     assessment.observation.started_at,
-                                     assessment.observation.duration_seconds))
+        at = assessment.observation.started_at
+        statuses.append(TargetStatus(assessment, error, failures, at,
+                                     assessment.observation.duration_seconds,
+                                     _recent(old, error, at)))
     return statuses
 
 

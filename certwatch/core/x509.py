@@ -63,6 +63,8 @@ class CertInfo:
     version: int
     is_ca: bool
     self_issued: bool  # subject == issuer; a root, or a self-signed leaf
+    issuer_name: str = ""  # the issuer as people name it: its CN, else its O, else the DN
+    fingerprint_sha1: str = ""  # what older tools and Windows' "thumbprint" show
 
     @property
     def lifetime_seconds(self) -> float:
@@ -78,14 +80,21 @@ def _name(name: x509.Name | bytes) -> str:
         return ",".join(f"{a.oid.dotted_string}={a.value!r}" for a in name)
 
 
-def _common_name(name: x509.Name | bytes) -> str | None:
+def _first_value(name: x509.Name | bytes, oid: x509.ObjectIdentifier) -> str | None:
     if isinstance(name, bytes):
         return None
     try:
-        values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+        values = name.get_attributes_for_oid(oid)
     except ValueError:
         return None
     return str(values[0].value) if values else None
+
+
+def _readable_name(name: x509.Name | bytes) -> str:
+    """A name as people say it: its CN ("R11"), else its O, else the whole DN; a long
+    DN makes a tall, unreadable table cell."""
+    return (_first_value(name, NameOID.COMMON_NAME)
+            or _first_value(name, NameOID.ORGANIZATION_NAME) or _name(name))
 
 
 def names_of(cert: x509.Certificate) -> tuple[x509.Name | bytes, x509.Name | bytes]:
@@ -225,13 +234,14 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
             position=position,
             subject=_name(subject),
             issuer=_name(issuer),
-            common_name=_common_name(subject),
+            common_name=_first_value(subject, NameOID.COMMON_NAME),
             dns_names=dns_names,
             ip_addresses=ip_addresses,
             serial=_serial_hex(cert.serial_number),
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
             fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+            fingerprint_sha1=hashlib.sha1(der, usedforsecurity=False).hexdigest(),
             key_type=key_type,
             key_bits=key_bits,
             signature_algorithm=_SIGNATURE_NAMES.get(
@@ -239,6 +249,7 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
             version=cert.version.value + 1,
             is_ca=_is_ca(cert),
             self_issued=subject == issuer,
+            issuer_name=_readable_name(issuer),
         )
     except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
         raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None

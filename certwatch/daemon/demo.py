@@ -55,6 +55,10 @@ _ENDPOINTS: tuple[tuple[str, str, float, str], ...] = (
 )
 _RENEWED = "demo-critical"
 _UNREACHABLE = "demo-unreachable"
+# A team label each, so the status page's label filter has something to choose from.
+_TEAMS = {"demo-ok": "web", "demo-warning": "payments", "demo-critical": "payments",
+          "demo-expired": "mail", "demo-untrusted": "intranet", "demo-wrong-name": "web",
+          _UNREACHABLE: "mail"}
 
 _Key = ec.EllipticCurvePrivateKey
 
@@ -236,7 +240,7 @@ class DemoEndpoints:
         """One inventory endpoint entry per demo endpoint, for `build_inventory`."""
         return [{"name": site.name, "host": self._host, "port": site.port,
                  "server_name": site.server_name, "ca_file": str(self.root_pem),
-                 "system_trust": False, "labels": {"env": "demo"}}
+                 "system_trust": False, "labels": {"env": "demo", "team": _TEAMS[site.name]}}
                 for site in self._sites]
 
     async def __aenter__(self) -> DemoEndpoints:

@@ -1,206 +1,70 @@
-"""The daemon's HTML status page: one pure function from target dicts to a page.
+"""The daemon's status page: pure functions from a selection of target dicts to HTML.
 
-The page is self-contained (inline CSS, no scripts, no external assets) and carries a
-strict Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`, also sent as a
-``<meta>``): the only thing it allows is its own stylesheet, by hash. Every string
-that can come from a certificate, a peer or the inventory is made printable with
-:func:`certwatch.report.safe_text` (control characters and terminal escapes shown, not
-interpreted) and then HTML-escaped, attributes included.
+What a person sees, top to bottom: the counts by state (each a link that filters the
+table), a filter form (search, state, every label key, the source, the order), the
+expiries of the next 90 days as a picture (:mod:`certwatch.render.timeline`), then one
+page of the table, problems first (:func:`certwatch.render.selection.row_order`), with
+sortable columns and a link from each row to the target's own page
+(:mod:`certwatch.render.targetpage`). Everything is a link or a form control, so it works
+by keyboard and without JavaScript; the page has none.
+
+The page is self-contained and carries a strict Content-Security-Policy
+(:data:`certwatch.render.stylesheet.CONTENT_SECURITY_POLICY`); every string that can come
+from a certificate, a peer or the inventory is escaped by :func:`pagekit.text`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from certwatch.core.names import for_people
-from certwatch.core.vocabulary import ErrorKind, Phase, Problem, State
-from certwatch.render.report import safe_text
-
-__all__ = ["CONTENT_SECURITY_POLICY", "count_states", "render_status_page", "row_order",
-           "status_page_parts"]
-
-STATES = tuple(state.value for state in State.worst_first())  # badges and rows: worst first
-
-PROBLEM_WORDS: dict[str, str] = {
-    Problem.HOSTNAME_MISMATCH: "name mismatch",
-    Problem.INCOMPLETE_CHAIN: "incomplete chain",
-    Problem.UNTRUSTED: "untrusted issuer",
-    Problem.SELF_SIGNED: "self-signed",
-    Problem.NOT_YET_VALID: "not yet valid",
-    Problem.EXPIRED: "expired",
-}
-
-# How a probe error reads for an operator; fields: kind, phase, detail.
-ERROR_WORDS: dict[str, str] = {
-    ErrorKind.TIMEOUT: "timeout during {phase}: {detail}",
-    ErrorKind.DNS: "DNS lookup failed: {detail}",
-    ErrorKind.REFUSED: "connection refused",
-    ErrorKind.UNREACHABLE: "unreachable: {detail}",
-    ErrorKind.RESET: "connection reset during {phase}",
-    ErrorKind.CLOSED: "connection closed during {phase}",
-    ErrorKind.NOT_TLS: "{detail}",
-    ErrorKind.STARTTLS_UNSUPPORTED: "STARTTLS failed: {detail}",
-    ErrorKind.HANDSHAKE: "TLS handshake failed: {detail}",
-    ErrorKind.CLIENT_CERT: "client certificate unusable: {detail}",
-    ErrorKind.INTERNAL: "internal error: {detail}",
-    **{kind: "{detail}" for kind in (ErrorKind.PROXY_AUTH, ErrorKind.PROXY_DENIED,
-                                     ErrorKind.PROXY_TARGET_UNREACHABLE, ErrorKind.PROXY_ERROR)},
-}
-
-_CSS = """
-:root{--ok:#1a7f37;--warning:#b45309;--critical:#c62828;--expired:#7f1d1d;--error:#6d28d9;
---unknown:#6b7280;--ink:#1f2328;--muted:#59636e;--line:#d8dee4;--bg:#f6f8fa}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-color:var(--ink);background:var(--bg)}
-header,main{max-width:1280px;margin:0 auto;padding:16px 20px}
-header{padding-bottom:4px}
-h1{font-size:20px;margin:0 8px 0 0;display:inline}
-.meta,.sub{color:var(--muted);font-size:12px}
-.counts{display:flex;flex-wrap:wrap;gap:8px;list-style:none;padding:0;margin:12px 0 0}
-.badge{display:inline-block;border-radius:999px;padding:2px 10px;font-weight:600;
-font-size:12px;color:#fff;white-space:nowrap}
-.counts .badge{font-size:13px;padding:4px 12px}
-.counts .zero{opacity:.35}
-.total{background:#fff;color:var(--ink);border:1px solid var(--line)}
-.s-ok{--c:var(--ok)}.s-warning{--c:var(--warning)}.s-critical{--c:var(--critical)}
-.s-expired{--c:var(--expired)}.s-error{--c:var(--error)}.s-unknown{--c:var(--unknown)}
-.badge.s-ok,.badge.s-warning,.badge.s-critical,.badge.s-expired,.badge.s-error,
-.badge.s-unknown{background:var(--c)}
-.banner{margin:0 0 12px;padding:10px 14px;border-radius:6px;
-border:1px solid #e3b341;background:#fff8c5}
-.banner.starting{border-color:#54aeff;background:#ddf4ff}
-.wrap{background:#fff;border:1px solid var(--line);border-radius:8px;overflow:hidden}
-table{width:100%;border-collapse:collapse;table-layout:fixed}
-th{text-align:left;font-size:12px;color:var(--muted);font-weight:600;background:#fafbfc;
-border-bottom:1px solid var(--line);white-space:nowrap}
-th,td{padding:9px 10px;vertical-align:top}
-td{border-top:1px solid var(--line);overflow-wrap:anywhere}
-th:nth-child(1){width:96px}th:nth-child(2){width:80px}th:nth-child(3){width:192px}
-th:nth-child(4){width:19%}th:nth-child(5){width:13%}th:nth-child(6){width:11%}
-th:nth-child(7){width:124px}
-tr.s-warning td{background:#fffbeb}tr.s-critical td{background:#fef2f2}
-tr.s-expired td{background:#fde8e8}tr.s-error td{background:#f5f3ff}
-td.state,th:first-child{border-left:4px solid var(--c,transparent)}
-td.days{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums;font-weight:600;
-color:var(--c)}
-th:nth-child(2){text-align:right}th:nth-child(3){padding-left:20px}
-td.expires{padding-left:20px;white-space:nowrap}td.expires .sub{white-space:normal}
-td.expires,td.checked{font-variant-numeric:tabular-nums}
-.name{font-weight:600}
-.tag{display:inline-block;margin:3px 4px 0 0;padding:0 6px;border-radius:4px;
-background:#eef1f4;border:1px solid var(--line);font-size:11px;color:var(--muted)}
-.good{color:var(--ok)}.bad{color:var(--critical)}.failed{color:var(--error)}
-.empty{padding:48px 20px;text-align:center;color:var(--muted);background:#fff;
-border:1px solid var(--line);border-radius:6px}
-@media (max-width:700px){
-header,main{padding:12px}
-thead{display:none}
-table,tbody,tr,td{display:block;width:100%}
-.wrap{border:0;background:none}
-tr{display:flex;flex-direction:column;margin:0 0 12px;background:#fff;
-border:1px solid var(--line);border-left:5px solid var(--c);border-radius:6px;overflow:hidden}
-td,td.state{border:0;padding:3px 12px;display:flex;gap:10px}
-td::before{content:attr(data-label);flex:0 0 84px;color:var(--muted);font-size:12px;
-font-weight:400;padding-top:2px}
-td>div{flex:1;min-width:0}
-td.blank{display:none}
-td.endpoint{order:-1;padding-top:10px;display:block}
-td.endpoint::before{content:none}
-td.days,th:nth-child(2){text-align:left}
-td.expires{padding-left:12px}
-td:last-child{padding-bottom:10px}
-}
-"""
-
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; "
-    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()}'; "
-    "base-uri 'none'; form-action 'none'"
+from certwatch.render.pagekit import (
+    STATES,
+    ago,
+    error_words,
+    page_end,
+    page_start,
+    problem_words,
+    state_of,
+    text,
+    until,
+    utc,
 )
+from certwatch.render.selection import (
+    SORTS,
+    Query,
+    Selection,
+    issuer_name,
+    label_parameter,
+    select,
+    source_location,
+    source_of,
+)
+from certwatch.render.timeline import expiry_timeline
+
+__all__ = ["render_status_page", "status_page_parts", "target_href"]
+
+# (cell class, heading, the sort it links to)
+COLUMNS: tuple[tuple[str, str, str | None], ...] = (
+    ("state", "State", "state"), ("days", "Days left", "expiry"),
+    ("expires", "Expires", "expiry"), ("endpoint", "Endpoint", "name"),
+    ("issuer", "Issuer", "issuer"), ("verify", "Verification", None),
+    ("checked", "Checked", "checked"), ("probe", "Probe", None),
+)
+FOOTER_LINKS = (("/api/v1/targets", "JSON API"), ("/metrics", "metrics"))
 
 
-def _text(value: object) -> str:
-    """A peer- or config-supplied value, printable and HTML-escaped."""
-    return html.escape(safe_text(str(value)), quote=True)
+def target_href(target: Mapping[str, Any], query: Query) -> str:
+    """The target's own page, remembering the view it was opened from (for the way back)."""
+    return "/target?" + urlencode([("key", str(target.get("key") or "")), *query.pairs()])
 
 
-def _parse(stamp: object) -> datetime | None:
-    if not isinstance(stamp, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _span(seconds: float) -> str:
-    for unit, size, limit in (("min", 60, 3600), ("h", 3600, 172800)):
-        if seconds < limit:
-            return f"{int(seconds // size)} {unit}"
-    n = int(seconds // 86400)
-    return f"{n} day{'s' if n != 1 else ''}"
-
-
-def _relative(stamp: object, now: datetime, *, past: bool, never: str, soon: str,
-              template: str) -> str:
-    """A moment from now in words: `soon` within a minute (or on the wrong side of now)."""
-    moment = _parse(stamp)
-    if moment is None:
-        return never
-    seconds = ((now - moment) if past else (moment - now)).total_seconds()
-    return soon if seconds < 60 else template.format(_span(seconds))
-
-
-def _ago(stamp: object, now: datetime) -> str:
-    """'3 min ago', 'just now', 'never'; a moment after `now` (clock skew) is 'just now'."""
-    return _relative(stamp, now, past=True, never="never", soon="just now", template="{} ago")
-
-
-def _until(stamp: object, now: datetime) -> str:
-    return _relative(stamp, now, past=False, never="", soon="next probe due now",
-                     template="next in {}")
-
-
-def _utc(stamp: object) -> str:
-    moment = _parse(stamp)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if moment else ""
-
-
-def _state(target: Mapping[str, Any]) -> str:
-    state = target.get("state")
-    return state if state in STATES else "unknown"
-
-
-def row_order(state: object, days_left: object, name: object) -> tuple[int, float, str]:
-    """Attention first, then soonest expiry, then name.
-
-    States in their one order, worst first (:meth:`State.rank`): expired, critical
-    (expiring within the critical threshold, or rejected by clients), error (no
-    certificate: we are blind), warning, ok; unknown states last. Within a state, days
-    left ascending (no certificate after the rest), then name.
-    """
-    tier = STATES.index(state) if state in STATES else len(STATES)
-    return (tier, days_left if isinstance(days_left, (int, float)) else float("inf"), str(name))
-
-
-def _sort_key(target: Mapping[str, Any]) -> tuple[int, float, str]:
-    return row_order(_state(target), target.get("days_left"), target.get("name", ""))
-
-
-def _error_words(error: Mapping[str, Any]) -> str:
-    kind, phase, detail = (str(error.get(k) or "") for k in ("kind", "phase", "detail"))
-    template = ERROR_WORDS.get(kind, "{kind} during {phase}: {detail}")
-    words = template.format(kind=kind.replace("_", " "), phase=phase or "probe",
-                            detail=detail or "no detail")
-    # Reaching the proxy failed (refused, timeout, ...): say whose failure it was.
-    return f"proxy: {words}" if phase == Phase.PROXY and not kind.startswith("proxy") else words
+def _attr(url: str) -> str:
+    return html.escape(url, quote=True)
 
 
 def _probe_cell(target: Mapping[str, Any], now: datetime) -> str:
@@ -211,76 +75,88 @@ def _probe_cell(target: Mapping[str, Any], now: datetime) -> str:
             return ""
         error = {"kind": target["error_kind"], "phase": target.get("error_phase"),
                  "detail": target.get("error")}
-    words = _text(_error_words(error))
+    words = text(error_words(error))
     failures = target.get("consecutive_failures")
     count = failures if isinstance(failures, int) and failures > 0 else 1
     if target.get("days_left") is not None and target.get("last_error"):
-        read = _ago(target.get("certificate_read_at"), now)
+        read = ago(target.get("certificate_read_at"), now)
         return (f'<span class="failed">last probe failed ({count}×): {words}</span>; '
                 f'<span class="sub">showing certificate read {read}</span>')
     again = f' <span class="sub">({count}× in a row)</span>' if count > 1 else ""
     return f'<span class="failed">{words}</span>{again}'
 
 
-def _verification_cell(target: Mapping[str, Any]) -> str:
+def verification_cell(target: Mapping[str, Any]) -> str:
     problems = target.get("verify_problems") or []
     if problems:
-        words = ", ".join(PROBLEM_WORDS.get(p, str(p).replace("_", " ")) for p in problems)
+        words = problem_words(problems)
         off = ' <span class="sub">(not enforced)</span>' if target.get("verify") is False else ""
-        return f'<span class="bad">{_text(words)}</span>{off}{_refusal_note(target)}'
+        return f'<span class="bad">{text(words)}</span>{off}{_refusal_note(target)}'
     verified = '<span class="good">verified</span>' if target.get("verified") else ""
     return verified + _refusal_note(target)
 
 
 def _refusal_note(target: Mapping[str, Any]) -> str:
-    """Revocation and root-program lints, one line (the API's JSON has them whole)."""
+    """Revocation and root-program lints, one line (the target page has them whole)."""
     status = target.get("revocation_status")
     parts = []
     if status == "revoked":
-        parts.append(f'<span class="bad">revoked ({_text(target.get("revocation_source"))})</span>')
+        parts.append(f'<span class="bad">revoked ({text(target.get("revocation_source"))})</span>')
     elif status is not None and status != "unknown":
-        parts.append(f"revocation {_text(status)} ({_text(target.get('revocation_source'))})")
+        parts.append(f"revocation {text(status)} ({text(target.get('revocation_source'))})")
     lints = [lint.get("code") for lint in target.get("lints") or [] if isinstance(lint, Mapping)]
     if lints:
-        parts.append(f'<span class="bad">{_text(", ".join(str(c) for c in lints))}</span>')
+        parts.append(f'<span class="bad">{text(", ".join(str(c) for c in lints))}</span>')
     return f'<div class="sub">{" · ".join(parts)}</div>' if parts else ""
 
 
-def _issuer(target: Mapping[str, Any]) -> str:
-    position = target.get("earliest_position")
-    for cert in target.get("chain") or []:
-        if isinstance(cert, Mapping) and cert.get("position") == position:
-            return str(cert.get("issuer") or "")
-    return ""
-
-
-def _endpoint_cell(target: Mapping[str, Any]) -> str:
+def endpoint_words(target: Mapping[str, Any]) -> str:
+    """address:port · protocol · SNI name, escaped."""
     address, port = target.get("address"), target.get("port")
     where = "unresolved" if not address else (
         f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}")
     details = [for_people(where), str(target.get("protocol") or "tls")]
-    if target.get("source") not in (None, "tls"):  # a file or Kubernetes: where it was read
-        details = [str(target["source"]), str(target.get("location") or "")]
+    if source_of(target) != "tls":  # a file or a Kubernetes object: where it was read
+        details = [source_of(target), source_location(target)]
     if target.get("proxy"):
         details.append(f"via proxy {target['proxy']}")
     if target.get("server_name"):
         sni = str(target["server_name"])
         shown = for_people(sni)  # an international name, and its A-label for the curious
         details.append(f"SNI {shown}" if shown == sni else f"SNI {shown} ({sni})")
-    labels = target.get("labels") or {}
-    tags = "".join(f'<span class="tag">{_text(k)}={_text(v)}</span>'
+    return " · ".join(text(d) for d in details)
+
+
+def label_tags(target: Mapping[str, Any]) -> str:
+    labels = target.get("labels")
+    if not isinstance(labels, Mapping):
+        return ""
+    return "".join(f'<span class="tag">{text(k)}={text(v)}</span>'
                    for k, v in sorted(labels.items()))
-    return (f'<div class="name">{_text(for_people(str(target.get("name", ""))))}</div>'
-            f'<div class="sub">{" · ".join(_text(d) for d in details)}</div>{tags}')
+
+
+def _endpoint_cell(target: Mapping[str, Any], query: Query) -> str:
+    return (f'<div class="name"><a href="{_attr(target_href(target, query))}">'
+            f'{text(for_people(str(target.get("name", ""))))}</a></div>'
+            f'<div class="sub">{endpoint_words(target)}</div>{label_tags(target)}')
 
 
 def _expires_cell(target: Mapping[str, Any]) -> str:
-    when = _text(_utc(target.get("earliest_not_after")))
+    when = text(utc(target.get("earliest_not_after")))
     position = target.get("earliest_position")
     if isinstance(position, int) and position > 0:
-        subject = _text(target.get("earliest_subject") or "")
+        subject = text(target.get("earliest_subject") or "")
         when += f'<div class="sub">chain certificate {position}: {subject}</div>'
     return when
+
+
+def _issuer_cell(target: Mapping[str, Any]) -> str:
+    name = issuer_name(target)
+    chain = target.get("chain") or [{}]
+    full = chain[0].get("issuer") if isinstance(chain[0], Mapping) else None
+    if not name:
+        return ""
+    return f'<span title="{text(full)}">{text(name)}</span>' if full and full != name else text(name)
 
 
 def _alerts(target: Mapping[str, Any], now: datetime) -> str:
@@ -292,96 +168,177 @@ def _alerts(target: Mapping[str, Any], now: datetime) -> str:
         sent = ""
         last = alert.get("last_notification")
         if isinstance(last, Mapping) and isinstance(last.get("sinks"), Mapping):
-            sent = "; " + ", ".join(f"{_text(name)}: {_text(info.get('status'))}"
+            sent = "; " + ", ".join(f"{text(name)}: {text(info.get('status'))}"
                                     for name, info in sorted(last["sinks"].items())
                                     if isinstance(info, Mapping))
-        lines.append(f'<div class="sub">alert: {_text(alert.get("kind"))} '
-                     f'({_text(alert.get("severity"))}) since {_ago(alert.get("started_at"), now)}'
+        lines.append(f'<div class="sub">alert: {text(alert.get("kind"))} '
+                     f'({text(alert.get("severity"))}) since {ago(alert.get("started_at"), now)}'
                      f"{sent}</div>")
     return "".join(lines)
 
 
-def _row(target: Mapping[str, Any], now: datetime) -> str:
-    state = _state(target)
+def _row(target: Mapping[str, Any], now: datetime, query: Query) -> str:
+    state = state_of(target)
     days = target.get("days_left")
-    checked = _ago(target.get("last_probe_at") or target.get("checked_at"), now)
-    cells = [
-        ("state", "State",
-         f'<span class="badge s-{state}">{_text(target.get("state"))}</span>{_alerts(target, now)}'),
-        ("days", "Days left", f"{days:.1f}" if isinstance(days, (int, float)) else ""),
-        ("expires", "Expires", _expires_cell(target)),
-        ("endpoint", "Endpoint", _endpoint_cell(target)),
-        ("issuer", "Issuer", _text(_issuer(target))),
-        ("verify", "Verification", _verification_cell(target)),
-        ("checked", "Checked",
-         f'{checked}<div class="sub">{_until(target.get("next_probe_at"), now)}</div>'),
-        ("probe", "Probe", _probe_cell(target, now)),
-    ]
-    tds = "".join(f'<td class="{cls}{"" if body else " blank"}" data-label="{label}">'
-                  f"<div>{body}</div></td>" for cls, label, body in cells)
-    return f'<tr class="s-{state}" title="{_text(target.get("summary") or "")}">{tds}</tr>'
+    checked = ago(target.get("last_probe_at") or target.get("checked_at"), now)
+    due = target.get("next_probe_at")
+    bodies = {
+        "state": f'<span class="badge s-{state}">{text(target.get("state"))}</span>'
+                 f"{_alerts(target, now)}",
+        "days": f"{days:.1f}" if isinstance(days, (int, float)) else "",
+        "expires": _expires_cell(target),
+        "endpoint": _endpoint_cell(target, query),
+        "issuer": _issuer_cell(target),
+        "verify": verification_cell(target),
+        "checked": f'{checked}<div class="sub" title="{text(utc(due, seconds=True))}">'
+                   f"{until(due, now)}</div>",
+        "probe": _probe_cell(target, now),
+    }
+    tds = "".join(f'<td class="{cls}{"" if bodies[cls] else " blank"}" data-label="{label}">'
+                  f"<div>{bodies[cls]}</div></td>" for cls, label, _ in COLUMNS)
+    return f'<tr class="s-{state}" title="{text(target.get("summary") or "")}">{tds}</tr>'
 
 
-def render_status_page(targets: Sequence[Mapping[str, Any]], *, now: datetime,
-                       title: str = "certwatch", version: str = "", ready: bool = True,
-                       notices: Sequence[str] = ()) -> str:
-    """The status page for `targets` (dicts as the HTTP API returns them) at `now`.
-
-    Rows are sorted worst first, then soonest expiry (see :func:`row_order`).
-    """
-    return "".join(status_page_parts(
-        sorted(targets, key=_sort_key), total=len(targets),
-        counts=count_states(_state(t) for t in targets), now=now, title=title,
-        version=version, ready=ready, notices=notices))
-
-
-def count_states(states: Iterable[str]) -> dict[str, int]:
-    counts = {s: 0 for s in STATES}
-    for state in states:
-        if state in counts:
-            counts[state] += 1
-    return counts
+def _counters(selection: Selection[Any]) -> str:
+    query, counts = selection.query, selection.counts
+    shown = sum(counts.values())
+    everything = query.href(states=())
+    items = [f'<li><a class="badge total" href="{_attr(everything)}"'
+             f'{"" if query.states else " aria-current=true"}>{shown} total</a></li>']
+    for state in (*STATES, *(("unknown",) if counts.get("unknown") else ())):
+        n = counts.get(state, 0)
+        active = state in query.states
+        href = query.href(states=()) if active else query.href(states=(state,))
+        hint = "show every state" if active else f"show only {state}"
+        items.append(f'<li><a class="badge s-{state}{"" if n else " zero"}" href="{_attr(href)}"'
+                     f' aria-label="{n} {state}: {hint}"{" aria-current=true" if active else ""}>'
+                     f"{n} {state}</a></li>")
+    return f'<nav aria-label="States"><ul class="counts">{"".join(items)}</ul></nav>'
 
 
-def status_page_parts(rows: Iterable[Mapping[str, Any]], *, total: int,
-                      counts: Mapping[str, int], now: datetime, title: str = "certwatch",
-                      version: str = "", ready: bool = True,
-                      notices: Sequence[str] = ()) -> Iterator[str]:
-    """The page in pieces, one row at a time: `rows` already in :func:`row_order`, and
-    their number and counts by state given beforehand (the header shows them), so a
-    server can stream a page of 10,000 rows without building every row's dict at once."""
+def _select(label: str, name: str, options: Iterable[tuple[str, str]], chosen: str) -> str:
+    rendered = "".join(f'<option value="{text(value)}"{" selected" if value == chosen else ""}>'
+                       f"{text(words)}</option>" for value, words in options)
+    return f'<label>{label}<select name="{text(name)}">{rendered}</select></label>'
+
+
+def _filters(selection: Selection[Any]) -> str:
+    query = selection.query
+    fields = [f'<label class="search">Search<input type="search" name="q" value="{text(query.text)}" '
+              'placeholder="name, host, SAN, issuer, label" maxlength="200"></label>']
+    if len(query.states) > 1:  # from a link; the form keeps them as they are
+        fields += [f'<input type="hidden" name="state" value="{text(s)}">' for s in query.states]
+    else:
+        fields.append(_select("State", "state", [("", "any"), *((s, s) for s in STATES)],
+                              query.states[0] if query.states else ""))
+    for key, values in selection.labels.items():
+        current = query.label_values(key)
+        if key in selection.crowded or len(current) > 1:
+            fields.append(f'<label>{text(key)}<input name="{text(label_parameter(key))}" '
+                          f'value="{text(current[0] if current else "")}"></label>')
+        else:
+            fields.append(_select(text(key), label_parameter(key),
+                                  [("", "any"), *((v, v) for v in values)],
+                                  current[0] if current else ""))
+    fields.append(_select("Source", "source", [("", "any"), *((s, s) for s in selection.sources)],
+                          query.sources[0] if len(query.sources) == 1 else ""))
+    fields.append(_select("Order", "sort", SORTS.items(), query.sort))
+    fields.append(_select("Direction", "order", [("asc", "ascending"), ("desc", "descending")],
+                          "desc" if query.descending else "asc"))
+    fields.append('<button type="submit">Apply</button>')
+    if query.filtering:
+        fields.append('<a href="/">Clear filters</a>')
+    return ('<form class="panel filters" method="get" action="/" role="search" '
+            f'aria-label="Filter the targets">{"".join(fields)}</form>')
+
+
+def _pages(selection: Selection[Any]) -> str:
+    if selection.pages <= 1:
+        return ""
+    query, page, last = selection.query, selection.query.page, selection.pages
+    shown = sorted({1, last, *range(max(1, page - 2), min(last, page + 2) + 1)})
+    items, previous = [], 0
+    if page > 1:
+        items.append(f'<li><a rel="prev" href="{_attr(query.href(page=page - 1))}">'
+                     "‹ previous</a></li>")
+    for number in shown:
+        if number > previous + 1:
+            items.append('<li><span class="gap">…</span></li>')
+        items.append(f'<li><span aria-current="page">{number}</span></li>' if number == page
+                     else f'<li><a href="{_attr(query.href(page=number))}">{number}</a></li>')
+        previous = number
+    if page < last:
+        items.append(f'<li><a rel="next" href="{_attr(query.href(page=page + 1))}">'
+                     "next ›</a></li>")
+    return f'<nav aria-label="Pages"><ul class="pages">{"".join(items)}</ul></nav>'
+
+
+def _head_cell(label: str, sort: str | None, query: Query) -> str:
+    if sort is None:
+        return f"<th>{label}</th>"
+    current = query.sort == sort
+    descending = current and query.descending
+    arrow = (" ▼" if descending else " ▲") if current else ""
+    href = query.href(sort=sort, descending=current and not query.descending)
+    aria = f' aria-sort="{"descending" if descending else "ascending"}"' if current else ""
+    return (f'<th{aria}><a href="{_attr(href)}">{label}<span aria-hidden="true">{arrow}'
+            "</span></a></th>")
+
+
+def _headline(selection: Selection[Any]) -> str:
+    counts = selection.counts
+    bad = [f"{counts[s]} {s}" for s in STATES[:-1] if counts.get(s)]
+    return ", ".join(bad) if bad else ("all ok" if selection.matched else "no targets")
+
+
+def status_page_parts(selection: Selection[Any], rows: Iterable[Mapping[str, Any]], *,
+                      now: datetime, title: str = "certwatch", version: str = "",
+                      ready: bool = True, notices: Sequence[str] = ()) -> Iterator[str]:
+    """The page in pieces, one row at a time: `selection` says what is shown and `rows`
+    are its rows' dicts (as the HTTP API returns them), in its order, so a server builds
+    the whole dict of the rows on this page only."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    bad = [f"{counts[s]} {s}" for s in STATES[:-1] if counts.get(s)]
-    headline = ", ".join(bad) if bad else ("all ok" if total else "no targets")
-    badges = "".join(
-        f'<li><span class="badge s-{s}{"" if counts.get(s) else " zero"}">{counts.get(s, 0)} {s}'
-        "</span></li>" for s in STATES)
-    banners = [f'<div class="banner" role="alert">{_text(n)}</div>' for n in notices]
+    query = selection.query
+    banners = [f'<div class="banner" role="alert">{text(n)}</div>' for n in notices]
     if not ready:
         banners.insert(0, '<div class="banner starting" role="status">'
                           'starting: first sweep not finished</div>')
-    version_text = f'<span class="meta">{_text(version)}</span>' if version else ""
-    generated = now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    yield (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta http-equiv="refresh" content="60">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
-        f"<title>{_text(title)}: {headline}</title><style>{_CSS}</style></head><body>"
-        f"<header><h1>{_text(title)}</h1>{version_text}"
-        f'<div class="meta">generated {generated}</div>'
-        f'<ul class="counts"><li><span class="badge total">{total} total</span></li>'
-        f"{badges}</ul></header><main>{''.join(banners)}"
-    )
-    if total:
-        heads = "".join(f"<th>{h}</th>" for h in (
-            "State", "Days left", "Expires", "Endpoint", "Issuer", "Verification",
-            "Checked", "Probe"))
-        yield f'<div class="wrap"><table><thead><tr>{heads}</tr></thead><tbody>'
-        yield from (_row(target, now) for target in rows)
-        yield "</tbody></table></div>"
-    else:
+    version_text = f' <span class="meta">{text(version)}</span>' if version else ""
+    yield page_start(f"{text(title)}: {_headline(selection)}",
+                     f"<h1>{text(title)}</h1>{version_text}", now=now,
+                     skip=("targets", "Skip to the targets"))
+    yield _counters(selection)
+    yield "".join(banners)
+    if not selection.total:
         yield ('<div class="empty">' + ("no results yet: the first sweep is still running"
                if not ready else "no targets configured") + "</div>")
-    yield "</main></body></html>\n"
+        yield page_end(links=FOOTER_LINKS)
+        return
+    yield _filters(selection)
+    yield expiry_timeline(selection.days_left, now)
+    last = selection.first + len(selection.rows) - 1
+    of_all = f" (of {selection.total} in all)" if selection.matched != selection.total else ""
+    range_words = (f"Targets {selection.first}–{last} of {selection.matched}{of_all}"
+                   if selection.matched else
+                   'No target matches this filter. <a href="/">Clear filters</a>')
+    yield (f'<div class="range"><p role="status" id="targets">{range_words}</p>'
+           f"{_pages(selection)}</div>")
+    if selection.matched:
+        heads = "".join(_head_cell(label, sort, query) for _, label, sort in COLUMNS)
+        yield f'<div class="wrap"><table><thead><tr>{heads}</tr></thead><tbody>'
+        yield from (_row(target, now, query) for target in rows)
+        yield "</tbody></table></div>"
+        if selection.pages > 1:
+            yield f'<div class="range">{_pages(selection)}</div>'
+    yield page_end(links=FOOTER_LINKS)
+
+
+def render_status_page(targets: Sequence[Mapping[str, Any]], *, now: datetime,
+                       query: Query | None = None, title: str = "certwatch",
+                       version: str = "", ready: bool = True,
+                       notices: Sequence[str] = ()) -> str:
+    """The status page for `targets` (dicts as the HTTP API returns them) at `now`."""
+    selection = select(((t, t) for t in targets), query or Query())
+    return "".join(status_page_parts(selection, selection.rows, now=now, title=title,
+                                     version=version, ready=ready, notices=notices))

@@ -1,10 +1,13 @@
-"""The daemon's HTTP server: /metrics, /healthz, /readyz, the JSON API and the status page.
+"""The daemon's HTTP server: /metrics, /healthz, /readyz, the JSON API, the status page
+and each target's page.
 
 aiohttp serves in the daemon's own event loop; handlers only read the store's snapshot,
-so a scrape never waits for a probe. The three large responses (with 10,000 targets:
-~40 MB of metrics, ~23 MB of JSON, ~8 MB of HTML) are streamed in chunks made one
-target at a time from one snapshot, so none is ever held whole in memory, and the loop
-serves other requests (and probes) between chunks.
+so a scrape never waits for a probe. The two large responses (with 10,000 targets:
+~40 MB of metrics, ~26 MB of JSON) are streamed in chunks made one target at a time
+from one snapshot, so neither is ever held whole in memory, and the loop serves other
+requests (and probes) between chunks. The status page shows one page of rows: it
+selects over a small dict of each target (:func:`status_facts`) and builds the API's
+whole dict only for the rows it shows.
 """
 
 from __future__ import annotations
@@ -22,20 +25,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from certwatch import __version__
 from certwatch.config.web import WebConfig
 from certwatch.core.status import TargetStatus
-from certwatch.render.report import reported_days_left, sort_key, status_to_dict
-from certwatch.render.statuspage import (
-    CONTENT_SECURITY_POLICY,
-    count_states,
-    row_order,
-    status_page_parts,
-)
+from certwatch.render.report import sort_key, status_facts, status_to_dict
+from certwatch.render.selection import Query, select
+from certwatch.render.statuspage import status_page_parts
+from certwatch.render.stylesheet import CONTENT_SECURITY_POLICY
+from certwatch.render.targetpage import render_target_page, target_missing_page
 from certwatch.serving.auth import BasicAuth
 
 __all__ = ["DaemonView", "create_app"]
 
 STREAM_CHUNK = 256 * 1024  # characters per write of a streamed response
 
-# The status page shows peer-supplied text; forbid anything but its own stylesheet.
+Clock = Callable[[], datetime]
+_FORM_DEFAULTS = {("sort", "state"), ("order", "asc")}  # what the filter form sends by default
+
+# The pages show peer-supplied text; forbid anything but their own stylesheet.
 _PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -64,12 +68,6 @@ def _target_dicts(view: DaemonView, statuses: Iterable[TargetStatus]) -> Iterato
 
 def _api_order(statuses: Iterable[TargetStatus]) -> list[TargetStatus]:
     return sorted(statuses, key=lambda s: sort_key(s.assessment))
-
-
-def _page_order(statuses: Iterable[TargetStatus]) -> list[TargetStatus]:
-    # By the rounded days the page shows, as render_status_page sorts the API's dicts.
-    return sorted(statuses, key=lambda s: row_order(
-        s.state.value, reported_days_left(s.assessment), s.target.endpoint.name))
 
 
 def _json_list(items: Iterable[Any]) -> Iterator[str]:
@@ -161,7 +159,12 @@ def _security(config: WebConfig) -> tuple[list[Any], Callable[[web.Request, web.
     return middlewares, add_headers
 
 
-def create_app(view: DaemonView, web_config: WebConfig | None = None) -> web.Application:
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_app(view: DaemonView, web_config: WebConfig | None = None, *,
+               clock: Clock = _utcnow) -> web.Application:
     async def metrics(request: web.Request) -> web.StreamResponse:
         return await _stream(request, view.target_metrics(), CONTENT_TYPE_LATEST,
                              head=generate_latest(view.registry))
@@ -188,18 +191,37 @@ def create_app(view: DaemonView, web_config: WebConfig | None = None) -> web.App
         return web.json_response(list(_target_dicts(view, statuses)))
 
     async def page(request: web.Request) -> web.StreamResponse:
-        statuses = _page_order(view.snapshot().values())
+        # The filter is in the URL and applied here: only one page of rows is rendered.
+        query = Query.parse(request.query.items())
+        if any(not value.strip() or (name, value) in _FORM_DEFAULTS
+               for name, value in request.query.items()):
+            # The filter form sends every field, the empty ones too: the address to share
+            # or bookmark is the short one (?state=critical&team=payments&q=api). (Only
+            # that noise is redirected, so the target is never redirected again.)
+            raise web.HTTPSeeOther(query.href(page=query.page))
+        selection = select(((s, status_facts(s)) for s in view.snapshot().values()), query)
         parts = status_page_parts(
-            _target_dicts(view, statuses), total=len(statuses),
-            counts=count_states(s.state.value for s in statuses), now=datetime.now(timezone.utc),
-            version=__version__, ready=view.ready(), notices=view.notices())
+            selection, _target_dicts(view, selection.rows), now=clock(), version=__version__,
+            ready=view.ready(), notices=view.notices())
         return await _stream(request, parts, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    async def target_page(request: web.Request) -> web.Response:
+        key = request.query.get("key", "")
+        back = Query.parse((k, v) for k, v in request.query.items() if k != "key")
+        status = view.snapshot().get(key)
+        if status is None:
+            return web.Response(status=404, text=target_missing_page(key, now=clock(), back=back),
+                                content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
+        target = next(_target_dicts(view, [status]))
+        return web.Response(text=render_target_page(target, now=clock(), back=back),
+                            content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
 
     middlewares, add_headers = _security(web_config) if web_config else ([], None)
     app = web.Application(middlewares=middlewares)
     if add_headers is not None:
         app.on_response_prepare.append(add_headers)
     app.router.add_get("/", page)
+    app.router.add_get("/target", target_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
