@@ -22,6 +22,7 @@ from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.logs import configure_logging
 from certwatch.render.report import assessment_to_dict, render_table, sort_key
+from certwatch.sources.ari import RenewalInfoFetcher
 from certwatch.sources.wire import Prober
 from certwatch.sweep import sweep
 
@@ -52,7 +53,8 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         entry = {"host": parts.hostname or spec, "protocol": args.protocol}
         if port is not None:
             entry["port"] = port
-    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses"):
+    for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses",
+                   "warn_fraction", "critical_fraction", "acme_directory"):
         if getattr(args, option) is not None:
             entry[option] = getattr(args, option)
     if args.server_name is not None:
@@ -69,14 +71,24 @@ def _load(args: argparse.Namespace) -> Inventory:
     return load_inventory(args.config)
 
 
+async def _sweep(inventory: Inventory) -> list[Assessment]:
+    prober = Prober(max_concurrency=inventory.max_concurrency)
+    renewal = (RenewalInfoFetcher() if any(e.acme_directory for e in inventory.endpoints)
+               else None)
+    try:
+        return await sweep(inventory.endpoints, prober, renewal=renewal)
+    finally:
+        if renewal is not None:
+            await renewal.aclose()
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         inventory = _load(args)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
-    prober = Prober(max_concurrency=inventory.max_concurrency)
-    assessments = sorted(asyncio.run(sweep(inventory.endpoints, prober)), key=sort_key)
+    assessments = sorted(asyncio.run(_sweep(inventory)), key=sort_key)
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -157,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--ca-file", help="extra trusted roots (PEM)")
     check.add_argument("--warn-days", type=float)
     check.add_argument("--critical-days", type=float)
+    check.add_argument("--warn-fraction", help="warn below this share of the lifetime left "
+                                                "(default 1/3; 1: the fixed days only)")
+    check.add_argument("--critical-fraction", help="page below this share (default 1/5)")
+    check.add_argument("--acme-directory", metavar="URL",
+                       help="the CA's ACME directory: ask it for the renewal window (RFC 9773)")
     check.add_argument("--timeout", type=float, help="seconds per phase (default 10)")
     check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
     check.add_argument("--insecure", action="store_true",

@@ -9,6 +9,7 @@ alert sinks are read too (their secrets come from it or from files), in the same
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -39,12 +40,16 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_DAYS = 36500
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
-                 "ca_file", "addresses", "interval", "retry_interval")
+                 "ca_file", "addresses", "interval", "retry_interval",
+                 "warn_fraction", "critical_fraction", "acme_directory",
+                 "renewal_due_fraction")
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
-                  "retry_interval")
-_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts")
+                  "retry_interval", "warn_fraction", "critical_fraction", "acme_directory",
+                  "renewal_due_fraction")
+_TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
+             "state_dir")
 _ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
 
 
@@ -63,6 +68,16 @@ def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
                                       f"warn_days ({warn:g})")
 
 
+def _fractions(read: Reader, fallback: Defaults) -> tuple[float, float]:
+    """warn_fraction and critical_fraction (of the lifetime left), the second no larger."""
+    warn = read.fraction("warn_fraction", fallback.warn_fraction)
+    critical = read.fraction("critical_fraction", fallback.critical_fraction)
+    if ("warn_fraction" in read.mapping or "critical_fraction" in read.mapping) and critical > warn:
+        read.problem("critical_fraction", f"critical_fraction ({critical:.3g}) must not "
+                                          f"exceed warn_fraction ({warn:.3g})")
+    return warn, critical
+
+
 def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
     mapping = _mapping_or_none(raw, "defaults", problems)
     if mapping is None:
@@ -70,6 +85,7 @@ def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
     read = Reader(mapping, "defaults", problems, base)
     read.unknown_keys(_DEFAULT_KEYS)
     fallback = Defaults()
+    warn_fraction, critical_fraction = _fractions(read, fallback)
     defaults = Defaults(
         timeout=read.number("timeout", fallback.timeout, minimum=0.1, maximum=600),
         warn_days=read.number("warn_days", fallback.warn_days, minimum=0, maximum=MAX_DAYS),
@@ -81,6 +97,10 @@ def _read_defaults(raw: Any, problems: Problems, base: Path) -> Defaults:
         addresses=read.choice("addresses", fallback.addresses, ADDRESS_MODES),
         interval=read.duration("interval", fallback.interval),
         retry_interval=read.duration("retry_interval", fallback.retry_interval),
+        warn_fraction=warn_fraction,
+        critical_fraction=critical_fraction,
+        acme_directory=read.url("acme_directory", None),
+        renewal_due_fraction=read.fraction("renewal_due_fraction", fallback.renewal_due_fraction),
     )
     _thresholds_problem(read, defaults.warn_days, defaults.critical_days)
     return defaults
@@ -238,6 +258,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     critical = read.number("critical_days", defaults.critical_days, minimum=0, maximum=MAX_DAYS)
     if "warn_days" in raw or "critical_days" in raw:
         _thresholds_problem(read, warn, critical)
+    warn_fraction, critical_fraction = _fractions(read, defaults)
 
     client_cert = read.path("client_cert", None)
     client_key = read.path("client_key", None)
@@ -267,6 +288,10 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         labels=labels,
         interval=read.duration("interval", defaults.interval),
         retry_interval=read.duration("retry_interval", defaults.retry_interval),
+        warn_fraction=warn_fraction,
+        critical_fraction=critical_fraction,
+        acme_directory=read.url("acme_directory", defaults.acme_directory),
+        renewal_due_fraction=read.fraction("renewal_due_fraction", defaults.renewal_due_fraction),
     )
     if read.failed or name is None or host is None or port is None:
         return name, None
@@ -321,6 +346,9 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
     demo = top.boolean("demo", False)
     alerts = _read_alerts(document.get("alerts"), problems, base, environ)
+    state_dir = _state_dir(top, alerts, document.get("alerts"))
+    if alerts is not None and state_dir is not None:
+        alerts = dataclasses.replace(alerts, state_dir=state_dir)
     listen = document.get("listen", DEFAULT_LISTEN)
     if (message := listen_problem(listen)) is not None:
         top.problem("listen", message)
@@ -344,7 +372,24 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     problems.raise_for(source)
     return Inventory(endpoints=tuple(endpoints), defaults=defaults,
                      max_concurrency=int(concurrency), listen=listen, demo=demo,
-                     alerts=alerts, source=source)
+                     alerts=alerts, source=source, state_dir=state_dir)
+
+
+def _state_dir(top: Reader, alerts: AlertSettings | None, raw_alerts: Any) -> Path | None:
+    """The state database's directory: `state_dir`, else the `alerts:` section's (given
+    or its default), else none (the certificate history is kept in memory)."""
+    raw = top.mapping.get("state_dir")
+    if raw is None:
+        return alerts.state_dir if alerts is not None else None
+    if not isinstance(raw, str) or not raw.strip():
+        top.problem("state_dir", f"'state_dir' must be a directory path, not {describe(raw)}")
+        return None
+    state_dir = top.resolve(raw)
+    given = raw_alerts.get("state_dir") if isinstance(raw_alerts, dict) else None
+    if alerts is not None and given is not None and alerts.state_dir != state_dir:
+        top.problem("state_dir", "'state_dir' and 'alerts.state_dir' name different "
+                                 "directories; there is one state database: keep 'state_dir'")
+    return state_dir
 
 
 def listen_problem(listen: Any) -> str | None:

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 __all__ = [
     "ConfigError",
@@ -155,6 +156,7 @@ def format_seconds(seconds: float) -> str:
 
 # --- reading one mapping -------------------------------------------------------------------
 
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+)\s*)?$")  # 0.25, 1/3
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
@@ -264,6 +266,40 @@ class Reader:
                               f"not {describe(value)}")
             return None
         return value.strip()
+
+    def url(self, key: str, fallback: str | None) -> str | None:
+        """An http(s) URL with a host and no credentials in it."""
+        if key not in self.mapping or self.mapping[key] is None:
+            return fallback
+        value = self.string(key)
+        if value is None:
+            return fallback
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problem(key, f"'{key}' must be an http:// or https:// URL, not {describe(value)}")
+            return fallback
+        if parts.username or parts.password:
+            self.problem(key, f"'{key}' must not hold credentials")
+            return fallback
+        return value
+
+    def fraction(self, key: str, fallback: float) -> float:
+        """A share of a whole, above 0 and at most 1: a number or a string such as "1/3"."""
+        if key not in self.mapping:
+            return fallback
+        value = self.mapping[key]
+        if isinstance(value, str) and (match := _FRACTION.match(value)):
+            top, bottom = float(match.group(1)), float(match.group(2) or 1)
+            value = top / bottom if bottom else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            self.problem(key, f"'{key}' must be a fraction above 0 and at most 1, such as "
+                              f"0.25 or \"1/3\", not {describe(self.mapping[key])}")
+            return fallback
+        return float(value)
 
     def resolve(self, value: str) -> Path:
         path = Path(os.path.expanduser(value))

@@ -14,6 +14,7 @@ __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
     "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Thresholds",
     "is_ip", "split_listen",
+    "CRITICAL_FRACTION", "RENEWAL_DUE_FRACTION", "WARN_FRACTION",
 ]
 
 # STARTTLS protocols and the port each is usually found on.
@@ -53,12 +54,26 @@ RESERVED_LABELS = frozenset(
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
 
 
+# The lifetime-aware defaults (see certwatch.core.policy and the README's table): warn
+# when less than a third of the lifetime is left, page below a fifth. A 90-day or longer
+# certificate keeps the fixed 30/7 days; a 6-day one warns at 2 days and pages at 1.2.
+WARN_FRACTION = 1 / 3
+CRITICAL_FRACTION = 1 / 5
+# Without the CA's renewal window, a leaf still served after this share of its lifetime
+# is overdue for renewal (see certwatch.core.renewal for why 0.7).
+RENEWAL_DUE_FRACTION = 0.7
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """When an expiring certificate warns and pages, in days left."""
+    """When an expiring certificate warns and pages: below the days left, or below the
+    share of its own lifetime left, whichever comes later (a fraction of 1 leaves the
+    fixed days alone)."""
 
     warn_days: float = 30.0
     critical_days: float = 7.0
+    warn_fraction: float = WARN_FRACTION
+    critical_fraction: float = CRITICAL_FRACTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,10 @@ class Defaults:
     addresses: str = "all"
     interval: float = 3600.0  # seconds between probes of a target
     retry_interval: float = 300.0  # sooner, after a failed probe
+    warn_fraction: float = WARN_FRACTION
+    critical_fraction: float = CRITICAL_FRACTION
+    acme_directory: str | None = None  # the CA's ACME directory URL, for renewalInfo
+    renewal_due_fraction: float = RENEWAL_DUE_FRACTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +118,10 @@ class Endpoint:
     labels: tuple[tuple[str, str], ...] = ()
     interval: float = 3600.0
     retry_interval: float = 300.0
+    warn_fraction: float = WARN_FRACTION
+    critical_fraction: float = CRITICAL_FRACTION
+    acme_directory: str | None = None
+    renewal_due_fraction: float = RENEWAL_DUE_FRACTION
 
     @property
     def verify_name(self) -> str:
@@ -107,7 +130,8 @@ class Endpoint:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(self.warn_days, self.critical_days)
+        return Thresholds(self.warn_days, self.critical_days, self.warn_fraction,
+                          self.critical_fraction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +156,11 @@ class Inventory:
     max_concurrency: int = 100
     listen: str = DEFAULT_LISTEN  # the daemon's HTTP server: "HOST:PORT" or ":PORT"
     demo: bool = False  # start local demo endpoints and watch them too
-    alerts: AlertSettings | None = None  # None: no notifications, no state database
+    alerts: AlertSettings | None = None  # None: no notifications
     source: str = "<inventory>"
+    # Where the state database lives (certificate history; alert state too). None: the
+    # history is kept in memory only, and a restart forgets it.
+    state_dir: Path | None = None
 
 
 def is_ip(text: str) -> bool:

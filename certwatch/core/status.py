@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import Endpoint
 from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.renewal import Renewed, SeenCertificate, last_renewal
 from certwatch.core.vocabulary import ErrorKind, Phase, State
 
 __all__ = ["Change", "TargetStatus", "merge"]
@@ -29,6 +30,14 @@ class TargetStatus:
     consecutive_failures: int
     last_probe_at: datetime
     last_probe_duration: float
+    # The leaves this target has served, oldest first; None where no history is kept
+    # (a one-shot `check`).
+    history: tuple[SeenCertificate, ...] | None = None
+
+    @property
+    def renewed(self) -> Renewed | None:
+        """The renewal that put the served certificate in place, if the history has it."""
+        return last_renewal(self.history) if self.history else None
 
     @property
     def target(self) -> Target:

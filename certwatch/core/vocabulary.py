@@ -89,6 +89,8 @@ class Reason(StrEnum):
     EXPIRING = "expiring"
     MALFORMED_CERTIFICATE = "malformed_certificate"
     HANDSHAKE_INCOMPLETE = "handshake_incomplete"
+    RENEWAL_OVERDUE = "renewal_overdue"  # still served after it should have been replaced
+    RENEWAL_WINDOW_MOVED = "renewal_window_moved"  # the CA moved its window earlier
 
 
 class Severity(StrEnum):
@@ -106,6 +108,7 @@ class AlertKind(StrEnum):
     EXPIRY = "expiry"
     VERIFICATION = "verification"
     PROBE = "probe"
+    RENEWAL_OVERDUE = "renewal_overdue"
 
 
 class Action(StrEnum):

@@ -63,10 +63,14 @@ class CertInfo:
     version: int
     is_ca: bool
     self_issued: bool  # subject == issuer; a root, or a self-signed leaf
+    authority_key_id: str | None = None  # the AKI's keyIdentifier, hexadecimal
 
     @property
     def lifetime_seconds(self) -> float:
-        return (self.not_after - self.not_before).total_seconds()
+        """The validity period, notBefore through notAfter inclusive (RFC 5280 4.1.2.5;
+        the CA/Browser Forum counts it so too): a 90-day certificate's notAfter is 90
+        days less one second after its notBefore."""
+        return (self.not_after - self.not_before).total_seconds() + 1
 
 
 def _name(name: x509.Name | bytes) -> str:
@@ -196,6 +200,14 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def _authority_key_id(cert: x509.Certificate) -> str | None:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier.hex() if aki.key_identifier is not None else None
+
+
 def _serial_hex(serial: int) -> str:
     return ("-" if serial < 0 else "") + format(abs(serial), "X")
 
@@ -239,6 +251,7 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
             version=cert.version.value + 1,
             is_ca=_is_ca(cert),
             self_issued=subject == issuer,
+            authority_key_id=_authority_key_id(cert),
         )
     except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
         raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None
