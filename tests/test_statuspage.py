@@ -185,13 +185,16 @@ def test_cells_days_expiry_endpoint_issuer_and_verification(fleet: Fleet) -> Non
     page = Page(render(fleet.targets))
     www = page.row("www")
     assert www["days"] == "82.4"
-    assert www["expires"] == "2026-08-22 21:36 UTC"
+    assert www["expires"] == ("2026-08-22 21:36 UTC"
+                              "112d certificate, 27% used; warns at 30d, pages at 7d"
+                              "renew by 2026-07-20 04:19 UTC")
     assert www["endpoint"] == "www192.0.2.10:443 · tls · SNI www.example.testenv=prodteam=web"
     assert www["issuer"] == "CN=Example Issuing CA R11"
     assert www["verify"] == "verified"
     assert page.row("legacy")["days"] == "-2.0"
     db = page.row("db")
-    assert db["expires"] == "2026-06-13 12:00 UTCchain certificate 1: CN=Short-lived CA"
+    assert db["expires"].startswith("2026-06-13 12:00 UTCchain certificate 1: CN=Short-lived CA"
+                                    "312d certificate, 96% used; warns at 30d, pages at 7d")
     assert db["issuer"] == "CN=Example Root X1"
     assert page.row("intranet")["verify"] == "self-signed"
     assert page.row("wrongname")["verify"] == "name mismatch"

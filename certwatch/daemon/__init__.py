@@ -128,8 +128,7 @@ class Daemon:
         removed = self.store.retain(set(new))
         for key in removed:
             log.info("target removed", extra={"target": key})
-        if self._pipeline.history is not None:
-            self._pipeline.history.forget(removed)
+        self._pipeline.forget(removed)
         if self._notifier is not None:
             if loaded.alerts is not None:
                 self._notifier.reconfigure(loaded.alerts)
@@ -231,15 +230,11 @@ class Daemon:
                 log.error("web configuration %s: %s", self.web_config.source, exc)
                 return 2
         notifier_task = None
-        state_dir = self._running.inventory.state_dir
         try:
-            self._pipeline.history = CertificateHistory(state_dir)
+            self._pipeline.history = CertificateHistory(self._running.inventory.state_dir)
         except StateError as exc:
             log.error("%s", exc)
             return 2
-        if state_dir is None:
-            log.info("certificate history kept in memory only: set 'state_dir' to keep it "
-                     "across restarts")
         if self._running.alerts is not None:
             try:
                 outbox = Outbox(self._running.alerts.state_dir / "certwatch.db")
@@ -272,9 +267,7 @@ class Daemon:
                 notifier_task.cancel()
         if self._notifier is not None:
             self._notifier.outbox.close()
-        if self._pipeline.history is not None:
-            self._pipeline.history.close()
-        await self._pipeline.renewal.aclose()
+        await self._pipeline.close()
         await serving.runner.cleanup()
         log.info("stopped")
 

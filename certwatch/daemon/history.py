@@ -43,6 +43,8 @@ class CertificateHistory:
     def __init__(self, state_dir: Path | None) -> None:
         self.path = state_dir / "certwatch.db" if state_dir is not None else None
         if self.path is None:
+            log.info("certificate history kept in memory only: set 'state_dir' to keep it "
+                     "across restarts")
             self._db = sqlite3.connect(":memory:", isolation_level=None)
             self._db.executescript(SCHEMA)
         else:

@@ -67,8 +67,7 @@ class Pipeline:
             statuses = self._remember(merge(previous, judged.assessments, endpoint,
                                             judged.rejudge))
             vanished = {s.target.key for s in previous} - {s.target.key for s in statuses}
-            if self.history is not None:
-                self.history.forget(vanished)
+            self.forget(vanished)
             self._record(endpoint, statuses, sorted(vanished), notifier)
             for status in statuses:
                 error = status.last_error
@@ -93,6 +92,16 @@ class Pipeline:
             return Outcome(None)
         return Outcome(endpoint.retry_interval if failed else endpoint.interval, lag)
 
+
+    def forget(self, targets: Collection[str]) -> None:
+        """Targets that left the inventory leave the certificate history too."""
+        if self.history is not None:
+            self.history.forget(targets)
+
+    async def close(self) -> None:
+        if self.history is not None:
+            self.history.close()
+        await self.renewal.aclose()
 
     def _record(self, endpoint: Endpoint, statuses: Sequence[TargetStatus],
                 vanished: Sequence[str], notifier: Notifier | None) -> None:
