@@ -100,13 +100,14 @@ def _policy_fields(a: Assessment) -> dict[str, Any]:
     force for it, and when the leaf should be (or should have been) replaced."""
     endpoint, expiry = a.target.endpoint, a.expiry
     return {
-        "lifetime_days": round(expiry.lifetime_days, 2) if expiry else None,
+        # four decimals: a certificate of minutes is still told apart (0.0001 d = 8.6 s)
+        "lifetime_days": round(expiry.lifetime_days, 4) if expiry else None,
         "lifetime_used": round(expiry.used, 4) if expiry else None,
         "warn_fraction": round(endpoint.warn_fraction, 4),
         "critical_fraction": round(endpoint.critical_fraction, 4),
         "renewal_due_fraction": round(endpoint.renewal_due_fraction, 4),
-        "warn_days_in_force": round(expiry.warn_days, 2) if expiry else None,
-        "critical_days_in_force": round(expiry.critical_days, 2) if expiry else None,
+        "warn_days_in_force": round(expiry.warn_days, 4) if expiry else None,
+        "critical_days_in_force": round(expiry.critical_days, 4) if expiry else None,
         "warning_at": rfc3339(expiry.warning_at) if expiry else None,
         "critical_at": rfc3339(expiry.critical_at) if expiry else None,
         "acme_directory": endpoint.acme_directory,
