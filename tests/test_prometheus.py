@@ -323,8 +323,10 @@ class Stack:
 
 
 def _leaf(issuer: Any, directory: Path, stem: str, names: list[str], days_left: float,
-          issued_days_ago: float = 1) -> tuple[Path, Path]:
-    leaf = make_leaf(issuer, names, not_before=NOW - issued_days_ago * DAY, not_after=NOW + days_left * DAY)
+          lifetime: float = 90) -> tuple[Path, Path]:
+    """A leaf with `days_left`, issued as a certificate of `lifetime` days would be."""
+    not_before = NOW + (days_left - max(lifetime, days_left + 1)) * DAY
+    leaf = make_leaf(issuer, names, not_before=not_before, not_after=NOW + days_left * DAY)
     return leaf.write(directory, stem)
 
 
@@ -341,7 +343,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "warn": TLSServer({None: _leaf(inter, directory, "warn", ["svc.test"], 20)},
                           max_version=ssl.TLSVersion.TLSv1_2),
         "soon": TLSServer({None: _leaf(inter, directory, "soon", ["svc.test"], 5)}),
-        "expired": TLSServer({None: _leaf(inter, directory, "expired", ["svc.test"], -2, 90)}),
+        "expired": TLSServer({None: _leaf(inter, directory, "expired", ["svc.test"], -2)}),
+        # A 6-day certificate with 4 days left: ok by its own lifetime (30/7 days would page).
+        "short": TLSServer({None: _leaf(inter, directory, "short", ["svc.test"], 4, lifetime=6)}),
+        # A 398-day certificate, 75% of it gone: nowhere near expiry, but not renewed.
+        "stale": TLSServer({None: _leaf(inter, directory, "stale", ["svc.test"], 100,
+                                        lifetime=398)}),
         "wrongname": TLSServer({None: _leaf(inter, directory, "wrongname", ["other.test"], 80)}),
         "selfsigned": TLSServer({None: self_signed.write(directory, "selfsigned")}),
     }
@@ -402,7 +409,8 @@ def _wait_for_data(stack: Stack) -> None:
     """Until every target was probed, 'down' failed three times in a row, and counters
     have enough samples for rate() over 10s."""
     wait_for("certificates from every TLS target", lambda: _names(stack.query(
-        "certwatch_cert_expiry_timestamp_seconds")) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned"},
+        "certwatch_cert_expiry_timestamp_seconds")) == {"ok", "warn", "soon", "expired", "wrongname",
+                                                       "selfsigned", "short", "stale"},
              timeout=20)
     wait_for("three failed probes of 'down'", lambda: stack.query(
         'certwatch_probe_consecutive_failures{name="down"} >= 3'), timeout=20)
@@ -417,6 +425,9 @@ EXPECTED_FIRING = {
     "CertificateUntrusted": {"selfsigned"},
     "HostnameMismatch": {"wrongname"},
     "ProbeFailing": {"down"},
+    # 20 and 5 days left of 90 are past 70% of the lifetime too (Alertmanager inhibits
+    # these behind the expiry alerts).
+    "CertificateRenewalOverdue": {"warn", "soon", "stale"},
 }
 
 
@@ -514,7 +525,10 @@ def test_the_certificate_table_joins_and_filters(stack: Stack) -> None:
     days_expr, expiry_expr = (t["expr"] for t in table["targets"])
     every = {"job": "certwatch", "instance": grafana_regex(stack.instance), "team": ".*", "env": ".*"}
     rows = {s["metric"]["name"]: s for s in stack.query(_grafana_variables(days_expr, every))}
-    assert set(rows) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned"}
+    assert set(rows) == {"ok", "warn", "soon", "expired", "wrongname", "selfsigned", "short",
+                         "stale"}
+    assert rows["short"]["metric"]["state"] == "ok"  # 4 days left of 6: its thresholds ahead
+    assert rows["stale"]["metric"]["state"] == "warning"  # not renewed at 70% of 398 days
     soon = rows["soon"]["metric"]
     assert float(rows["soon"]["value"][1]) == pytest.approx(5, abs=0.1)
     assert (soon["subject"], soon["issuer"], soon["state"]) == ("CN=svc.test", "CN=Integration CA", "critical")
