@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
     "ConfigError",
@@ -31,6 +31,7 @@ __all__ = [
     "format_seconds",
     "line_of",
     "parse_duration",
+    "split_http_url",
     "suggest",
 ]
 
@@ -154,6 +155,16 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:g}ms"
 
 
+def split_http_url(value: str) -> SplitResult | None:
+    """The parts of an http:// or https:// URL with a host (and a valid port, if any)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
+
+
 # --- reading one mapping -------------------------------------------------------------------
 
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+)\s*)?$")  # 0.25, 1/3
@@ -272,34 +283,29 @@ class Reader:
         if key not in self.mapping or self.mapping[key] is None:
             return fallback
         value = self.string(key)
-        if value is None:
-            return fallback
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            self.problem(key, f"'{key}' must be an http:// or https:// URL, not {describe(value)}")
-            return fallback
-        if parts.username or parts.password:
+        parts = split_http_url(value) if value is not None else None
+        if value is None or parts is None:
+            self.problem(key, f"'{key}' must be an http:// or https:// URL, "
+                              f"not {describe(self.mapping[key])}")
+        elif parts.username or parts.password:
             self.problem(key, f"'{key}' must not hold credentials")
-            return fallback
-        return value
+        else:
+            return value
+        return fallback
 
     def fraction(self, key: str, fallback: float) -> float:
-        """A share of a whole, above 0 and at most 1: a number or a string such as "1/3"."""
-        if key not in self.mapping:
-            return fallback
-        value = self.mapping[key]
-        if isinstance(value, str) and (match := _FRACTION.match(value)):
-            top, bottom = float(match.group(1)), float(match.group(2) or 1)
-            value = top / bottom if bottom else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-            self.problem(key, f"'{key}' must be a fraction above 0 and at most 1, such as "
-                              f"0.25 or \"1/3\", not {describe(self.mapping[key])}")
-            return fallback
-        return float(value)
+        """A share of a whole, above 0 and at most 1: a number, or a string such as "1/3"."""
+        raw = self.mapping.get(key)
+        if not isinstance(raw, str):
+            return self.number(key, fallback, minimum=0.001, maximum=1)
+        match = _FRACTION.match(raw)
+        share = float(match.group(1)) / float(match.group(2) or 1) if match and float(
+            match.group(2) or 1) else 0.0
+        if 0 < share <= 1:
+            return share
+        self.problem(key, f"'{key}' must be a fraction above 0 and at most 1, such as 0.25 "
+                          f"or \"1/3\", not {describe(raw)}")
+        return fallback
 
     def resolve(self, value: str) -> Path:
         path = Path(os.path.expanduser(value))
