@@ -97,6 +97,9 @@ def test_renewal_is_due_at_70_percent_of_the_life_without_a_window(template: Cer
     assert (renewal.basis, renewal.overdue) == ("lifetime", True)
     assert judge_expiry(late, NOW, Thresholds()).state is State.OK
     assert not judge_renewal(late, NOW, due_fraction=0.8).overdue
+    ten_years = issued_for(template, 3650, used=0.8)  # a private CA's: due at its expiry
+    assert (judge_renewal(ten_years, NOW).basis, judge_renewal(ten_years, NOW).overdue) == (
+        "expiry", False)
     expired = issued_for(template, 6, used=1.1)
     assert not judge_renewal(expired, NOW).overdue  # expired is worse, and its own reason
 

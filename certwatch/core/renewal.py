@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from typing import Sequence
 
 from certwatch.core.inventory import RENEWAL_DUE_FRACTION
-from certwatch.core.timestamps import rfc3339
+from certwatch.core.timestamps import SECONDS_PER_DAY, rfc3339
 from certwatch.core.x509 import CertInfo
 
 __all__ = [
-    "HISTORY_PER_TARGET", "Renewal", "RenewalInfo", "RenewalWindow",
+    "HISTORY_PER_TARGET", "LIFETIME_RULE_MAX_DAYS", "Renewal", "RenewalInfo", "RenewalWindow",
     "Renewed", "SeenCertificate", "certificate_id", "judge_renewal", "last_renewal",
     "record_seen",
 ]
@@ -34,6 +34,12 @@ __all__ = [
 # time and deploys within 3% of the lifetime (2.7 days of a 90-day certificate, 4 hours
 # of a 6-day one) is never called late. An endpoint may set its own
 # (`renewal_due_fraction`; 1 leaves only the CA's window).
+# The share-of-lifetime rule is for certificates renewed by an agent. Longer than the
+# longest publicly trusted lifetime there was (398 days, before SC-081), a leaf comes
+# from a private CA, renewed on a schedule certwatch cannot guess (a 10-year internal
+# certificate is not "overdue" after 7): such a leaf is due at its expiry, and only the
+# expiry thresholds (or its CA's window) speak.
+LIFETIME_RULE_MAX_DAYS = 398
 HISTORY_PER_TARGET = 20  # certificates remembered per target, newest kept
 # A window that starts this much earlier than the first one seen was moved on purpose
 # (a CA's windows are otherwise stable for a certificate).
@@ -65,7 +71,7 @@ class Renewal:
     """The judgement: when the leaf should have been replaced, and whether it was."""
 
     due_at: datetime
-    basis: str  # "ari": the CA's window; "lifetime": a share of the lifetime
+    basis: str  # "ari": the CA's window; "lifetime": a share of it; "expiry": see above
     overdue: bool  # still served after due_at (and not expired: that is worse, and its own)
     window_moved_earlier: bool = False
     info: RenewalInfo | None = None
@@ -75,10 +81,12 @@ def judge_renewal(leaf: CertInfo, now: datetime, info: RenewalInfo | None = None
                   due_fraction: float = RENEWAL_DUE_FRACTION) -> Renewal:
     """Whether the served leaf should have been replaced by `now`."""
     window = info.window if info is not None else None
+    lifetime = max(leaf.lifetime_seconds, 0.0)
     if window is not None:
         due_at, basis = window.end, "ari"
+    elif lifetime > LIFETIME_RULE_MAX_DAYS * SECONDS_PER_DAY:
+        due_at, basis = leaf.not_after, "expiry"
     else:
-        lifetime = max(leaf.lifetime_seconds, 0.0)
         due_at, basis = leaf.not_before + timedelta(seconds=lifetime * due_fraction), "lifetime"
     moved = bool(window and info and info.planned
                  and window.start < info.planned.start - MOVED_EARLIER)

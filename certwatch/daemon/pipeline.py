@@ -92,7 +92,6 @@ class Pipeline:
             return Outcome(None)
         return Outcome(endpoint.retry_interval if failed else endpoint.interval, lag)
 
-
     def forget(self, targets: Collection[str]) -> None:
         """Targets that left the inventory leave the certificate history too."""
         if self.history is not None:

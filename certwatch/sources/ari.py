@@ -211,7 +211,11 @@ class RenewalInfoFetcher:
 
 
 def _origin(url: str) -> str:
-    return httpx.URL(url).copy_with(path="/", query=None, fragment=None).__str__().rstrip("/")
+    """scheme://host[:port] of a URL: what a message names, never a path or query."""
+    parts = httpx.URL(url)
+    host = f"[{parts.host}]" if ":" in parts.host else parts.host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 def _retry_after(value: str | None, now: datetime) -> float:
