@@ -83,7 +83,9 @@ def test_a_short_lived_certificate_is_judged_by_its_own_lifetime(tmp_path: Path)
     (tmp_path / "root.pem").write_bytes(root.cert_pem)
     fresh = make_leaf(root, ["svc.test"], not_before=NOW - 2 * DAY, not_after=NOW + 4 * DAY)
     late = make_leaf(root, ["svc.test"], not_before=NOW - 5 * DAY, not_after=NOW + 1 * DAY)
-    stale = make_leaf(root, ["svc.test"], not_before=NOW - 298 * DAY, not_after=NOW + 100 * DAY)
+    # 398 days as CAs issue them: notAfter one second short of 398 days after notBefore
+    stale = make_leaf(root, ["svc.test"], not_before=NOW - 298 * DAY,
+                      not_after=NOW + 100 * DAY - timedelta(seconds=1))
     common = ["--server-name", "svc.test", "--ca-file", str(tmp_path / "root.pem")]
     with TLSServer({None: fresh.write(tmp_path, "fresh")}) as a, \
             TLSServer({None: late.write(tmp_path, "late")}) as b, \

@@ -346,9 +346,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "expired": TLSServer({None: _leaf(inter, directory, "expired", ["svc.test"], -2)}),
         # A 6-day certificate with 4 days left: ok by its own lifetime (30/7 days would page).
         "short": TLSServer({None: _leaf(inter, directory, "short", ["svc.test"], 4, lifetime=6)}),
-        # A 398-day certificate, 75% of it gone: nowhere near expiry, but not renewed.
+        # A 397-day certificate, 75% of it gone: nowhere near expiry, but not renewed.
         "stale": TLSServer({None: _leaf(inter, directory, "stale", ["svc.test"], 100,
-                                        lifetime=398)}),
+                                        lifetime=397)}),
         "wrongname": TLSServer({None: _leaf(inter, directory, "wrongname", ["other.test"], 80)}),
         "selfsigned": TLSServer({None: self_signed.write(directory, "selfsigned")}),
     }
