@@ -186,8 +186,9 @@ def test_the_history_survives_a_restart_and_forgets_removed_targets(tmp_path: Pa
         ("a", NOW, NOW + DAY), ("b", NOW + 2 * DAY, NOW + 2 * DAY)]
     assert reopened.of("gone@127.0.0.2") == ()
     assert len(reopened.of("busy@127.0.0.3")) == HISTORY_PER_TARGET
-    rows = sqlite3.connect(tmp_path / "state" / "certwatch.db").execute(
-        "SELECT COUNT(*) FROM certificate_history").fetchone()[0]
+    db = sqlite3.connect(tmp_path / "state" / "certwatch.db")
+    rows = db.execute("SELECT COUNT(*) FROM certificate_history").fetchone()[0]
+    db.close()
     assert rows == 2 + HISTORY_PER_TARGET
     reopened.close()
 

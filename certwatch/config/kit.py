@@ -143,7 +143,10 @@ def parse_duration(value: Any) -> float | None:
         return float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: no duration
+        return None
 
 
 def format_seconds(seconds: float) -> str:
