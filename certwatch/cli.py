@@ -28,6 +28,7 @@ from certwatch.config.refusals import policy_for
 from certwatch.sources.registry import Sources
 from certwatch.sources.revocation import RefusalChecks
 from certwatch.sweep import Judged, sweep
+from certwatch.sources.ari import RenewalInfoFetcher
 
 __all__ = ["main"]
 
@@ -59,7 +60,8 @@ def _ad_hoc_endpoint(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         if port is not None:
             entry["port"] = port
     for option in ("warn_days", "critical_days", "timeout", "ca_file", "addresses", "proxy_url",
-                   "proxy_username", "proxy_password_env"):
+                   "proxy_username", "proxy_password_env", "warn_fraction", "critical_fraction",
+                   "acme_directory"):
         if getattr(args, option) is not None:
             entry[option] = getattr(args, option)
     if args.server_name is not None:
@@ -86,15 +88,19 @@ async def _check(inventory: Inventory, refusals: RefusalChecks,
                  progress: ProgressBar | None) -> list[Assessment]:
     """Every entry observed once by its source, and the endpoints they discover."""
     sources = Sources(inventory)
+    renewal = (RenewalInfoFetcher() if any(e.acme_directory for e in inventory.endpoints)
+               else None)
     try:
         discovered = await sources.discover(inventory.endpoints)
         if progress is not None:
             progress.total += len(discovered)
         return await sweep([*inventory.endpoints, *discovered], sources, refusals=refusals,
-                           progress=progress)
+                           progress=progress, renewal=renewal)
     finally:
         await sources.close()
         await refusals.aclose()
+        if renewal is not None:
+            await renewal.aclose()
 
 
 def _print_entry_problems(inventory: Inventory) -> None:
@@ -244,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--ca-file", help="extra trusted roots (PEM)")
     check.add_argument("--warn-days", type=float)
     check.add_argument("--critical-days", type=float)
+    check.add_argument("--warn-fraction", help="warn below this share of the lifetime left "
+                                                "(default 1/3; 1: the fixed days only)")
+    check.add_argument("--critical-fraction", help="page below this share (default 1/5)")
+    check.add_argument("--acme-directory", metavar="URL",
+                       help="the CA's ACME directory: ask it for the renewal window (RFC 9773)")
     check.add_argument("--timeout", type=float, help="seconds per phase (default 10)")
     check.add_argument("--addresses", choices=["all", "first", "ipv4", "ipv6"])
     check.add_argument("--proxy-url", metavar="http://HOST:PORT",

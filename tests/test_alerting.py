@@ -102,24 +102,31 @@ def test_journey_warning_escalation_renewal(pki: tuple[Issued, Path], receiver: 
         write_config(config, port, receiver.url, tmp_path / "state")
         daemon = start_daemon(config, tmp_path / "d.log")
         try:
-            trigger = wait_for("the warning", lambda: receiver.unique())
-            assert [(b["action"], b["severity"], b["kind"]) for b in trigger] == [
-                ("trigger", "warning", "expiry")]
+            # 20 days of 90 left: within 30 days, and past 70% of its life.
+            trigger = wait_for("the warnings", lambda: len(receiver.unique()) >= 2
+                               and receiver.unique())
+            assert sorted((b["action"], b["severity"], b["kind"]) for b in trigger) == [
+                ("trigger", "warning", "expiry"), ("trigger", "warning", "renewal_overdue")]
+            trigger.sort(key=lambda b: b["kind"])
             body = trigger[0]
             assert body["target"]["name"] == "shop" and body["target"]["labels"] == {"team": "pay"}
             assert body["details"]["days_left"] == pytest.approx(20, abs=0.1)
             assert body["url"] == "http://certwatch.invalid"
             api = daemon.targets()["shop"]
-            assert [a["severity"] for a in api["alerts"]] == ["warning"]
+            assert [a["severity"] for a in api["alerts"]] == ["warning", "warning"]
         finally:
             server.close()
         with TLSServer({None: leaf_files(issuer, directory, "c", 5)}, port=port):
             wait_for("the escalation", lambda: any(b["action"] == "escalate" for b in receiver.bodies()))
         with TLSServer({None: leaf_files(issuer, directory, "r", 90)}, port=port):
-            resolved = wait_for("the resolution", lambda: [
-                b for b in receiver.bodies() if b["action"] == "resolve"])
-        assert "certificate renewed" in resolved[0]["summary"]
-        assert [b["action"] for b in receiver.unique()] == ["trigger", "escalate", "resolve"]
+            resolved = wait_for("the resolutions", lambda: len(
+                found := [b for b in receiver.bodies() if b["action"] == "resolve"]) == 2 and found)
+        expiry_change = f"expiry {(NOW + 5 * DAY):%Y-%m-%d} → {(NOW + 90 * DAY):%Y-%m-%d}"
+        for body in resolved:
+            assert f"shop@127.0.0.1: renewed: {expiry_change}, first seen " in body["summary"]
+        assert sorted((b["action"], b["kind"]) for b in receiver.unique()) == [
+            ("escalate", "expiry"), ("resolve", "expiry"), ("resolve", "renewal_overdue"),
+            ("trigger", "expiry"), ("trigger", "renewal_overdue")]
         assert daemon.targets()["shop"]["alerts"] == []
         assert daemon.stop() == 0
 
@@ -128,7 +135,8 @@ def crash_and_restart(pki: tuple[Issued, Path], receiver: Receiver, tmp_path: Pa
                       mode: str) -> None:
     issuer, directory = pki
     config = directory / "certwatch.yaml"
-    with TLSServer({None: leaf_files(issuer, directory, "w", 20)}) as server:
+    # Within 30 days, not yet past 70% of its 90 days: one warning, about the expiry.
+    with TLSServer({None: leaf_files(issuer, directory, "w", 28.5)}) as server:
         write_config(config, server.port, receiver.url, tmp_path / "state")
         receiver.mode = mode
         daemon = start_daemon(config, tmp_path / "first.log")
@@ -179,8 +187,10 @@ def test_a_sink_that_is_down_gets_everything_once_back(pki, receiver, tmp_path) 
                 for s in daemon.metrics().get("certwatch_notifications", [])))
             assert receiver.requests == []
             receiver.mode = "ok"
-            delivered = wait_for("delivery once the sink is back", lambda: receiver.unique())
-            assert [(b["action"], b["severity"]) for b in delivered] == [("trigger", "critical")]
+            delivered = wait_for("delivery once the sink is back",
+                                 lambda: len(receiver.unique()) >= 2 and receiver.unique())
+            assert sorted((b["action"], b["severity"], b["kind"]) for b in delivered) == [
+                ("trigger", "critical", "expiry"), ("trigger", "warning", "renewal_overdue")]
         finally:
             assert daemon.stop() == 0
 

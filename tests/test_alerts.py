@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from certwatch.core.verify import TrustStore
 from certwatch.core.inventory import Endpoint
 from certwatch.alerting.outbox import Outbox, StateError
 from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.renewal import SeenCertificate, record_seen
 from certwatch.core.status import TargetStatus, merge
 from tests.pki import Issued, make_leaf, make_root
 
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+MINUTE = timedelta(minutes=1)
 ENDPOINT = Endpoint(name="shop", host="shop.test", port=443, server_name="shop.test",
                     labels=(("team", "pay"),))
 POLICY = AlertPolicy(external_url="https://certwatch.example")
@@ -39,6 +42,7 @@ class Journey:
         self.trust = TrustStore.of([root.cert])
         self.statuses: list[TargetStatus] = []
         self.open: dict[str, Alert] = {}
+        self.history: tuple[SeenCertificate, ...] = ()
         self.leaf = self.issue(not_after=T0 + 31 * DAY)
 
     def issue(self, *, not_after: datetime, names: tuple[str, ...] = ("shop.test",)) -> bytes:
@@ -50,8 +54,12 @@ class Journey:
         chain = () if error else ((leaf or self.leaf),)
         observation = Observation(Target(ENDPOINT, "127.0.0.1"), at, 0.01, chain=chain, error=error)
         fresh = [assess(observation, at, self.trust)]
-        self.statuses = merge(self.statuses, fresh, ENDPOINT,
-                              lambda o: assess(o, at, self.trust))
+        merged = merge(self.statuses, fresh, ENDPOINT, lambda o: assess(o, at, self.trust))
+        # The history, kept as the daemon keeps it: the leaf read now is recorded.
+        seen = fresh[0].leaf
+        if seen is not None:
+            self.history = record_seen(self.history, seen, at)
+        self.statuses = [dataclasses.replace(s, history=self.history) for s in merged]
         changes, notices = decide(self.open, self.statuses, at, policy)
         for key, alert in changes.items():
             if alert is None:
@@ -74,16 +82,33 @@ def test_the_full_journey(root: Issued) -> None:
     assert warned[0].details["days_left"] == pytest.approx(29)
     assert warned[0].url == "https://certwatch.example"
     assert journey.probe(T0 + 2 * DAY + HOUR) == []  # still open, not yet due a reminder
-    paged = journey.probe(T0 + 25 * DAY)  # 6 days: the same incident, escalated
-    assert actions(paged) == [("expiry", "escalate", "critical")]
+    # 6 days: the same incident, escalated; and past 70% of its 91 days, so its renewal
+    # is overdue (its own incident, a warning).
+    paged = journey.probe(T0 + 25 * DAY)
+    assert actions(paged) == [("expiry", "escalate", "critical"),
+                              ("renewal_overdue", "trigger", "warning")]
     assert paged[0].started_at == T0 + 2 * DAY
+    assert paged[1].summary == "shop@127.0.0.1: certificate not renewed: due 2026-06-04 16:48 UTC"
     renewed = journey.issue(not_after=T0 + 115 * DAY)
-    resolved = journey.probe(T0 + 25 * DAY + HOUR, leaf=renewed)
-    assert actions(resolved) == [("expiry", "resolve", "critical")]
-    old_expiry, new_expiry = "2026-07-02T00:00:00Z", "2026-09-24T00:00:00Z"
-    assert resolved[0].summary == (
-        f"shop@127.0.0.1: certificate renewed, expiry {old_expiry} -> {new_expiry}")
+    resolved = journey.probe(T0 + 25 * DAY + 10 * HOUR + 14 * MINUTE, leaf=renewed)
+    assert actions(resolved) == [("expiry", "resolve", "critical"),
+                                 ("renewal_overdue", "resolve", "warning")]
+    assert {n.summary for n in resolved} == {
+        "shop@127.0.0.1: renewed: expiry 2026-07-02 → 2026-09-24, first seen 10:14 UTC"}
     assert journey.open == {}
+
+
+def test_a_renewal_without_history_still_resolves_with_both_expiries(root: Issued) -> None:
+    journey = Journey(root)
+    journey.probe(T0 + 2 * DAY)
+    status = dataclasses.replace(journey.statuses[0], history=None)  # as a one-shot check has
+    renewed = journey.issue(not_after=T0 + 115 * DAY)
+    observation = Observation(Target(ENDPOINT, "127.0.0.1"), T0 + 3 * DAY, 0.01, chain=(renewed,))
+    fresh = assess(observation, T0 + 3 * DAY, journey.trust)
+    _, notices = decide(journey.open, [dataclasses.replace(status, assessment=fresh)],
+                        T0 + 3 * DAY, POLICY)
+    assert [n.summary for n in notices] == [
+        "shop@127.0.0.1: certificate renewed, expiry 2026-07-02T00:00:00Z -> 2026-09-24T00:00:00Z"]
 
 
 def test_reminders_follow_the_severity_interval(root: Issued) -> None:

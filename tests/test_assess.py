@@ -45,8 +45,9 @@ def trust(root: Issued) -> TrustStore:
 
 def leaf(parent: Issued | None, *, left: float = 90, names: tuple[str, ...] = ("svc.test",),
          **kwargs: object) -> Issued:
-    return make_leaf(parent, names, not_before=days(min(-30, left - 30)), not_after=days(left),
-                     **kwargs)
+    """A leaf with `left` days to go, issued as a 90-day certificate would be."""
+    return make_leaf(parent, names, not_before=days(left - max(90, left + 1)),
+                     not_after=days(left), **kwargs)
 
 
 def der(*certs: x509.Certificate) -> tuple[bytes, ...]:
@@ -87,8 +88,10 @@ def test_ca_certificates_are_shared_between_targets(intermediate: Issued, trust:
 
 @pytest.mark.parametrize(
     ("left", "state", "reasons"),
-    [(31, State.OK, ()), (20, State.WARNING, ("expiring",)), (5, State.CRITICAL, ("expiring",)),
-     (-1, State.EXPIRED, ("expired",))],
+    # Below 30% of a 90-day certificate's life (27 days) its renewal is overdue as well.
+    [(31, State.OK, ()), (28, State.WARNING, ("expiring",)),
+     (20, State.WARNING, ("expiring", "renewal_overdue")),
+     (5, State.CRITICAL, ("expiring", "renewal_overdue")), (-1, State.EXPIRED, ("expired",))],
 )
 def test_thresholds(intermediate: Issued, trust: TrustStore, left: float, state: State,
                     reasons: tuple[str, ...]) -> None:
@@ -242,7 +245,7 @@ def test_certificate_read_before_a_failed_handshake_is_still_judged(intermediate
     error = ProbeError("handshake", "handshake", "peer requires a client certificate")
     result = assess(observe(der(*leaf(intermediate, left=5).chain()), error=error), NOW, trust)
     assert result.state is State.CRITICAL
-    assert result.reasons == ("expiring", "handshake_incomplete")
+    assert result.reasons == ("expiring", "renewal_overdue", "handshake_incomplete")
 
 
 def test_malformed_certificates(intermediate: Issued, trust: TrustStore) -> None:

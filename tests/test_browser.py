@@ -188,7 +188,8 @@ def test_a_target_page_from_its_row_and_back(chromium: Chromium, demo: RunningDa
         assert await tab.url() == "/target?key=demo-wrong-name%40127.0.0.1&state=critical"
         assert await tab.js("document.querySelector('h1').textContent") == "demo-wrong-name"
         sections = await tab.js("[...document.querySelectorAll('section')].map(s => s.id)")
-        assert sections == ["summary", "verification", "chain", "revocation", "probe", "endpoint"]
+        assert sections == ["summary", "verification", "chain", "renewal", "revocation", "probe",
+                            "endpoint"]
         verdict = await tab.js("document.querySelector('#verification p').textContent")
         assert verdict == "Clients will refuse this certificate: name mismatch."
         certs = await tab.js("[...document.querySelectorAll('#chain article h3')]"

@@ -29,14 +29,15 @@ def certwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Three servers: 90 days left, 20 days left, and one whose issuer's name is hostile."""
+    """Three servers with 90-day certificates: 90 days left, 28.5 days left (a warning, its
+    renewal not yet overdue), and one whose issuer's name is hostile."""
     directory = tmp_path_factory.mktemp("cli")
-    root = make_root("CLI Root", not_before=NOW - DAY, not_after=NOW + 3000 * DAY)
-    inter = make_intermediate(root, "CLI Intermediate", not_before=NOW - DAY,
+    root = make_root("CLI Root", not_before=NOW - 400 * DAY, not_after=NOW + 3000 * DAY)
+    inter = make_intermediate(root, "CLI Intermediate", not_before=NOW - 400 * DAY,
                               not_after=NOW + 2000 * DAY)
     (directory / "root.pem").write_bytes(root.cert_pem)
     ok = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 90 * DAY)
-    warn = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 20 * DAY)
+    warn = make_leaf(inter, ["svc.test"], not_before=NOW - 61.5 * DAY, not_after=NOW + 28.5 * DAY)
     evil_ca = make_intermediate(root, "evil\x1b[2J\x1b]0;pwned\x07<b>", not_before=NOW - DAY,
                                 not_after=NOW + 2000 * DAY)
     hostile = make_leaf(evil_ca, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 90 * DAY)
@@ -70,6 +71,47 @@ endpoints:
     assert datetime.fromisoformat(fine["leaf_not_after"]) > NOW + 89 * DAY
     assert [c["subject"] for c in fine["chain"]] == ["CN=svc.test", "CN=CLI Intermediate"]
     assert len(fine["chain"][0]["fingerprint_sha256"]) == 64
+    # The policy in force, and what a one-shot check cannot know.
+    assert soon["lifetime_days"] == pytest.approx(90, abs=0.01)
+    assert soon["lifetime_used"] == pytest.approx(61.5 / 90, abs=0.001)
+    assert (soon["warn_days_in_force"], soon["critical_days_in_force"]) == (30, 7)
+    assert soon["renewal"]["basis"] == "lifetime" and soon["renewal"]["overdue"] is False
+    assert datetime.fromisoformat(soon["renewal"]["due_at"]) == pytest.approx(
+        NOW - 61.5 * DAY + 0.7 * 90 * DAY, abs=timedelta(seconds=5))
+    assert soon["certificate_history"] is None and soon["renewed"] is None
+
+
+def test_a_short_lived_certificate_is_judged_by_its_own_lifetime(tmp_path: Path) -> None:
+    """A 6-day certificate: ok with 4 days left (fixed 30/7 would page), critical with
+    one; and a 398-day one renewed by nobody is overdue long before 30 days."""
+    root = make_root("Short Root", not_before=NOW - 400 * DAY, not_after=NOW + 3000 * DAY)
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    fresh = make_leaf(root, ["svc.test"], not_before=NOW - 2 * DAY, not_after=NOW + 4 * DAY)
+    late = make_leaf(root, ["svc.test"], not_before=NOW - 5 * DAY, not_after=NOW + 1 * DAY)
+    # 398 days as CAs issue them: notAfter one second short of 398 days after notBefore
+    stale = make_leaf(root, ["svc.test"], not_before=NOW - 298 * DAY,
+                      not_after=NOW + 100 * DAY - timedelta(seconds=1))
+    common = ["--server-name", "svc.test", "--ca-file", str(tmp_path / "root.pem")]
+    with TLSServer({None: fresh.write(tmp_path, "fresh")}) as a, \
+            TLSServer({None: late.write(tmp_path, "late")}) as b, \
+            TLSServer({None: stale.write(tmp_path, "stale")}) as c:
+        ok = certwatch("check", f"127.0.0.1:{a.port}", *common)
+        critical = certwatch("check", f"127.0.0.1:{b.port}", *common, "--format", "json")
+        overdue = certwatch("check", f"127.0.0.1:{c.port}", *common)
+        fixed = certwatch("check", f"127.0.0.1:{a.port}", *common, "--warn-fraction", "1",
+                          "--critical-fraction", "1")
+    assert ok.returncode == 0, ok.stdout
+    header, row = ok.stdout.splitlines()[:2]
+    assert header.split()[7:10] == ["LIFE", "WARN/CRIT", "RENEW"]
+    assert "6d 33%" in row and "2/1.2d" in row
+    assert ok.stdout.splitlines()[-1].startswith("renewals: a one-shot check keeps no")
+    (judged,) = json.loads(critical.stdout)
+    assert critical.returncode == 2
+    assert (judged["state"], judged["reasons"]) == ("critical", ["expiring", "renewal_overdue"])
+    assert (judged["warn_days_in_force"], judged["critical_days_in_force"]) == (2, 1.2)
+    assert overdue.returncode == 1 and "renewal_overdue" in overdue.stdout
+    assert "WARNING" in overdue.stdout and "398d 75%" in overdue.stdout
+    assert fixed.returncode == 2  # fractions of 1: the fixed 30/7 days, which page at once
 
 
 def test_ad_hoc_targets_and_exit_codes(servers) -> None:  # type: ignore[no-untyped-def]
@@ -77,8 +119,8 @@ def test_ad_hoc_targets_and_exit_codes(servers) -> None:  # type: ignore[no-unty
     common = ["--server-name", "svc.test", "--ca-file", str(directory / "root.pem")]
     assert certwatch("check", f"127.0.0.1:{ok.port}", *common).returncode == 0
     assert certwatch("check", f"127.0.0.1:{warn.port}", *common).returncode == 1
-    critical = certwatch("check", f"127.0.0.1:{warn.port}", *common, "--critical-days", "25",
-                         "--warn-days", "40")
+    critical = certwatch("check", f"127.0.0.1:{warn.port}", *common, "--critical-days", "29",
+                         "--warn-days", "40", "--warn-fraction", "1", "--critical-fraction", "1")
     assert critical.returncode == 2
     # Without the private root the chain is untrusted: critical.
     assert certwatch("check", f"127.0.0.1:{ok.port}", "--server-name", "svc.test").returncode == 2
@@ -87,7 +129,8 @@ def test_ad_hoc_targets_and_exit_codes(servers) -> None:  # type: ignore[no-unty
     assert "refused" in unreachable.stdout
     # Critical outranks unknown; unknown outranks warning.
     both = certwatch("check", f"127.0.0.1:{closed_port()}", f"127.0.0.1:{warn.port}", *common,
-                     "--critical-days", "25", "--warn-days", "40")
+                     "--critical-days", "29", "--warn-days", "40", "--critical-fraction", "1",
+                     "--warn-fraction", "1")
     assert both.returncode == 2
     mixed = certwatch("check", f"127.0.0.1:{closed_port()}", f"127.0.0.1:{warn.port}", *common)
     assert mixed.returncode == 3

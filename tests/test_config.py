@@ -244,3 +244,53 @@ def test_anchors_aliases_and_merge_keys() -> None:
     assert c.labels == (("team", "web"), ("tier", "1"))
     assert problems_of(text + "  - {<<: *first, port: 0}\n") == [
         "line 6: endpoint 5: 'port' must be a whole number from 1 to 65535, not int 0"]
+
+
+def test_lifetime_fractions_acme_directory_and_state_dir(tmp_path: Path) -> None:
+    inventory = parse_inventory("""
+state_dir: state
+defaults:
+  warn_fraction: 1/2
+  critical_fraction: 0.25
+  acme_directory: https://acme.example/directory
+endpoints:
+  - host: a.example
+  - host: b.example
+    warn_fraction: 1
+    critical_fraction: "1/1"
+    renewal_due_fraction: 0.9
+""", base=tmp_path)
+    a, b = inventory.endpoints
+    assert (a.warn_fraction, a.critical_fraction, a.renewal_due_fraction) == (0.5, 0.25, 0.7)
+    assert a.acme_directory == b.acme_directory == "https://acme.example/directory"
+    assert (b.thresholds.warn_fraction, b.thresholds.critical_fraction) == (1.0, 1.0)
+    assert b.renewal_due_fraction == 0.9
+    assert inventory.state_dir == tmp_path / "state"
+    # Without state_dir, the alerts section's directory (or none: memory only).
+    assert parse_inventory("endpoints: []\n").state_dir is None
+    with_alerts = parse_inventory("alerts: {state_dir: /srv/cw}\nendpoints: []\n")
+    assert with_alerts.state_dir == Path("/srv/cw") == with_alerts.alerts.state_dir  # type: ignore[union-attr]
+
+    assert problems_of("""
+state_dir: /a
+alerts: {state_dir: /b}
+defaults:
+  warn_fraction: 0
+  critical_fraction: 1/0
+  acme_directory: ftp://acme.example/
+endpoints:
+  - host: a.example
+    warn_fraction: 0.1
+    critical_fraction: 0.2
+    acme_directory: https://user:pw@acme.example/
+""") == [
+        "line 2: 'state_dir' and 'alerts.state_dir' name different directories; there is one "
+        "state database: keep 'state_dir'",
+        "line 5: defaults: 'warn_fraction' must be between 0.001 and 1, not 0",
+        "line 6: defaults: 'critical_fraction' must be a fraction above 0 and at most 1, such as "
+        "0.25 or \"1/3\", not '1/0'",
+        "line 7: defaults: 'acme_directory' must be an http:// or https:// URL, not "
+        "'ftp://acme.example/'",
+        "line 11: endpoint 1: critical_fraction (0.2) must not exceed warn_fraction (0.1)",
+        "line 12: endpoint 1: 'acme_directory' must not hold credentials",
+    ]

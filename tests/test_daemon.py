@@ -104,8 +104,12 @@ def pki(tmp_path: Path) -> tuple[Issued, Path]:
     return inter, tmp_path
 
 
-def leaf_files(issuer: Issued, directory: Path, stem: str, days_left: float) -> tuple[Path, Path]:
-    leaf = make_leaf(issuer, ["svc.test"], not_before=NOW - DAY, not_after=NOW + days_left * DAY)
+def leaf_files(issuer: Issued, directory: Path, stem: str, days_left: float, *,
+               lifetime: timedelta = 90 * DAY) -> tuple[Path, Path]:
+    """A leaf with `days_left` to go, issued as a certificate of `lifetime` would be."""
+    not_after = NOW + days_left * DAY
+    leaf = make_leaf(issuer, ["svc.test"], not_before=min(NOW - DAY, not_after - lifetime),
+                     not_after=not_after)
     return leaf.write(directory, stem)
 
 

@@ -48,8 +48,9 @@ def test_every_state(tmp_path: Path) -> None:
     seen = {name: (a.state.value, a.reasons) for name, a in assessments.items()}
     assert seen == {
         "demo-ok": ("ok", ()),
-        "demo-warning": ("warning", ("expiring",)),
-        "demo-critical": ("critical", ("expiring",)),
+        # 90-day certificates with 20 and 5 days left: past 70% of their life as well
+        "demo-warning": ("warning", ("expiring", "renewal_overdue")),
+        "demo-critical": ("critical", ("expiring", "renewal_overdue")),
         "demo-expired": ("expired", ("expired",)),
         "demo-untrusted": ("critical", ("self_signed",)),
         "demo-wrong-name": ("critical", ("hostname_mismatch",)),

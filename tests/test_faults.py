@@ -145,9 +145,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 def alerting_config(port: int, state: Path, sinks: list[str],
                     retry: str = "{initial: 1s, maximum: 2s}", interval: str = "1s") -> str:
+    # renewal_due_fraction 1: these faults are about one expiry alert and its delivery;
+    # the renewal alert a 90-day certificate with 20 days left would add is not wanted.
     return (
         f"defaults: {{ca_file: root.pem, system_trust: false, interval: {interval}, "
-        f"retry_interval: {interval}, timeout: 2}}\n"
+        f"retry_interval: {interval}, timeout: 2, renewal_due_fraction: 1}}\n"
         f"alerts:\n  state_dir: {state}\n  retry: {retry}\n  sinks:\n"
         + "".join(f"    - {s}\n" for s in sinks)
         + f"endpoints:\n  - {{name: shop, host: 127.0.0.1, port: {port}, server_name: svc.test}}\n")

@@ -75,7 +75,7 @@ class PKI:
     trust: TrustStore
 
     def leaf(self, names: Sequence[str] = (NAME,), *, left: float = 90, **kwargs: Any) -> Issued:
-        return make_leaf(self.intermediate, names, not_before=NOW - 30 * DAY,
+        return make_leaf(self.intermediate, names, not_before=NOW - max(30, 90 - left) * DAY,
                          not_after=NOW + left * DAY, **kwargs)
 
     @property
@@ -309,7 +309,8 @@ EVIL_LEAF = der_name((NameOID.COMMON_NAME, 0x0C, b"svc.test\r\n\x00\x1b[31m"))
 def _evil_chain(pki: PKI) -> tuple[list[bytes], Issued]:
     intermediate = make_intermediate(pki.root, "to be renamed", not_before=NOW - 365 * DAY,
                                      not_after=NOW + 1000 * DAY)
-    leaf = make_leaf(intermediate, [NAME], not_before=NOW - DAY, not_after=NOW + 20 * DAY)
+    # as a 90-day certificate would be, a little before its renewal is overdue
+    leaf = make_leaf(intermediate, [NAME], not_before=NOW - 62 * DAY, not_after=NOW + 28 * DAY)
     return [with_names(leaf, subject=EVIL_LEAF, issuer=EVIL_CA),
             with_names(intermediate, subject=EVIL_CA)], leaf
 
@@ -320,7 +321,7 @@ def test_control_characters_and_non_utf8_in_names(pki: PKI) -> None:
     result = run.result
     report("control characters, escapes and Latin-1 (T61String) in names", result, run.elapsed)
     assert_clean(run)
-    # Read, trusted and judged like any other chain: the leaf expires in 20 days.
+    # Read, trusted and judged like any other chain: the leaf expires in 28 days.
     assert (result.state, result.reasons) == (State.WARNING, ("expiring",)), result.summary
     assert result.leaf is not None
     assert "Soci\\xe9t\\xe9" in result.leaf.issuer or "Société" in result.leaf.issuer

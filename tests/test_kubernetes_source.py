@@ -99,8 +99,8 @@ async def locations(source: KubernetesSource, entry: Endpoint) -> dict[str, Any]
 
 def test_secrets_and_configmaps_are_targets(api: FakeKubeAPI, pki: tuple[Issued, Issued, Path]) -> None:
     root, inter, directory = pki
-    web = make_leaf(inter, ["web.test"], not_before=NOW - DAY, not_after=NOW + 20 * DAY)
-    other = make_leaf(inter, ["web.test"], not_before=NOW - DAY, not_after=NOW + 20 * DAY)
+    web = make_leaf(inter, ["web.test"], not_before=NOW - 400 * DAY, not_after=NOW + 20 * DAY)
+    other = make_leaf(inter, ["web.test"], not_before=NOW - 400 * DAY, not_after=NOW + 20 * DAY)
     api.put("secrets", tls_secret("prod", "web-tls", web, labels={"team": "web"}))
     api.put("secrets", tls_secret("prod", "bad-key", web, key=other, labels={"team": "web"}))
     api.put("secrets", tls_secret("prod", "unlabelled", web))
@@ -136,8 +136,8 @@ def test_secrets_and_configmaps_are_targets(api: FakeKubeAPI, pki: tuple[Issued,
 
 def test_watches_follow_changes_and_410_relists(api: FakeKubeAPI, pki: tuple[Issued, Issued, Path]) -> None:
     _, inter, directory = pki
-    first = make_leaf(inter, ["a.test"], not_before=NOW - DAY, not_after=NOW + 5 * DAY)
-    renewed = make_leaf(inter, ["a.test"], not_before=NOW - DAY, not_after=NOW + 80 * DAY)
+    first = make_leaf(inter, ["a.test"], not_before=NOW - 400 * DAY, not_after=NOW + 5 * DAY)
+    renewed = make_leaf(inter, ["a.test"], not_before=NOW - 400 * DAY, not_after=NOW + 80 * DAY)
     api.put("secrets", tls_secret("prod", "a", first))
     inv = inventory(api, directory, "  - {name: tls, kubernetes: {}}\n")
     entry = inv.endpoints[0]
@@ -179,7 +179,7 @@ def test_a_failing_api_keeps_the_last_view(api: FakeKubeAPI, pki: tuple[Issued, 
                                            mode: str) -> None:
     _, inter, directory = pki
     api.put("secrets", tls_secret("prod", "a", make_leaf(
-        inter, ["a.test"], not_before=NOW - DAY, not_after=NOW + 50 * DAY)))
+        inter, ["a.test"], not_before=NOW - 400 * DAY, not_after=NOW + 50 * DAY)))
     inv = inventory(api, directory, "  - {name: tls, kubernetes: {}}\n")
     entry = inv.endpoints[0]
 
@@ -253,7 +253,7 @@ def test_the_daemon_shows_kubernetes_targets_and_the_api_health(
         api: FakeKubeAPI, pki: tuple[Issued, Issued, Path], tmp_path: Path) -> None:
     _, inter, directory = pki
     api.put("secrets", tls_secret("prod", "web", make_leaf(
-        inter, ["web.test"], not_before=NOW - DAY, not_after=NOW + 3 * DAY)))
+        inter, ["web.test"], not_before=NOW - 400 * DAY, not_after=NOW + 3 * DAY)))
     config = tmp_path / "certwatch.yaml"
     config.write_text(
         f"kubernetes:\n  api_server: {api.url}\n  token_file: {api.token_file}\n"

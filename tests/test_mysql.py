@@ -40,7 +40,7 @@ def database_pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[
     root = make_root("MySQL Test Root", not_before=NOW - 10 * DAY, not_after=NOW + 900 * DAY)
     intermediate = make_intermediate(root, "MySQL Test Intermediate", not_before=NOW - 10 * DAY,
                                      not_after=NOW + 800 * DAY)
-    leaf = make_leaf(intermediate, ["db.test"], key_type="rsa", not_before=NOW - DAY,
+    leaf = make_leaf(intermediate, ["db.test"], key_type="rsa", not_before=NOW - 400 * DAY,
                      not_after=NOW + 20 * DAY)
     root_pem = directory / "root.pem"
     root_pem.write_bytes(root.cert_pem)

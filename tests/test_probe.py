@@ -47,11 +47,13 @@ class PKI:
     def serve(self, name: str, *, left: float = 90, names: tuple[str, ...] = ("svc.test",),
               parent: Issued | None | str = "intermediate", chain: bool = True,
               not_before: datetime | None = None, key_type: str = "ec") -> tuple[Path, Path]:
-        """Writes a leaf with `left` days to live; returns (chain path, key path)."""
+        """Writes a leaf with `left` days to live, issued at least 30 days ago and as a
+        90-day certificate would be; returns (chain path, key path)."""
         issuer = self.intermediate if parent == "intermediate" else parent
         assert not isinstance(issuer, str)
         leaf = make_leaf(issuer, names, key_type=key_type,
-                         not_before=not_before or NOW - 30 * DAY, not_after=NOW + left * DAY)
+                         not_before=not_before or NOW - max(30, 90 - left) * DAY,
+                         not_after=NOW + left * DAY)
         return leaf.write(self.directory, name, chain=chain)
 
 
@@ -86,8 +88,9 @@ def check_one(pki: PKI, server: TLSServer | Any, **entry: Any) -> Assessment:
 
 @pytest.mark.parametrize(
     ("left", "state", "reasons"),
-    [(90, State.OK, ()), (20, State.WARNING, ("expiring",)), (5, State.CRITICAL, ("expiring",)),
-     (-2, State.EXPIRED, ("expired",))],
+    [(90, State.OK, ()), (28, State.WARNING, ("expiring",)),
+     (20, State.WARNING, ("expiring", "renewal_overdue")),  # past 70% of its 90 days
+     (5, State.CRITICAL, ("expiring", "renewal_overdue")), (-2, State.EXPIRED, ("expired",))],
 )
 def test_expiry_states_over_real_handshakes(pki: PKI, left: float, state: State,
                                             reasons: tuple[str, ...]) -> None:
@@ -139,7 +142,7 @@ def test_certificates_clients_reject_are_critical_yet_read(pki: PKI, case: str,
 
 
 def test_intermediate_expiring_before_the_leaf(pki: PKI) -> None:
-    short = make_intermediate(pki.root, "Short-lived Intermediate", not_before=NOW - DAY,
+    short = make_intermediate(pki.root, "Short-lived Intermediate", not_before=NOW - 300 * DAY,
                               not_after=NOW + 6 * DAY)
     leaf = make_leaf(short, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 80 * DAY)
     with TLSServer({None: leaf.write(pki.directory, "short")}) as server:

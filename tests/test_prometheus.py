@@ -326,8 +326,10 @@ class Stack:
 
 
 def _leaf(issuer: Any, directory: Path, stem: str, names: list[str], days_left: float,
-          issued_days_ago: float = 1) -> tuple[Path, Path]:
-    leaf = make_leaf(issuer, names, not_before=NOW - issued_days_ago * DAY, not_after=NOW + days_left * DAY)
+          lifetime: float = 90) -> tuple[Path, Path]:
+    """A leaf with `days_left`, issued as a certificate of `lifetime` days would be."""
+    not_before = NOW + (days_left - max(lifetime, days_left + 1)) * DAY
+    leaf = make_leaf(issuer, names, not_before=not_before, not_after=NOW + days_left * DAY)
     return leaf.write(directory, stem)
 
 
@@ -353,7 +355,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "warn": TLSServer({None: _leaf(inter, directory, "warn", ["svc.test"], 20)},
                           max_version=ssl.TLSVersion.TLSv1_2),
         "soon": TLSServer({None: _leaf(inter, directory, "soon", ["svc.test"], 5)}),
-        "expired": TLSServer({None: _leaf(inter, directory, "expired", ["svc.test"], -2, 90)}),
+        "expired": TLSServer({None: _leaf(inter, directory, "expired", ["svc.test"], -2)}),
+        # A 6-day certificate with 4 days left: ok by its own lifetime (30/7 days would page).
+        "short": TLSServer({None: _leaf(inter, directory, "short", ["svc.test"], 4, lifetime=6)}),
+        # A 397-day certificate, 75% of it gone: nowhere near expiry, but not renewed.
+        "stale": TLSServer({None: _leaf(inter, directory, "stale", ["svc.test"], 100,
+                                        lifetime=397)}),
         "wrongname": TLSServer({None: _leaf(inter, directory, "wrongname", ["other.test"], 80)}),
         "selfsigned": TLSServer({None: self_signed.write(directory, "selfsigned")}),
         "revoked": TLSServer({None: revoked.write(directory, "revoked")}),
@@ -427,7 +434,8 @@ def _wait_for_data(stack: Stack) -> None:
         'count_over_time(certwatch_probes_total{result="failure"}[10s]) >= 3'), timeout=20)
 
 
-TLS_TARGETS = {"ok", "warn", "soon", "expired", "wrongname", "selfsigned", "revoked", "crlfail"}
+TLS_TARGETS = {"ok", "warn", "soon", "expired", "wrongname", "selfsigned", "revoked", "crlfail",
+               "short", "stale"}
 EXPECTED_FIRING = {
     "CertificateExpiringSoon": {"warn", "soon", "expired"},
     "CertificateExpiringCritical": {"soon", "expired"},
@@ -437,6 +445,9 @@ EXPECTED_FIRING = {
     "ProbeFailing": {"down"},
     "CertificateRevoked": {"revoked"},
     "RevocationCheckFailing": {"crlfail"},  # its expression; the rule waits 6h on top
+    # 20 and 5 days left of 90 are past 70% of the lifetime too (Alertmanager inhibits
+    # these behind the expiry alerts).
+    "CertificateRenewalOverdue": {"warn", "soon", "stale"},
 }
 
 
@@ -535,6 +546,8 @@ def test_the_certificate_table_joins_and_filters(stack: Stack) -> None:
     every = {"job": "certwatch", "instance": grafana_regex(stack.instance), "team": ".*", "env": ".*"}
     rows = {s["metric"]["name"]: s for s in stack.query(_grafana_variables(days_expr, every))}
     assert set(rows) == TLS_TARGETS | {"files"}
+    assert rows["short"]["metric"]["state"] == "ok"  # 4 days left of 6: its thresholds ahead
+    assert rows["stale"]["metric"]["state"] == "warning"  # not renewed at 70% of 398 days
     soon = rows["soon"]["metric"]
     assert float(rows["soon"]["value"][1]) == pytest.approx(5, abs=0.1)
     assert (soon["subject"], soon["issuer"], soon["state"]) == ("CN=svc.test", "CN=Integration CA", "critical")

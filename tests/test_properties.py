@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from certwatch.config import alerts as alert_config
 from certwatch.config import inventory as config
 from certwatch.core.assess import Assessment, assess
 from certwatch.core.vocabulary import State
@@ -93,7 +94,7 @@ scalars = (
     | st.dates() | st.datetimes()
 )
 keys = st.text(max_size=12) | st.sampled_from(
-    [*config._TOP_KEYS, *config._ENDPOINT_KEYS, *config._ALERT_KEYS]) | st.integers() | st.booleans()
+    [*config._TOP_KEYS, *config._ENDPOINT_KEYS, *alert_config._ALERT_KEYS]) | st.integers() | st.booleans()
 documents = st.recursive(
     scalars,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=5),

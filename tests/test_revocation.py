@@ -56,7 +56,7 @@ class PKI:
     http: EvidenceServer
 
     def leaf(self, stem: str, *extensions: Any, left: float = 60) -> tuple[Issued, tuple[Path, Path]]:
-        leaf = make_leaf(self.intermediate, [NAME], not_before=NOW - DAY, not_after=NOW + left * DAY,
+        leaf = make_leaf(self.intermediate, [NAME], not_before=NOW - 400 * DAY, not_after=NOW + left * DAY,
                          extra_extensions=list(extensions))
         return leaf, leaf.write(self.directory, stem)
 
@@ -256,7 +256,7 @@ def test_an_intermediate_listed_in_the_roots_crl(pki: PKI) -> None:
     revoked_ca = Issued(_with_cdp(revoked_ca, pki.root, url), revoked_ca.key, pki.root)
     pki.http.files["/root.crl"] = make_crl(pki.root, (revoked_ca.cert.serial_number,),
                                            last_update=NOW - DAY, next_update=NOW + 30 * DAY)
-    leaf = make_leaf(revoked_ca, [NAME], not_before=NOW - DAY, not_after=NOW + 60 * DAY)
+    leaf = make_leaf(revoked_ca, [NAME], not_before=NOW - 400 * DAY, not_after=NOW + 60 * DAY)
     with TLSServer({None: leaf.write(pki.directory, "crl-intermediate")}) as server:
         result = one(pki, server)
     assert result.state is State.CRITICAL, result.summary

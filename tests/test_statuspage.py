@@ -212,13 +212,16 @@ def test_cells_days_expiry_endpoint_issuer_and_verification(fleet: Fleet) -> Non
     page = Page(render(fleet.targets))
     www = page.row("www")
     assert www["days"] == "82.4"
-    assert www["expires"] == "2026-08-22 21:36 UTC"
+    assert www["expires"] == ("2026-08-22 21:36 UTC"
+                              "112d certificate, 27% used; warns at 30d, pages at 7d"
+                              "renew by 2026-07-20 04:19 UTC")
     assert www["endpoint"] == "www192.0.2.10:443 · tls · SNI www.example.testenv=prodteam=web"
     assert www["issuer"] == "Example Issuing CA R11"  # its CN; the DN is on the target page
     assert www["verify"] == "verified"
     assert page.row("legacy")["days"] == "-2.0"
     db = page.row("db")
-    assert db["expires"] == "2026-06-13 12:00 UTCchain certificate 1: CN=Short-lived CA"
+    assert db["expires"].startswith("2026-06-13 12:00 UTCchain certificate 1: CN=Short-lived CA"
+                                    "312d certificate, 96% used; warns at 30d, pages at 7d")
     assert db["issuer"] == "Short-lived CA"  # who issued the leaf
     assert page.row("intranet")["verify"] == "self-signed"
     assert page.row("wrongname")["verify"] == "name mismatch"
@@ -311,9 +314,9 @@ FUTURE_KEYS: dict[str, Any] = {
     "source": {"kind": "file", "location": "/etc/ssl/x.pem"}, "source_location": "/etc/x",
     "location": "/etc/ssl/x.pem#0", "origin": "ingress shop/web", "key_match": False,
     "key_problem": "the key does not match the certificate",
-    "lifetime_days": 90, "lifetime_used": 0.5, "threshold": {"warn_at": "2026-06-10T00:00:00Z"},
-    "renewal_window": {"start": "2026-06-05T00:00:00Z", "end": "2026-06-07T00:00:00Z"},
-    "history": [{"fingerprint": "ab", "first_seen": "2026-05-01T00:00:00Z"}],
+    "lifetime_days": 90, "lifetime_used": 0.5, "warning_at": "2026-06-10T00:00:00Z",
+    "renewal": {"window_start": "2026-06-05T00:00:00Z", "window_end": "2026-06-07T00:00:00Z"},
+    "certificate_history": [{"fingerprint_sha256": "ab", "first_seen": "2026-05-01T00:00:00Z"}],
     "renewed": {"from": "2026-07-02", "to": "2026-09-24"},
     "revocation_status": "good", "revocation_source": "crl",
     "revocation_checked_at": "2026-06-01T11:00:00Z",

@@ -37,7 +37,9 @@ def judged(root: Issued, *, at: datetime = NOW, address: str | None = "127.0.0.1
            endpoint: Endpoint = ENDPOINT) -> Assessment:
     chain: tuple[bytes, ...] = ()
     if left is not None:
-        leaf = make_leaf(root, ["svc.test"], not_before=NOW - 10 * DAY, not_after=NOW + left * DAY)
+        # issued as a 90-day certificate would be
+        leaf = make_leaf(root, ["svc.test"], not_before=NOW + (left - 90) * DAY,
+                         not_after=NOW + left * DAY)
         chain = (leaf.cert.public_bytes(Encoding.DER),)
     observation = Observation(Target(endpoint, address), at, 0.05, chain=chain,
                               tls_version="TLSv1.3" if chain else None, error=error)

@@ -148,8 +148,9 @@ def test_fields_other_work_adds_are_shown_when_present(fleet: Fleet) -> None:
     html = render(target(fleet, "www", **FUTURE_KEYS))
     found = sections(html)
     assert "Lifetime used50%" in found["renewal"]
-    assert "Renewal windowstart2026-06-05 00:00 UTC (in 3 days)end2026-06-07" in found["renewal"]
-    assert "Certificate historyfingerprintabfirst_seen2026-05-01" in found["renewal"]
+    assert "Renewalwindow_start2026-06-05 00:00 UTC (in 3 days)window_end2026-06-07" \
+        in found["renewal"]
+    assert "Certificate historyfingerprint_sha256abfirst_seen2026-05-01" in found["renewal"]
     assert "StatusgoodSettled bycrlChecked2026-06-01 11:00 UTC (1 h ago)" in found["revocation"]
     assert "SCTs2" in found["revocation"] and "validity_too_long" in found["revocation"]
     assert "Sourcefile: /etc/ssl/x.pem" in found["endpoint"]
@@ -165,7 +166,7 @@ def test_absent_keys_are_simply_not_shown(fleet: Fleet) -> None:
     assert set(sections(html)) == {"summary", "endpoint"}
     assert "<dd></dd>" not in html
     plain = sections(render(target(fleet, "www")))
-    assert set(plain) == {"summary", "verification", "chain", "probe", "endpoint"}
+    assert set(plain) == {"summary", "verification", "chain", "renewal", "probe", "endpoint"}
 
 
 def test_the_way_back_keeps_the_view(fleet: Fleet) -> None:
@@ -199,7 +200,7 @@ def test_a_real_certificate_with_hostile_names_through_the_pipeline() -> None:
     code, on both pages."""
     root = make_root("Hostile Root", not_before=days(-10), not_after=days(1000))
     ca = make_intermediate(root, HOSTILE[:60], not_before=days(-10), not_after=days(900))
-    leaf = make_leaf(ca, [HOSTILE, "ok.example.test"], not_before=days(-10),
+    leaf = make_leaf(ca, [HOSTILE, "ok.example.test"], not_before=days(-400),
                      not_after=days(20), common_name=HOSTILE[25:])
     endpoint = Endpoint(name=HOSTILE, host="ok.example.test", port=443,
                         server_name="ok.example.test", labels=((HOSTILE, HOSTILE),))

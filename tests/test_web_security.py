@@ -51,7 +51,8 @@ class Pki:
     client_ca: Issued  # signs client certificates; client-ca.pem
 
     def serving(self, stem: str, days: float) -> Issued:
-        leaf = make_leaf(self.inter, [NAME, "127.0.0.1"], not_before=NOW - DAY,
+        # issued as a 90-day certificate would be (one with 20 days left is in warning)
+        leaf = make_leaf(self.inter, [NAME, "127.0.0.1"], not_before=NOW - max(1, 90 - days) * DAY,
                          not_after=NOW + days * DAY)
         (self.directory / stem).parent.mkdir(parents=True, exist_ok=True)
         leaf.write(self.directory, stem)

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from certwatch.core.alerts import Alert, Notification
 
-__all__ = ["Delivery", "Outbox", "StateError"]
+__all__ = ["Delivery", "Outbox", "StateError", "connect", "transaction"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -76,18 +76,8 @@ class Outbox:
 
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a delivered mark must survive power loss
-            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            reason = _os_reason(path) if isinstance(exc, sqlite3.Error) else ""
-            raise StateError(f"state database {path} cannot be used: {exc}{reason}") from None
+        # FULL: a delivered mark must survive power loss
+        self._db = connect(path, SCHEMA, busy_timeout=busy_timeout, synchronous="FULL")
 
     def close(self) -> None:
         self._db.close()
@@ -188,7 +178,26 @@ class Outbox:
         return result
 
     def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
+        return transaction(self._db)
+
+
+def connect(path: Path, schema: str, *, busy_timeout: float = 5.0,
+            synchronous: str = "FULL") -> sqlite3.Connection:
+    """The state database at `path` (WAL, checked, with `schema` created); StateError
+    says which file cannot be used and why."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(check)
+        db.executescript(schema)
+    except (sqlite3.Error, OSError) as exc:
+        reason = _os_reason(path) if isinstance(exc, sqlite3.Error) else ""
+        raise StateError(f"state database {path} cannot be used: {exc}{reason}") from None
+    return db
 
 
 def _os_reason(path: Path) -> str:
@@ -199,6 +208,11 @@ def _os_reason(path: Path) -> str:
     except OSError as exc:
         return f" ({exc.strerror})"
     return ""
+
+
+def transaction(db: sqlite3.Connection) -> "_Transaction":
+    """`with transaction(db):` one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
+    return _Transaction(db)
 
 
 class _Transaction:

@@ -9,11 +9,13 @@ alert sinks are read too (their secrets come from it or from files), in the same
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from certwatch.config.alerts import mapping_or_none, read_alerts, state_dir_of
 from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
 from certwatch.config.selections import (
     AT_REST_KEYS,
@@ -26,7 +28,6 @@ from certwatch.config.selections import (
 )
 from certwatch.config.proxy import PROXY_KEYS, read_proxy
 from certwatch.config.refusals import read_ct_log_list, read_distrust_rules, read_revocation
-from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.config.yamlfile import item_lines, load_yaml, read_text
 from certwatch.core.names import a_label
@@ -37,7 +38,6 @@ from certwatch.core.inventory import (
     RESERVED_LABELS,
     TLS_ALIASES,
     URL_SCHEMES,
-    AlertSettings,
     Defaults,
     Endpoint,
     Inventory,
@@ -54,23 +54,15 @@ MAX_DAYS = 36500
 
 _DEFAULT_KEYS = ("timeout", "warn_days", "critical_days", "verify", "system_trust",
                  "ca_file", "addresses", "interval", "retry_interval", "revocation",
-                 *PROXY_KEYS)
+                 "warn_fraction", "critical_fraction", "acme_directory",
+                 "renewal_due_fraction", *PROXY_KEYS)
 _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "addresses",
                   "timeout", "warn_days", "critical_days", "verify", "system_trust",
                   "ca_file", "client_cert", "client_key", "labels", "interval",
-                  "retry_interval", "revocation", *PROXY_KEYS)
+                  "retry_interval", "revocation", "warn_fraction", "critical_fraction",
+                  "acme_directory", "renewal_due_fraction", *PROXY_KEYS)
 _TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
-             "kubernetes", "strict", "distrust", "ct_log_list")
-_ALERT_KEYS = ("state_dir", "external_url", "repeat", "probe_failures", "retry", "sinks")
-
-
-def _mapping_or_none(raw: Any, where: str, problems: Problems) -> Mapping[Any, Any] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        problems.add(line_of(raw), where, f"must be a mapping, not {describe(raw)}")
-        return None
-    return raw
+             "kubernetes", "strict", "distrust", "ct_log_list", "state_dir")
 
 
 def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
@@ -79,15 +71,26 @@ def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
                                       f"warn_days ({warn:g})")
 
 
+def _fractions(read: Reader, fallback: Defaults) -> tuple[float, float]:
+    """warn_fraction and critical_fraction (of the lifetime left), the second no larger."""
+    warn = read.fraction("warn_fraction", fallback.warn_fraction)
+    critical = read.fraction("critical_fraction", fallback.critical_fraction)
+    if ("warn_fraction" in read.mapping or "critical_fraction" in read.mapping) and critical > warn:
+        read.problem("critical_fraction", f"critical_fraction ({critical:.3g}) must not "
+                                          f"exceed warn_fraction ({warn:.3g})")
+    return warn, critical
+
+
 def _read_defaults(raw: Any, problems: Problems, base: Path,
                    environ: Mapping[str, str] | None = None) -> Defaults:
-    mapping = _mapping_or_none(raw, "defaults", problems)
+    mapping = mapping_or_none(raw, "defaults", problems)
     if mapping is None:
         return Defaults()
     read = Reader(mapping, "defaults", problems, base, environ)
     read.unknown_keys(_DEFAULT_KEYS)
     fallback = Defaults()
     addresses = read.choice("addresses", fallback.addresses, ADDRESS_MODES)
+    warn_fraction, critical_fraction = _fractions(read, fallback)
     defaults = Defaults(
         timeout=read.number("timeout", fallback.timeout, minimum=0.1, maximum=600),
         warn_days=read.number("warn_days", fallback.warn_days, minimum=0, maximum=MAX_DAYS),
@@ -101,55 +104,13 @@ def _read_defaults(raw: Any, problems: Problems, base: Path,
         retry_interval=read.duration("retry_interval", fallback.retry_interval),
         proxy=read_proxy(read, None, addresses),
         revocation=read_revocation(read, fallback.revocation),
+        warn_fraction=warn_fraction,
+        critical_fraction=critical_fraction,
+        acme_directory=read.url("acme_directory", None),
+        renewal_due_fraction=read.fraction("renewal_due_fraction", fallback.renewal_due_fraction),
     )
     _thresholds_problem(read, defaults.warn_days, defaults.critical_days)
     return defaults
-
-
-def _read_alerts(raw: Any, problems: Problems, base: Path,
-                 environ: Mapping[str, str] | None) -> AlertSettings | None:
-    mapping = _mapping_or_none(raw, "alerts", problems)
-    if mapping is None:
-        return None
-    read = Reader(mapping, "alerts", problems, base)
-    read.unknown_keys(_ALERT_KEYS)
-    fallback = AlertSettings()
-    state_dir = mapping.get("state_dir", str(fallback.state_dir))
-    if not isinstance(state_dir, str) or not state_dir:
-        read.problem("state_dir", "'state_dir' must be a directory path")
-        state_dir = str(fallback.state_dir)
-    url = mapping.get("external_url")
-    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-        read.problem("external_url", f"'external_url' must be an http(s) URL, not {describe(url)}")
-        url = None
-    nested = {}
-    for section, keys in (("repeat", ("warning", "critical")),
-                          ("retry", ("initial", "maximum", "give_up_after"))):
-        value = mapping.get(section) or LineMapping()
-        if not isinstance(value, dict):
-            read.problem(section, f"'{section}' must be a mapping")
-            value = LineMapping()
-        nested[section] = Reader(value, f"alerts.{section}", problems, base)
-        nested[section].unknown_keys(keys)
-    sinks: tuple[SinkSettings, ...] = ()
-    if environ is not None:  # `check` has no use for sinks, nor the secrets they need
-        sinks = read_sinks(mapping.get("sinks"), line_of(mapping, "sinks"), "alerts.sinks",
-                           Reader(mapping, "alerts", problems, base, environ))
-    elif "sinks" in mapping and not isinstance(mapping["sinks"], list):
-        read.problem("sinks", "'sinks' must be a list")
-    repeat, retry = nested["repeat"], nested["retry"]
-    return AlertSettings(
-        state_dir=read.resolve(state_dir),
-        external_url=url.rstrip("/") if url else None,
-        repeat_warning=repeat.duration("warning", fallback.repeat_warning),
-        repeat_critical=repeat.duration("critical", fallback.repeat_critical),
-        probe_failures=int(read.number("probe_failures", fallback.probe_failures, minimum=1,
-                                       maximum=1000)),
-        retry_initial=retry.duration("initial", fallback.retry_initial),
-        retry_max=retry.duration("maximum", fallback.retry_max),
-        give_up_after=retry.duration("give_up_after", fallback.give_up_after),
-        sinks=sinks,
-    )
 
 
 def _host_problem(host: Any, key: str = "host") -> str | None:
@@ -271,6 +232,7 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
     critical = read.number("critical_days", defaults.critical_days, minimum=0, maximum=MAX_DAYS)
     if "warn_days" in raw or "critical_days" in raw:
         _thresholds_problem(read, warn, critical)
+    warn_fraction, critical_fraction = _fractions(read, defaults)
 
     client_cert = read.path("client_cert", None)
     client_key = read.path("client_key", None)
@@ -303,6 +265,10 @@ def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems
         retry_interval=read.duration("retry_interval", defaults.retry_interval),
         proxy=read_proxy(read, defaults.proxy, addresses),
         revocation=read_revocation(read, defaults.revocation),
+        warn_fraction=warn_fraction,
+        critical_fraction=critical_fraction,
+        acme_directory=read.url("acme_directory", defaults.acme_directory),
+        renewal_due_fraction=read.fraction("renewal_due_fraction", defaults.renewal_due_fraction),
     )
     if read.failed or name is None or host is None or port is None:
         return name, None
@@ -399,9 +365,12 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     concurrency = top.number("max_concurrency", 100, minimum=1, maximum=100_000)
     demo = top.boolean("demo", False)
     strict = top.boolean("strict", False) or strict
-    alerts = _read_alerts(document.get("alerts"), problems, base,
+    alerts = read_alerts(document.get("alerts"), problems, base,
                           environ if with_sinks else None)
     kubernetes = read_kubernetes_access(document.get("kubernetes"), problems, base)
+    state_dir = state_dir_of(top, alerts, document.get("alerts"))
+    if alerts is not None and state_dir is not None:
+        alerts = dataclasses.replace(alerts, state_dir=state_dir)
     listen = document.get("listen", DEFAULT_LISTEN)
     if (message := listen_problem(listen)) is not None:
         top.problem("listen", message)
@@ -424,7 +393,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
                      alerts=alerts, source=source,
                      kubernetes=kubernetes if uses_kubernetes else None, strict=strict,
                      problems=tuple(entry_problems.items), distrust=distrust,
-                     ct_log_list=log_list)
+                     ct_log_list=log_list, state_dir=state_dir)
 
 
 def _read_endpoints(raw_endpoints: list[Any], defaults: Defaults, problems: Problems,

@@ -21,6 +21,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
     "ConfigError",
@@ -30,6 +31,7 @@ __all__ = [
     "format_seconds",
     "line_of",
     "parse_duration",
+    "split_http_url",
     "suggest",
 ]
 
@@ -146,7 +148,10 @@ def parse_duration(value: Any) -> float | None:
         return float(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: no duration
+        return None
 
 
 def format_seconds(seconds: float) -> str:
@@ -158,8 +163,19 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1000:g}ms"
 
 
+def split_http_url(value: str) -> SplitResult | None:
+    """The parts of an http:// or https:// URL with a host (and a valid port, if any)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
+
+
 # --- reading one mapping -------------------------------------------------------------------
 
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d+)\s*)?$")  # 0.25, 1/3
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
@@ -269,6 +285,35 @@ class Reader:
                               f"not {describe(value)}")
             return None
         return value.strip()
+
+    def url(self, key: str, fallback: str | None) -> str | None:
+        """An http(s) URL with a host and no credentials in it."""
+        if key not in self.mapping or self.mapping[key] is None:
+            return fallback
+        value = self.string(key)
+        parts = split_http_url(value) if value is not None else None
+        if value is None or parts is None:
+            self.problem(key, f"'{key}' must be an http:// or https:// URL, "
+                              f"not {describe(self.mapping[key])}")
+        elif parts.username or parts.password:
+            self.problem(key, f"'{key}' must not hold credentials")
+        else:
+            return value
+        return fallback
+
+    def fraction(self, key: str, fallback: float) -> float:
+        """A share of a whole, above 0 and at most 1: a number, or a string such as "1/3"."""
+        raw = self.mapping.get(key)
+        if not isinstance(raw, str):
+            return self.number(key, fallback, minimum=0.001, maximum=1)
+        match = _FRACTION.match(raw)
+        share = float(match.group(1)) / float(match.group(2) or 1) if match and float(
+            match.group(2) or 1) else 0.0
+        if 0 < share <= 1:
+            return share
+        self.problem(key, f"'{key}' must be a fraction above 0 and at most 1, such as 0.25 "
+                          f"or \"1/3\", not {describe(raw)}")
+        return fallback
 
     def resolve(self, value: str) -> Path:
         path = Path(os.path.expanduser(value))

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from certwatch.config.kit import Reader, describe, line_of, suggest
+from certwatch.config.kit import Reader, describe, line_of, split_http_url, suggest
 from certwatch.config.yamlfile import item_lines
 from certwatch.core.alerts import Notification
 from certwatch.core.vocabulary import Severity
@@ -363,12 +363,8 @@ def _url(read: Reader, *, secret_only: bool, required: bool = True,
         return default
     if value is None:
         return None
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = split_http_url(value)
+    if parts is None:
         # Do not echo the value: it may be a credential.
         read.problem("url" if plain is not None else None,
                      f"{origin} must hold an http:// or https:// URL with a host")

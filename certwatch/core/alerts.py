@@ -9,6 +9,8 @@ Per target and kind there is at most one open alert (an incident):
                   without its staple: critical
     policy        a root-program lint (CT policy, maximum validity, distrusted CA): its
                   severity, warning unless clients already refuse the certificate
+    renewal_overdue  the leaf is still served after it should have been replaced
+                  (the CA's renewal window ended, or 70% of its life went by): warning
 
 An alert triggers when its condition starts, escalates within the same incident
 (warning -> critical, e.g. 29 -> 6 days), is re-sent at the repeat interval of its
@@ -106,6 +108,8 @@ def _details(status: TargetStatus) -> dict[str, Any]:
         "error": str(status.last_error) if status.last_error else None,
         "consecutive_failures": status.consecutive_failures,
         **alert_details(a),
+        "renewal_due_at": rfc3339(a.renewal.due_at) if a.renewal else None,
+        "leaf_fingerprint_sha256": a.leaf.fingerprint_sha256 if a.leaf else None,
     }
 
 
@@ -125,6 +129,11 @@ def conditions(status: TargetStatus, policy: AlertPolicy) -> dict[AlertKind, tup
             Severity.CRITICAL,
             f"{name}: clients reject the certificate ({', '.join(a.rejections)})")
     found.update(alert_conditions(a, name))
+    if a.renewal is not None and a.renewal.overdue:
+        basis = "the CA's renewal window ended" if a.renewal.basis == "ari" else "due"
+        found[AlertKind.RENEWAL_OVERDUE] = (
+            Severity.WARNING,
+            f"{name}: certificate not renewed: {basis} {a.renewal.due_at:%Y-%m-%d %H:%M UTC}")
     if status.consecutive_failures >= policy.probe_failures and status.last_error is not None:
         found[AlertKind.PROBE] = (Severity.CRITICAL,
                                   f"{name}: {status.consecutive_failures} probes failed in a "
@@ -183,7 +192,7 @@ def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], n
                                                        target=target)
             elif alert is not None:
                 changes[key] = None
-                notify(alert, Action.RESOLVE, _resolution(alert, status, details), details)
+                notify(alert, Action.RESOLVE, _resolution(alert, status, details, now), details)
 
     for target_key in removed_targets:
         for kind in AlertKind:
@@ -195,8 +204,15 @@ def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], n
     return changes, notices
 
 
-def _resolution(alert: Alert, status: TargetStatus, details: Mapping[str, Any]) -> str:
+def _resolution(alert: Alert, status: TargetStatus, details: Mapping[str, Any],
+                now: datetime) -> str:
     name = status.target.key
+    renewed = status.renewed
+    if (alert.kind in (AlertKind.EXPIRY, AlertKind.RENEWAL_OVERDUE) and renewed is not None
+            and renewed.current.first_seen >= alert.started_at):
+        return f"{name}: {renewed.summary(now)}"  # the history knows when and what
+    if alert.kind == AlertKind.RENEWAL_OVERDUE:
+        return f"{name}: certificate renewal no longer overdue"
     if alert.kind == AlertKind.EXPIRY:
         old, new = alert.details.get("not_after"), details.get("not_after")
         if old != new:

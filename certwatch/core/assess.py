@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
+from typing import Mapping
 
 from certwatch.core.atrest import verify_at_rest
 from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
+from certwatch.core.renewal import Renewal, RenewalInfo, judge_renewal
 from certwatch.core.timestamps import SECONDS_PER_DAY
 from certwatch.core.verify import TrustStore, Verification, verify_chain
 from certwatch.core.vocabulary import ErrorKind, Problem, Reason, SourceKind, State
@@ -38,6 +40,7 @@ class Assessment:
     earliest: CertInfo | None = None  # the certificate of the chain that expires first
     expiry: Expiry | None = None  # the threshold policy's judgement of `earliest`
     refusals: Refusals | None = None  # revocation and root-program lints, when judged
+    renewal: Renewal | None = None  # whether the leaf should have been replaced by now
 
     @property
     def leaf(self) -> CertInfo | None:
@@ -58,8 +61,11 @@ class Assessment:
         return self.verification.rejections
 
 
-def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assessment:
-    """Judges one observation. Never raises for any input the probe can produce."""
+def assess(observation: Observation, now: datetime, trust: TrustStore,
+           renewal_info: Mapping[str, RenewalInfo] | None = None) -> Assessment:
+    """Judges one observation. Never raises for any input the probe can produce.
+
+    `renewal_info` holds what CAs said of leaves (RFC 9773), by SHA-256 fingerprint."""
     target = observation.target
     endpoint = target.endpoint
     parsed = parse_chain(observation.chain)
@@ -94,6 +100,15 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
         reasons.append(Reason.EXPIRED)
     elif expiry.alerting:
         reasons.append(Reason.EXPIRING)
+    leaf = chain[0]
+    info = renewal_info.get(leaf.fingerprint_sha256) if renewal_info else None
+    renewal = judge_renewal(leaf, now, info, endpoint.renewal_due_fraction)
+    if renewal.overdue:
+        # Whatever the days left: a renewal that silently stopped is caught early.
+        reasons.append(Reason.RENEWAL_OVERDUE)
+        state = state.worse(State.WARNING)
+    if renewal.window_moved_earlier:
+        reasons.append(Reason.RENEWAL_WINDOW_MOVED)
 
     rejected = verification.rejections if endpoint.verify else ()
     if rejected:
@@ -117,6 +132,8 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
     when = earliest.not_after.strftime("%Y-%m-%d %H:%M UTC")
     summary = (f"{which} expired {-days:.1f} days ago ({when})" if days <= 0
                else f"{which} expires in {days:.1f} days ({when})")
+    if renewal.overdue:
+        summary += f"; renewal overdue since {renewal.due_at:%Y-%m-%d %H:%M UTC}"
     if rejected:
         summary += f"; clients reject it: {verification.detail}"
     if observation.error is not None:
@@ -124,4 +141,4 @@ def assess(observation: Observation, now: datetime, trust: TrustStore) -> Assess
     if key is not None and key.problem is not None:
         summary += f"; {key.detail}"
     return Assessment(target, observation, now, state, tuple(reasons), summary, chain,
-                      verification, earliest, expiry)
+                      verification, earliest, expiry, renewal=renewal)

@@ -51,12 +51,6 @@ class CTLogList:
 
 
 @dataclass(frozen=True, slots=True)
-class SCT:
-    log_id: bytes
-    timestamp: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class CTVerdict:
     """What the embedded SCTs amount to."""
 
@@ -66,6 +60,14 @@ class CTVerdict:
     detail: str  # why not, in words; "" when compliant
     unknown_logs: int = 0  # SCTs from logs the list does not know
     earliest: datetime | None = None  # the earliest SCT's time (root programs cut off by it)
+
+
+@dataclass(frozen=True, slots=True)
+class SCT:
+    """One signed certificate timestamp embedded in a certificate: which log, and when."""
+
+    log_id: bytes
+    timestamp: datetime
 
 
 @functools.lru_cache(maxsize=4096)

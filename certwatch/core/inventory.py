@@ -19,6 +19,7 @@ __all__ = [
     "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
     "RevocationSettings", "Thresholds",
     "is_ip", "split_listen",
+    "CRITICAL_FRACTION", "RENEWAL_DUE_FRACTION", "WARN_FRACTION",
 ]
 
 # STARTTLS protocols and the port each is usually found on.
@@ -60,12 +61,26 @@ RESERVED_LABELS = frozenset(
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
 
 
+# The lifetime-aware defaults (see certwatch.core.policy and the README's table): warn
+# when less than a third of the lifetime is left, page below a fifth. A 90-day or longer
+# certificate keeps the fixed 30/7 days; a 6-day one warns at 2 days and pages at 1.2.
+WARN_FRACTION = 1 / 3
+CRITICAL_FRACTION = 1 / 5
+# Without the CA's renewal window, a leaf still served after this share of its lifetime
+# is overdue for renewal (see certwatch.core.renewal for why 0.7).
+RENEWAL_DUE_FRACTION = 0.7
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """When an expiring certificate warns and pages, in days left."""
+    """When an expiring certificate warns and pages: below the days left, or below the
+    share of its own lifetime left, whichever comes later (a fraction of 1 leaves the
+    fixed days alone)."""
 
     warn_days: float = 30.0
     critical_days: float = 7.0
+    warn_fraction: float = WARN_FRACTION
+    critical_fraction: float = CRITICAL_FRACTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,10 @@ class Defaults:
     retry_interval: float = 300.0  # sooner, after a failed probe
     proxy: Proxy | None = None
     revocation: RevocationSettings = RevocationSettings()
+    warn_fraction: float = WARN_FRACTION
+    critical_fraction: float = CRITICAL_FRACTION
+    acme_directory: str | None = None  # the CA's ACME directory URL, for renewalInfo
+    renewal_due_fraction: float = RENEWAL_DUE_FRACTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +166,10 @@ class Endpoint:
     # whose address is `host` itself (what the CONNECT asked for).
     proxy: Proxy | None = None
     revocation: RevocationSettings = RevocationSettings()
+    warn_fraction: float = WARN_FRACTION
+    critical_fraction: float = CRITICAL_FRACTION
+    acme_directory: str | None = None
+    renewal_due_fraction: float = RENEWAL_DUE_FRACTION
 
     @property
     def verify_name(self) -> str:
@@ -155,7 +178,8 @@ class Endpoint:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(self.warn_days, self.critical_days)
+        return Thresholds(self.warn_days, self.critical_days, self.warn_fraction,
+                          self.critical_fraction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +204,16 @@ class Inventory:
     max_concurrency: int = 100
     listen: str = DEFAULT_LISTEN  # the daemon's HTTP server: "HOST:PORT" or ":PORT"
     demo: bool = False  # start local demo endpoints and watch them too
-    alerts: AlertSettings | None = None  # None: no notifications, no state database
+    alerts: AlertSettings | None = None  # None: no notifications
     source: str = "<inventory>"
     kubernetes: KubernetesAccess | None = None  # how the kubernetes entries reach the API
     strict: bool = False  # any invalid entry rejects the whole file
     problems: tuple[str, ...] = ()  # the invalid entries' problems (each is a target in error)
     distrust: tuple[DistrustRule, ...] = ()  # the inventory's own rows, beside the shipped
     ct_log_list: CTLogList | None = None  # None: the shipped log list
+    # Where the state database lives (certificate history; alert state too). None: the
+    # history is kept in memory only, and a restart forgets it.
+    state_dir: Path | None = None
 
 
 def is_ip(text: str) -> bool:

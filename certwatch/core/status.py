@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import Endpoint
 from certwatch.core.observation import Observation, ProbeError, Target
+from certwatch.core.renewal import Renewed, SeenCertificate, last_renewal
 from certwatch.core.vocabulary import ErrorKind, Phase, State
 
 __all__ = ["RECENT_ERRORS", "Change", "TargetStatus", "merge"]
@@ -34,6 +35,14 @@ class TargetStatus:
     # The latest failed probes (when, why), newest first, kept after a recovery too: what
     # went wrong lately, for the target's page.
     recent_errors: tuple[tuple[datetime, ProbeError], ...] = ()
+    # The leaves this target has served, oldest first; None where no history is kept
+    # (a one-shot `check`).
+    history: tuple[SeenCertificate, ...] | None = None
+
+    @property
+    def renewed(self) -> Renewed | None:
+        """The renewal that put the served certificate in place, if the history has it."""
+        return last_renewal(self.history) if self.history else None
 
     @property
     def target(self) -> Target:

@@ -109,6 +109,8 @@ class Reason(StrEnum):
     KEY_UNREADABLE = "key_unreadable"  # a private key was given but cannot be decoded
     REVOKED = "revoked"  # the CA revoked a certificate of the chain (staple, CRL or OCSP)
     MUST_STAPLE_MISSING = "must_staple_missing"  # must-staple, served without a valid staple
+    RENEWAL_OVERDUE = "renewal_overdue"  # still served after it should have been replaced
+    RENEWAL_WINDOW_MOVED = "renewal_window_moved"  # the CA moved its window earlier
 
 
 class Severity(StrEnum):
@@ -128,6 +130,7 @@ class AlertKind(StrEnum):
     PROBE = "probe"
     REVOCATION = "revocation"  # revoked, or must-staple served without a staple
     POLICY = "policy"  # root-program lints: CT policy, maximum validity, distrusted CA
+    RENEWAL_OVERDUE = "renewal_overdue"
 
 
 class Action(StrEnum):

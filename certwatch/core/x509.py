@@ -20,7 +20,6 @@ from typing import Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.hashes import SHA256
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
@@ -65,10 +64,14 @@ class CertInfo:
     self_issued: bool  # subject == issuer; a root, or a self-signed leaf
     issuer_name: str = ""  # the issuer as people name it: its CN, else its O, else the DN
     fingerprint_sha1: str = ""  # what older tools and Windows' "thumbprint" show
+    authority_key_id: str | None = None  # the AKI's keyIdentifier, hexadecimal
 
     @property
     def lifetime_seconds(self) -> float:
-        return (self.not_after - self.not_before).total_seconds()
+        """The validity period, notBefore through notAfter inclusive (RFC 5280 4.1.2.5;
+        the CA/Browser Forum counts it so too): a 90-day certificate's notAfter is 90
+        days less one second after its notBefore."""
+        return (self.not_after - self.not_before).total_seconds() + 1
 
 
 def _name(name: x509.Name | bytes) -> str:
@@ -205,6 +208,14 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def _authority_key_id(cert: x509.Certificate) -> str | None:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier.hex() if aki.key_identifier is not None else None
+
+
 def _serial_hex(serial: int) -> str:
     return ("-" if serial < 0 else "") + format(abs(serial), "X")
 
@@ -250,6 +261,7 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
             is_ca=_is_ca(cert),
             self_issued=subject == issuer,
             issuer_name=_readable_name(issuer),
+            authority_key_id=_authority_key_id(cert),
         )
     except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
         raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None

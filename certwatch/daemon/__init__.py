@@ -27,6 +27,7 @@ from certwatch.config import ConfigError
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.status import TargetStatus
+from certwatch.daemon.history import CertificateHistory
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus
@@ -141,7 +142,8 @@ class Daemon:
         new = endpoint_map(running.inventory.endpoints, discovered)
         self._running = dataclasses.replace(running, endpoints=new)
         now = swap_endpoints(running.endpoints, new, schedule=self._schedule, store=self.store,
-                             notifier=self._notifier, forget=self._first_probe_done)
+                             notifier=self._notifier, forget=self._first_probe_done,
+                             removed=self._pipeline.forget)
         self.metrics.endpoints.set(len(new))
         return now
 
@@ -225,6 +227,11 @@ class Daemon:
                 log.error("web configuration %s: %s", self.web_config.source, exc)
                 return 2
         notifier_task = None
+        try:
+            self._pipeline.history = CertificateHistory(self._running.inventory.state_dir)
+        except StateError as exc:
+            log.error("%s", exc)
+            return 2
         if self._running.alerts is not None:
             try:
                 outbox = Outbox(self._running.alerts.state_dir / "certwatch.db")
@@ -262,6 +269,7 @@ class Daemon:
             self._notifier.outbox.close()
         if self._running is not None:
             await self._running.refusals.aclose()
+        await self._pipeline.close()
         await serving.runner.cleanup()
         log.info("stopped")
 

@@ -83,7 +83,9 @@ class Loader:
         d = inventory.defaults
         defaults = {"timeout": d.timeout, "warn_days": d.warn_days,
                     "critical_days": d.critical_days, "interval": d.interval,
-                    "retry_interval": d.retry_interval}
+                    "retry_interval": d.retry_interval, "warn_fraction": d.warn_fraction,
+                    "critical_fraction": d.critical_fraction,
+                    "renewal_due_fraction": d.renewal_due_fraction}
         demo = build_inventory({"defaults": defaults, "endpoints": self._demo.inventory_entries()},
                                source="demo")
         clash = {e.name for e in demo.endpoints} & {e.name for e in inventory.endpoints}

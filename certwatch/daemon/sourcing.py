@@ -35,17 +35,21 @@ def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint]) 
 
 def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,
                    schedule: Schedule, store: Store, notifier: Notifier | None,
-                   forget: Callable[[str], None]) -> datetime:
+                   forget: Callable[[str], None],
+                   removed: Callable[[list[str]], None] | None = None) -> datetime:
     """New and changed endpoints are probed promptly, removed ones vanish (their alerts
-    resolve), unchanged ones keep their state and schedule."""
+    resolve, `removed` hears of their targets), unchanged ones keep their state and
+    schedule."""
     for name in old.keys() - new.keys():
         schedule.unschedule(name)
         forget(name)
-    removed = store.retain(set(new))
-    for key in removed:
+    gone = store.retain(set(new))
+    for key in gone:
         log.info("target removed", extra={"target": key})
+    if removed is not None:
+        removed(gone)
     if notifier is not None:
-        notifier.observe([], removed)
+        notifier.observe([], gone)
     now = utcnow()
     for name, endpoint in new.items():
         if old.get(name) != endpoint:

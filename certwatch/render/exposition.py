@@ -139,6 +139,25 @@ def _tls_info(status: TargetStatus, head: str) -> str:
     return f"{head},{labels}}} 1.0\n"
 
 
+def _moment(judgement: object, field: str) -> float | None:
+    """A datetime field of a judgement (an Expiry, a Renewal) as a timestamp."""
+    moment = getattr(judgement, field, None) if judgement is not None else None
+    return moment.timestamp() if moment is not None else None
+
+
+def _window(status: TargetStatus, edge: str) -> float | None:
+    renewal = status.assessment.renewal
+    window = renewal.info.window if renewal and renewal.info else None
+    return _moment(window, edge)
+
+
+def _moved_earlier(status: TargetStatus) -> float | None:
+    renewal = status.assessment.renewal
+    if renewal is None or renewal.info is None or renewal.info.window is None:
+        return None
+    return 1.0 if renewal.window_moved_earlier else 0.0
+
+
 # Family name -> (help text, its samples for one target), in the order they are written.
 FAMILIES: dict[str, tuple[str, Samples]] = {
     "certwatch_probe_success": (
@@ -189,6 +208,30 @@ FAMILIES: dict[str, tuple[str, Samples]] = {
         "where no key was found).",
         _with_certificate(_gauge(_key_match))),
     **refusal_families(_gauge),
+    "certwatch_cert_lifetime_seconds": (
+        "The leaf's lifetime, notBefore through notAfter.",
+        _with_certificate(_gauge(lambda s: s.assessment.leaf.lifetime_seconds))),  # type: ignore[union-attr]
+    "certwatch_cert_warning_timestamp_seconds": (
+        "When the earliest-expiring certificate enters its warning threshold (the lower of "
+        "warn_days and warn_fraction of its lifetime before notAfter).",
+        _with_certificate(_gauge(lambda s: _moment(s.assessment.expiry, "warning_at")))),
+    "certwatch_cert_critical_timestamp_seconds": (
+        "When the earliest-expiring certificate enters its critical threshold.",
+        _with_certificate(_gauge(lambda s: _moment(s.assessment.expiry, "critical_at")))),
+    "certwatch_cert_renewal_due_timestamp_seconds": (
+        "When the leaf should have been replaced: the end of the CA's renewal window, else "
+        "renewal_due_fraction of its lifetime.",
+        _with_certificate(_gauge(lambda s: _moment(s.assessment.renewal, "due_at")))),
+    "certwatch_cert_renewal_window_start_timestamp_seconds": (
+        "Start of the renewal window the CA suggests (ACME ARI, RFC 9773).",
+        _with_certificate(_gauge(lambda s: _window(s, "start")))),
+    "certwatch_cert_renewal_window_end_timestamp_seconds": (
+        "End of the renewal window the CA suggests (ACME ARI, RFC 9773).",
+        _with_certificate(_gauge(lambda s: _window(s, "end")))),
+    "certwatch_cert_renewal_window_moved_earlier": (
+        "1 if the CA moved its renewal window earlier than it first said (it wants the "
+        "certificate replaced, often before a revocation), else 0.",
+        _with_certificate(_gauge(_moved_earlier))),
 }
 
 

@@ -15,6 +15,7 @@ from certwatch.core.alerts import Alert
 from certwatch.core.assess import Assessment
 from certwatch.core.observation import Target
 from certwatch.core.names import for_people
+from certwatch.core.renewal import Renewal
 from certwatch.core.status import TargetStatus
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.verify import Verification
@@ -47,6 +48,7 @@ def cert_to_dict(cert: CertInfo) -> dict[str, Any]:
         "version": cert.version,
         "is_ca": cert.is_ca,
         "self_issued": cert.self_issued,
+        "authority_key_id": cert.authority_key_id,
     }
 
 
@@ -115,6 +117,51 @@ def assessment_to_dict(a: Assessment) -> dict[str, Any]:
         "labels": dict(endpoint.labels),
         "chain": [cert_to_dict(c) for c in a.chain],
         **refusal_fields(a),
+        **_policy_fields(a),
+        "certificate_history": None,  # a one-shot check keeps none; the daemon does
+        "renewed": None,
+    }
+
+
+def _policy_fields(a: Assessment) -> dict[str, Any]:
+    """The lifetime of the certificate judged, the share of it used, the thresholds in
+    force for it, and when the leaf should be (or should have been) replaced."""
+    endpoint, expiry = a.target.endpoint, a.expiry
+    return {
+        # four decimals: a certificate of minutes is still told apart (0.0001 d = 8.6 s)
+        "lifetime_days": round(expiry.lifetime_days, 4) if expiry else None,
+        "lifetime_used": round(expiry.used, 4) if expiry else None,
+        "warn_fraction": round(endpoint.warn_fraction, 4),
+        "critical_fraction": round(endpoint.critical_fraction, 4),
+        "renewal_due_fraction": round(endpoint.renewal_due_fraction, 4),
+        "warn_days_in_force": round(expiry.warn_days, 4) if expiry else None,
+        "critical_days_in_force": round(expiry.critical_days, 4) if expiry else None,
+        "warning_at": rfc3339(expiry.warning_at) if expiry else None,
+        "critical_at": rfc3339(expiry.critical_at) if expiry else None,
+        "acme_directory": endpoint.acme_directory,
+        "renewal": _renewal(a.renewal),
+    }
+
+
+def _renewal(renewal: Renewal | None) -> dict[str, Any] | None:
+    if renewal is None:
+        return None
+    info = renewal.info
+    window = info.window if info else None
+    planned = info.planned if info else None
+    return {
+        "due_at": rfc3339(renewal.due_at),
+        "basis": renewal.basis,
+        "overdue": renewal.overdue,
+        "window_start": rfc3339(window.start) if window else None,
+        "window_end": rfc3339(window.end) if window else None,
+        "window_moved_earlier": renewal.window_moved_earlier,
+        "planned_window_start": rfc3339(planned.start) if planned else None,
+        "planned_window_end": rfc3339(planned.end) if planned else None,
+        "explanation_url": info.explanation_url if info else None,
+        "checked_at": rfc3339(info.checked_at) if info else None,
+        "next_check_at": rfc3339(info.next_check_at) if info else None,
+        "error": info.error if info else None,
     }
 
 
@@ -140,6 +187,9 @@ def status_to_dict(status: TargetStatus, next_probe_at: datetime | None,
         "recent_errors": [{"at": rfc3339(at), "kind": e.kind, "phase": e.phase, "detail": e.detail}
                           for at, e in status.recent_errors],
         "alerts": alerts or [],
+        "certificate_history": ([seen.to_dict() for seen in status.history]
+                                if status.history is not None else None),
+        "renewed": status.renewed.to_dict() if status.renewed else None,
     }
 
 
@@ -202,18 +252,22 @@ def _where(a: Assessment) -> str:
 
 
 def _row(a: Assessment) -> list[str]:
-    days = a.days_left
-    expiry = a.earliest.not_after.strftime("%Y-%m-%d") if a.earliest else "-"
+    days, expiry, renewal = a.days_left, a.expiry, a.renewal
+    expires = a.earliest.not_after.strftime("%Y-%m-%d") if a.earliest else "-"
     issuer = a.earliest.issuer if a.earliest else ""
     detail = ", ".join(a.reasons) if a.state is not State.ERROR else a.summary
     return [
         a.state.value.upper(),
         f"{days:.1f}" if days is not None else "-",
-        expiry,
+        expires,
         for_people(a.target.endpoint.name),
         a.target.endpoint.source,
         _where(a),
         a.target.endpoint.protocol or "-",
+        f"{round(expiry.lifetime_days, 1):g}d {expiry.used:.0%}" if expiry else "-",
+        f"{round(expiry.warn_days, 1):g}/{round(expiry.critical_days, 1):g}d" if expiry else "-",
+        (renewal.due_at.strftime("%Y-%m-%d") + (" (ARI)" if renewal.basis == "ari" else ""))
+        if renewal else "-",
         issuer,
         revocation_cell(a),
         sct_cell(a),
@@ -228,14 +282,20 @@ def _fit(cell: str, width: int, *, keep_end: bool = False) -> str:
     return "…" + cell[len(cell) - width + 1:] if keep_end else cell[: width - 1] + "…"
 
 
+HISTORY_NOTE = ("renewals: a one-shot check keeps no certificate history "
+                "(`certwatch run` does, and shows them)")
+
+
 def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> str:
-    headers = ["STATE", "DAYS", "EXPIRES", "NAME", "SOURCE", "LOCATION", "PROTO", "ISSUER",
-               "REVOCATION", "SCTS", "DETAIL"]
+    """LIFE is the certificate's lifetime and the share used, WARN/CRIT the thresholds in
+    force for it (days left), RENEW BY when the leaf should be replaced."""
+    headers = ["STATE", "DAYS", "EXPIRES", "NAME", "SOURCE", "LOCATION", "PROTO", "LIFE",
+               "WARN/CRIT", "RENEW BY", "ISSUER", "REVOCATION", "SCTS", "DETAIL"]
     ordered: Sequence[Assessment] = sorted(assessments, key=sort_key)
     rows = [[safe_text(cell) for cell in _row(a)] for a in ordered]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     widths[5] = min(widths[5], 60)  # a deep path; the JSON output has it whole
-    widths[7] = min(widths[7], 40)  # issuers are long; the JSON output has them whole
+    widths[10] = min(widths[10], 40)  # issuers are long; the JSON output has them whole
     lines = []
     for cells, a in [(headers, None), *zip(rows, ordered)]:
         text = "  ".join(_fit(c, widths[i], keep_end=i == 5).ljust(widths[i])
@@ -248,6 +308,8 @@ def render_table(assessments: Iterable[Assessment], *, colour: bool = False) -> 
         counts[a.state.value] = counts.get(a.state.value, 0) + 1
     lines.append("")
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()) or "no targets")
+    if any(a.leaf is not None for a in ordered):
+        lines.append(HISTORY_NOTE)
     return "\n".join(lines)
 
 

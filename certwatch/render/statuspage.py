@@ -147,7 +147,36 @@ def _expires_cell(target: Mapping[str, Any]) -> str:
     if isinstance(position, int) and position > 0:
         subject = text(target.get("earliest_subject") or "")
         when += f'<div class="sub">chain certificate {position}: {subject}</div>'
-    return when
+    return when + _renewal_lines(target)
+
+
+def _days(value: object) -> str:
+    return f"{value:.3g}d" if isinstance(value, (int, float)) else "?"
+
+
+def _renewal_lines(target: Mapping[str, Any]) -> str:
+    """The lifetime, the share used, the thresholds in force, when the leaf is due for
+    renewal (the CA's window where known) and the latest renewal, one short line each."""
+    lines = []
+    lifetime, used = target.get("lifetime_days"), target.get("lifetime_used")
+    if isinstance(lifetime, (int, float)) and isinstance(used, (int, float)):
+        lines.append(f"{_days(lifetime)} certificate, {used:.0%} used; warns at "
+                     f"{_days(target.get('warn_days_in_force'))}, pages at "
+                     f"{_days(target.get('critical_days_in_force'))}")
+    renewal = target.get("renewal")
+    if isinstance(renewal, Mapping) and renewal.get("due_at"):
+        late = '<span class="bad">renewal overdue</span>: ' if renewal.get("overdue") else ""
+        window = (f" (CA window {text(utc(renewal.get('window_start')))} → "
+                  f"{text(utc(renewal.get('window_end')))})" if renewal.get("window_end") else "")
+        moved = (' <span class="bad">moved earlier by the CA</span>'
+                 if renewal.get("window_moved_earlier") else "")
+        lines.append(f"{late}renew by {text(utc(renewal['due_at']))}{window}{moved}")
+    renewed = target.get("renewed")
+    if isinstance(renewed, Mapping):
+        lines.append(f"renewed {text(utc(renewed.get('first_seen')))}: expiry "
+                     f"{text(str(renewed.get('previous_not_after') or '')[:10])} → "
+                     f"{text(str(renewed.get('not_after') or '')[:10])}")
+    return "".join(f'<div class="sub">{line}</div>' for line in lines)
 
 
 def _issuer_cell(target: Mapping[str, Any]) -> str:

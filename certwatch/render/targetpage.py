@@ -31,7 +31,6 @@ from certwatch.render.pagekit import (
     problem_words,
     span,
     text,
-    until,
     utc,
 )
 from certwatch.render.selection import Query, source_location, source_of
@@ -177,9 +176,12 @@ def _chain(target: Mapping[str, Any], now: datetime) -> str:
 
 def _renewal(target: Mapping[str, Any], now: datetime) -> str:
     used = target.get("lifetime_used")
-    rows = _known(target, now, [("Lifetime", "lifetime_days"), ("Threshold in force", "threshold"),
-                                ("Renewal window", "renewal_window"), ("Renewed", "renewed"),
-                                ("Certificate history", "history")])
+    rows = _known(target, now, [
+        ("Lifetime (days)", "lifetime_days"), ("Warns with days left", "warn_days_in_force"),
+        ("Pages with days left", "critical_days_in_force"), ("Warning from", "warning_at"),
+        ("Critical from", "critical_at"), ("ACME directory", "acme_directory"),
+        ("Renewal", "renewal"), ("Renewed", "renewed"),
+        ("Certificate history", "certificate_history")])
     if isinstance(used, (int, float)) and not isinstance(used, bool):
         rows.insert(1, ("Lifetime used", f"{used * 100 if used <= 1 else used:.0f}%"))
     return facts(rows)
@@ -291,7 +293,9 @@ CLAIMED = frozenset({
     "probe_success", "last_probe_at", "next_probe_at", "last_error", "consecutive_failures",
     "certificate_read_at", "alerts", "recent_errors", "source", "source_location",
     "location", "origin", "key_match", "key_problem",
-    "lifetime_days", "lifetime_used", "threshold", "renewal_window", "renewed", "history",
+    "lifetime_days", "lifetime_used", "warn_fraction", "critical_fraction",
+    "renewal_due_fraction", "warn_days_in_force", "critical_days_in_force", "warning_at",
+    "critical_at", "acme_directory", "renewal", "renewed", "certificate_history",
     "revocation_status", "revocation_source", "revocation_checked_at", "revocation_reason",
     "revocation_detail", "revocation_checks", "must_staple_missing", "publicly_trusted",
     "sct_count", "sct_operators", "lints", "proxy",

@@ -1,0 +1,115 @@
+"""The certificate history of every target, kept in the state database.
+
+Each target remembers the leaves it has served (fingerprint, first and last seen,
+validity), at most HISTORY_PER_TARGET of them; the rules are pure
+(:func:`certwatch.core.renewal.record_seen`), this module only stores. It lives in the
+same SQLite file as the alert state (`state_dir`/certwatch.db), so a restart keeps it;
+without a `state_dir` it is an in-memory database, and a restart forgets it.
+
+A write that fails is logged and the history goes on in memory: it informs (renewals,
+first seen), it never decides whether a certificate expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterable
+
+from certwatch.alerting.outbox import connect, transaction
+from certwatch.core.renewal import SeenCertificate, record_seen
+from certwatch.core.x509 import CertInfo
+
+__all__ = ["CertificateHistory"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS certificate_history (
+    target TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+    not_before TEXT NOT NULL, not_after TEXT NOT NULL,
+    PRIMARY KEY (target, fingerprint)
+);
+"""
+BUSY_TIMEOUT = 0.25  # seconds; as the outbox: never stall the event loop on a lock
+
+
+class CertificateHistory:
+    """Every target's history, read once at start-up and written through on each probe."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = state_dir / "certwatch.db" if state_dir is not None else None
+        if self.path is None:
+            log.info("certificate history kept in memory only: set 'state_dir' to keep it "
+                     "across restarts")
+            self._db = sqlite3.connect(":memory:", isolation_level=None)
+            self._db.executescript(SCHEMA)
+        else:
+            # NORMAL: a power cut may lose the latest last_seen, which is harmless.
+            self._db = connect(self.path, SCHEMA, busy_timeout=BUSY_TIMEOUT,
+                               synchronous="NORMAL")
+        self._by_target: dict[str, tuple[SeenCertificate, ...]] = {}
+        rows = self._db.execute(
+            "SELECT target, fingerprint, first_seen, last_seen, not_before, not_after "
+            "FROM certificate_history ORDER BY target, last_seen").fetchall()
+        for target, *fields in rows:
+            fingerprint, *moments = fields
+            seen = SeenCertificate(fingerprint, *(datetime.fromisoformat(m) for m in moments))
+            self._by_target[target] = (*self._by_target.get(target, ()), seen)
+        self._failing = False
+
+    @property
+    def persistent(self) -> bool:
+        return self.path is not None
+
+    def of(self, target: str) -> tuple[SeenCertificate, ...]:
+        return self._by_target.get(target, ())
+
+    def record(self, target: str, leaf: CertInfo, now: datetime) -> tuple[SeenCertificate, ...]:
+        """The target's history once `leaf` was read at `now` (stored, where it can be)."""
+        before = self._by_target.get(target, ())
+        after = record_seen(before, leaf, now)
+        self._by_target[target] = after
+        dropped = {c.fingerprint_sha256 for c in before} - {c.fingerprint_sha256 for c in after}
+        self._write(target, after[-1], dropped)
+        return after
+
+    def forget(self, targets: Iterable[str]) -> None:
+        """Drops the history of targets that left the inventory."""
+        gone = [t for t in targets if self._by_target.pop(t, None) is not None]
+        if gone:
+            self._guard(lambda: self._db.executemany(
+                "DELETE FROM certificate_history WHERE target = ?", [(t,) for t in gone]))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, target: str, seen: SeenCertificate, dropped: set[str]) -> None:
+        def write() -> None:
+            with transaction(self._db):
+                self._db.execute(
+                    "INSERT INTO certificate_history VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (target, fingerprint) DO UPDATE SET last_seen = excluded.last_seen",
+                    (target, seen.fingerprint_sha256, seen.first_seen.isoformat(),
+                     seen.last_seen.isoformat(), seen.not_before.isoformat(),
+                     seen.not_after.isoformat()))
+                self._db.executemany(
+                    "DELETE FROM certificate_history WHERE target = ? AND fingerprint = ?",
+                    [(target, fingerprint) for fingerprint in dropped])
+        self._guard(write)
+
+    def _guard(self, write: Callable[[], object]) -> None:
+        try:
+            write()
+        except sqlite3.Error as exc:
+            if not self._failing:
+                log.error("certificate history write failed (kept in memory): %s", exc,
+                          extra={"path": str(self.path)})
+            self._failing = True
+            return
+        if self._failing:
+            log.info("certificate history writes succeed again")
+        self._failing = False
