@@ -162,16 +162,16 @@ def _from_url(read: Reader) -> dict[str, Any]:
         return fields
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
-        read.problem("url", f"'url' scheme '{scheme}' is not one of "
+        read.problem("url", f"'url' scheme {describe(scheme)} is not one of "
                             f"{', '.join(sorted(URL_SCHEMES))}")
         return fields
     try:
         port = parts.port
     except ValueError:
-        read.problem("url", f"'url' has a bad port: {url!r}")
+        read.problem("url", f"'url' has a bad port: {describe(url)}")
         return fields
     if not parts.hostname:
-        read.problem("url", f"'url' has no host: {url!r}")
+        read.problem("url", f"'url' has no host: {describe(url)}")
         return fields
     fields["host"] = parts.hostname
     fields["protocol"] = URL_SCHEMES[scheme]
@@ -203,7 +203,9 @@ def _server_name(read: Reader, host: Any) -> str | None:
         read.problem("server_name",
                      f"'server_name' must be a host name or false, not {describe(server_name)}")
         return None
-    return server_name  # type: ignore[no-any-return]
+    # An absolute name (example.com.) is a DNS spelling: SNI carries the name without the
+    # trailing dot (RFC 6066 section 3), and certificates name it so.
+    return server_name.rstrip(".") if isinstance(server_name, str) else None
 
 
 def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
@@ -361,8 +363,9 @@ def listen_problem(listen: Any) -> str | None:
 
 
 def load_inventory(path: Path | str, *, environ: Mapping[str, str] | None = None,
-                   read: Callable[[Path], bytes] = Path.read_bytes) -> Inventory:
-    """Reads and validates an inventory file; relative paths in it are relative to it."""
+                   read: Callable[[Path], bytes] | None = None) -> Inventory:
+    """Reads and validates an inventory file; relative paths in it are relative to it.
+    `read` replaces the bounded read of the file (a test's fault injection)."""
     path = Path(path)
-    return parse_inventory(read_text(path, read), source=str(path), base=path.parent.resolve(),
-                           environ=environ)
+    text = read_text(path) if read is None else read_text(path, read)
+    return parse_inventory(text, source=str(path), base=path.parent.resolve(), environ=environ)

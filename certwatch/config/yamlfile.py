@@ -6,11 +6,13 @@ goes through :func:`load_yaml`, so every problem can name its line.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from certwatch.config.files import CONFIG_FILE, read_bounded
 from certwatch.config.kit import ConfigError, line_of
 
 __all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "read_text"]
@@ -123,8 +125,12 @@ def load_yaml(text: str, source: str) -> Any:
                                    f"({type(exc).__name__}: {exc})"]) from None
 
 
-def read_text(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> str:
-    """A configuration file's text; unreadable or non-UTF-8 is a ConfigError."""
+_read_config = partial(read_bounded, limit=CONFIG_FILE)
+
+
+def read_text(path: Path, read: Callable[[Path], bytes] = _read_config) -> str:
+    """A configuration file's text (a regular file within CONFIG_FILE's cap); unreadable,
+    refused or non-UTF-8 is a ConfigError."""
     try:
         data = read(path)
     except OSError as exc:
@@ -135,6 +141,6 @@ def read_text(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> st
         raise ConfigError(str(path), [f"top: not UTF-8 text (byte {exc.start})"]) from None
 
 
-def load_file(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> Any:
+def load_file(path: Path, read: Callable[[Path], bytes] = _read_config) -> Any:
     """A configuration file, parsed."""
     return load_yaml(read_text(path, read), str(path))

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from certwatch.config.files import PEM_FILE, check_file
 from certwatch.core.inventory import Endpoint, is_ip
 from certwatch.core.observation import Observation, ProbeError, Target
 from certwatch.core.vocabulary import ErrorKind, Phase
@@ -149,6 +150,9 @@ def client_context(client_cert: Path | None = None, client_key: Path | None = No
     # Each probe must see the server's current certificate, never a resumed session.
     context.options |= ssl.OP_NO_TICKET
     if client_cert is not None:
+        for path in (client_cert, client_key):  # OpenSSL reads them by name: a FIFO would hang
+            if path is not None:
+                check_file(path, PEM_FILE)
         context.load_cert_chain(client_cert, client_key)
     return context
 
