@@ -331,7 +331,10 @@ def status_page_parts(rows: Iterable[Mapping[str, Any]], *, total: int,
     badges = "".join(
         f'<li><span class="badge s-{s}{"" if counts.get(s) else " zero"}">{counts.get(s, 0)} {s}'
         "</span></li>" for s in STATES)
-    banners = [f'<div class="banner" role="alert">{_text(n)}</div>' for n in notices]
+    # A notice is certwatch's own text, one problem a line: each line is shown as a line
+    # (escaped like any text, as a problem may quote the file), not as an escaped "\n".
+    banners = [f'<div class="banner" role="alert">{"<br>".join(map(_text, n.splitlines()))}'
+               '</div>' for n in notices]
     if not ready:
         banners.insert(0, '<div class="banner starting" role="status">'
                           'starting: first sweep not finished</div>')
