@@ -148,6 +148,13 @@ class Daemon:
         except ConfigError as exc:
             self._rejected(why, exc, kept=previous is not None)
             return False
+        except Exception as exc:  # noqa: BLE001 - MemoryError, a bug: the reload fails, not us
+            log.error("loading the configuration failed inside certwatch", exc_info=True)
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._rejected(why, ConfigError(str(self.loader.config_path),
+                                            [f"top: the file could not be loaded ({reason})"]),
+                           kept=previous is not None)
+            return False
         if previous is None:
             self.web_config = loaded.web
         self._apply(loaded)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import tempfile
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Awaitable, Callable, Mapping
 
 from certwatch.alerting.notifier import AlertsConfig, alerts_config
-from certwatch.config import ConfigError, build_inventory, load_configuration
+from certwatch.config import load_configuration
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
-from certwatch.daemon.demo import DemoEndpoints
+from certwatch.daemon.demo import DemoEndpoints, with_demo
 from certwatch.serving.tls import tls_problem
 
 __all__ = ["Loaded", "Loader"]
@@ -61,8 +60,11 @@ class Loader:
 
     async def load(self, *, with_web: bool = False) -> Loaded:
         self.file_signature = self.signature()
-        inventory, web = load_configuration(self.config_path, self.web_path if with_web else None,
-                                            self.environ, tls_problem)
+        # Reading and parsing take up to seconds for a large file: in a thread, so the
+        # event loop keeps serving /healthz, scrapes and probes meanwhile.
+        inventory, web = await asyncio.to_thread(
+            load_configuration, self.config_path, self.web_path if with_web else None,
+            self.environ, tls_problem)
         inventory = await self._with_demo(inventory)
         alerts = alerts_config(inventory.alerts) if inventory.alerts is not None else None
         return Loaded(inventory, alerts, web)
@@ -74,32 +76,29 @@ class Loader:
             self._demo_dir = tempfile.TemporaryDirectory(prefix="certwatch-demo-")
             self._demo = await DemoEndpoints(Path(self._demo_dir.name)).__aenter__()
             log.info("demo endpoints started", extra={"count": len(self._demo.inventory_entries())})
-        # The demo endpoints follow the inventory's defaults (its interval above all),
-        # except for the trust settings each of them brings.
-        d = inventory.defaults
-        defaults = {"timeout": d.timeout, "warn_days": d.warn_days,
-                    "critical_days": d.critical_days, "interval": d.interval,
-                    "retry_interval": d.retry_interval}
-        demo = build_inventory({"defaults": defaults, "endpoints": self._demo.inventory_entries()},
-                               source="demo")
-        clash = {e.name for e in demo.endpoints} & {e.name for e in inventory.endpoints}
-        if clash:
-            raise ConfigError(str(self.config_path),
-                              [f"endpoint names {sorted(clash)} are used by the demo endpoints"])
-        return dataclasses.replace(inventory, endpoints=inventory.endpoints + demo.endpoints)
+        return with_demo(inventory, self._demo)
 
     async def watch(self, stop: asyncio.Event, poll: float,
                     reload: Callable[[str], Awaitable[bool]], missing: Callable[[], None]) -> None:
-        """Polls the file: an edit reloads, as SIGHUP does; a vanished file is reported."""
+        """Polls the file: an edit reloads, as SIGHUP does; a vanished file is reported.
+
+        Nothing ends the watch but `stop`: `reload` reports its own failures, and anything
+        else going wrong in one round is logged and the next round polls again (a watcher
+        that died silently would leave every later edit unseen)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)
-            signature = self.signature()
-            if signature is None and self.file_signature is not None:
-                self.file_signature = None
-                missing()
-            elif signature is not None and signature != self.file_signature:
-                await reload("file changed")
+            if stop.is_set():
+                return
+            try:
+                signature = self.signature()
+                if signature is None and self.file_signature is not None:
+                    self.file_signature = None
+                    missing()
+                elif signature is not None and signature != self.file_signature:
+                    await reload("file changed")
+            except Exception:  # noqa: BLE001 - logged; the next round tries again
+                log.exception("watching %s failed; watching on", self.config_path)
 
     async def close(self) -> None:
         if self._demo is not None:
