@@ -2,7 +2,9 @@
 
 Exit codes follow the monitoring-plugin convention so `check` drops into Nagios,
 Icinga or a cron job: 0 ok, 1 warning, 2 critical or expired, 3 error/unknown. With
-several targets the worst wins, critical over unknown over warning.
+several targets the worst wins, critical over unknown over warning. A usage error or a
+configuration that cannot be used is unknown (3) for `check` and `validate`; `run`
+exits 2 when it cannot start (a bad configuration, an address it cannot listen on).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 from urllib.parse import urlsplit
 
 from certwatch import __version__
@@ -69,14 +72,32 @@ def _load(args: argparse.Namespace) -> Inventory:
     return load_inventory(args.config)
 
 
+async def _check(inventory: Inventory) -> list[Assessment]:
+    """Every endpoint probed once; with `demo: true` the demo endpoints too, started for
+    the check as the daemon starts them."""
+    prober = Prober(max_concurrency=inventory.max_concurrency)
+    if not inventory.demo:
+        return await sweep(inventory.endpoints, prober)
+    from certwatch.daemon.demo import DemoEndpoints, with_demo  # only `demo: true` needs it
+
+    with tempfile.TemporaryDirectory(prefix="certwatch-demo-") as directory:
+        try:
+            async with DemoEndpoints(Path(directory), renew_after=None) as demo:
+                inventory = with_demo(inventory, demo)
+                return await sweep(inventory.endpoints, prober)
+        except OSError as exc:  # no loopback to listen on, say
+            print(f"{inventory.source}: demo: true, but the demo endpoints cannot start "
+                  f"({exc.strerror or exc}); checking the other endpoints", file=sys.stderr)
+    return await sweep(inventory.endpoints, prober)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         inventory = _load(args)
+        assessments = sorted(asyncio.run(_check(inventory)), key=sort_key)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
-    prober = Prober(max_concurrency=inventory.max_concurrency)
-    assessments = sorted(asyncio.run(sweep(inventory.endpoints, prober)), key=sort_key)
     if args.format == "json":
         json.dump([assessment_to_dict(a) for a in assessments], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -93,7 +114,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         inventory, web = load_configuration(args.config, args.web_config, os.environ, tls_problem)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return EXIT_UNKNOWN
     print(f"{args.config}: ok, {len(inventory.endpoints)} endpoints")
     if web is not None:
         print(f"{args.web_config}: ok, " + ("TLS" if web.tls else "no TLS")
@@ -105,24 +126,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     import prometheus_client
 
     from certwatch.daemon import Daemon  # the daemon's dependencies are not needed by check
+    from certwatch.serving.listener import ListenerLimits
 
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    given = {"max_connections": args.max_connections, "handshake_timeout": args.header_timeout,
+             "header_timeout": args.header_timeout}
+    limits = ListenerLimits(**{k: v for k, v in given.items() if v is not None})
     return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
-                              grace=args.grace, web_config_path=args.web_config).run())
+                              grace=args.grace, web_config_path=args.web_config,
+                              limits=limits).run())
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error exits 3 (unknown), not argparse's 2: under the monitoring-plugin
+    convention 2 says critical, and a mistyped option says nothing about a certificate."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--log-level and --log-format, accepted before and after the subcommand. After it
+    they have no default of their own, so that one given before is not overwritten."""
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default=None if defaults else argparse.SUPPRESS,
+                        help="default: info for run, warning otherwise")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"],
+                        default="auto" if defaults else argparse.SUPPRESS,
+                        help="auto: text on a terminal, JSON lines otherwise")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="certwatch", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="certwatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"certwatch {__version__}")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="default: info for run, warning otherwise")
-    parser.add_argument("--log-format", choices=["auto", "json", "text"], default="auto",
-                        help="auto: text on a terminal, JSON lines otherwise")
+    _global_options(parser, defaults=True)
+    common = _Parser(add_help=False)
+    _global_options(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
-        "run", help="run the monitoring daemon",
+        "run", parents=[common], help="run the monitoring daemon",
         description="Probe the inventory on a schedule and serve /metrics, the JSON API and "
                     "the status page. SIGHUP or an edit of the file reloads it.")
     run.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"),
@@ -137,10 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="FILE",
                      help="TLS, client certificates and basic auth for the HTTP server, in "
                           "Prometheus exporter-toolkit's web configuration format")
+    run.add_argument("--web.max-connections", dest="max_connections", type=_positive(int),
+                     metavar="N",
+                     help="HTTP connections open at once (default 256); at the cap a new "
+                          "one closes the one that waited longest without a request")
+    run.add_argument("--web.read-header-timeout", dest="header_timeout",
+                     type=_positive(float), metavar="SECONDS", help="for the TLS handshake, and for a request's "
+                                             "line and headers (default 10)")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
-        "check", help="probe once and report",
+        "check", parents=[common], help="probe once and report",
         description="Probe every endpoint once and print the result. Exit code: "
                     "0 ok, 1 warning, 2 critical/expired, 3 error.")
     check.add_argument("targets", nargs="*", metavar="HOST[:PORT]",
@@ -163,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not let verification problems raise the state")
     check.set_defaults(func=cmd_check)
 
-    validate = commands.add_parser("validate", help="check an inventory file (and a web "
-                                                     "configuration) and exit")
+    validate = commands.add_parser("validate", parents=[common],
+                                   help="check an inventory file (and a web configuration) "
+                                        "and exit")
     validate.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"))
     validate.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path,
                           metavar="FILE", help="also check this web configuration (as `run` "

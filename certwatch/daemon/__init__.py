@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping
 from certwatch.alerting.notifier import AlertsConfig, Notifier
 from certwatch.alerting.outbox import Outbox, StateError
 from certwatch.config import ConfigError
+from certwatch.config.inventory import listen_problem
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.status import TargetStatus
@@ -33,7 +34,7 @@ from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
-from certwatch.serving.server import Serving, serve
+from certwatch.serving.server import ListenerLimits, Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
 from certwatch.sources.trust import TrustStores
 from certwatch.sources.wire import Prober
@@ -61,9 +62,11 @@ class Daemon:
 
     def __init__(self, config_path: Path, *, listen: str | None = None,
                  reload_poll: float = 5.0, grace: float = 5.0,
-                 web_config_path: Path | None = None) -> None:
+                 web_config_path: Path | None = None,
+                 limits: ListenerLimits = ListenerLimits()) -> None:
         self.loader = Loader(config_path, web_config_path)
         self.listen_override = listen
+        self.limits = limits
         self.reload_poll = reload_poll
         self.grace = grace
         self.metrics = DaemonMetrics()
@@ -218,6 +221,10 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         self._schedule.start(loop)
         try:
+            if self.listen_override is not None \
+                    and (problem := listen_problem(self.listen_override)) is not None:
+                log.error("--listen: %s", problem.replace("'listen' ", "", 1))
+                return 2
             if not await self.reload("start-up"):
                 return 2
             return await self._serve(loop)
@@ -234,18 +241,24 @@ class Daemon:
             except TLSLoadError as exc:
                 log.error("web configuration %s: %s", self.web_config.source, exc)
                 return 2
+        listen = self.listen_override or self._running.inventory.listen
+        try:
+            serving = await serve(self, listen, self.web_config, server_tls, self.limits)
+        except OSError as exc:  # in use, not an address of this machine, not allowed
+            log.error("cannot listen on %s: %s", listen, exc.strerror or exc,
+                      extra={"listen": listen})
+            return 2
+        self.bound_port = serving.port
         notifier_task = None
         if self._running.alerts is not None:
             try:
                 outbox = Outbox(self._running.alerts.state_dir / "certwatch.db")
             except StateError as exc:
                 log.error("%s", exc)
+                await serving.close()
                 return 2
             self._notifier = Notifier(self._running.alerts, outbox, self.registry)
             notifier_task = asyncio.create_task(self._notifier.run(self._stop))
-        serving = await serve(self, self.listen_override or self._running.inventory.listen,
-                              self.web_config, server_tls)
-        self.bound_port = serving.port
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
                                                           self.reload, self._config_missing)),
@@ -267,7 +280,7 @@ class Daemon:
                 notifier_task.cancel()
         if self._notifier is not None:
             self._notifier.outbox.close()
-        await serving.runner.cleanup()
+        await serving.close()
         log.info("stopped")
 
     def stop(self) -> None:
