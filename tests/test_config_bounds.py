@@ -220,3 +220,24 @@ def test_thousands_of_problems_report_the_first_fifty_and_a_count() -> None:
     assert error.problems[MAX_PROBLEMS - 1].startswith("line 26: endpoint 25: ")  # file order
     assert error.problems[-1] == f"... and {10000 - MAX_PROBLEMS} more problems"
     assert len(str(error)) < 20_000
+
+
+def test_releasing_a_parsed_document_leaves_what_was_read_from_it_whole() -> None:
+    """parse_* empty the parsed document as they free it (in pieces, for the event loop's
+    sake): nothing validated out of it may be one of its containers."""
+    from certwatch.config import build_inventory
+    from certwatch.config.web import build_web_config
+    from certwatch.config.yamlfile import load_yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("reference.yaml", "certwatch.yaml"):
+        text = (repo / "config" / name).read_text()
+        base = repo / "config"
+        released = parse_inventory(text, source=name, base=base)
+        assert released == build_inventory(load_yaml(text, name), name, base)
+        assert released.endpoints or released.demo
+    web = ("tls_server_config: {cert_file: certwatch.yaml, key_file: certwatch.yaml}\n"
+           "basic_auth_users: {u: '$2b$04$" + "a" * 53 + "'}\n"
+           "http_server_config: {headers: {X-Frame-Options: deny}, open_paths: [/healthz]}\n")
+    base = repo / "config"
+    assert parse_web_config(web, "w", base) == build_web_config(load_yaml(web, "w"), "w", base)

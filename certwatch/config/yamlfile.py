@@ -15,7 +15,7 @@ import yaml
 from certwatch.config.files import CONFIG_FILE, read_bounded
 from certwatch.config.kit import ConfigError, line_of
 
-__all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "read_text"]
+__all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "read_text", "release"]
 
 
 class Mapping(dict):  # type: ignore[type-arg]
@@ -68,6 +68,15 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignor
             node.value.append(_Built(self.construct_document(item), item.start_mark))
         node.end_mark = self.get_event().end_mark
         return node
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        try:
+            return self.construct_document(node)
+        finally:
+            _release_nodes(node)  # the values built live on; their nodes go, in pieces
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         mapping = Mapping(super().construct_mapping(node, deep=True))
@@ -123,6 +132,39 @@ def load_yaml(text: str, source: str) -> Any:
         # integer of 5,000 digits.
         raise ConfigError(source, [f"top: not valid YAML: a value cannot be read "
                                    f"({type(exc).__name__}: {exc})"]) from None
+
+
+def _release_nodes(node: yaml.Node) -> None:
+    """Empties a node tree one node at a time (see release: the nodes of a large file
+    freed at once held the GIL for a tenth of a second)."""
+    pending: list[Any] = [node]
+    while pending:
+        value = getattr(pending.pop(), "value", None)
+        if isinstance(value, list):
+            while value:
+                child = value.pop()
+                if isinstance(child, tuple):  # a mapping's (key node, value node)
+                    pending.extend(child)
+                else:
+                    pending.append(child)
+
+
+def release(document: Any) -> None:
+    """Empties a parsed document one container at a time, so that it is freed in small
+    pieces. Freed at once, the objects of a file of several megabytes take a tenth of a
+    second and more to deallocate with the GIL held, and a daemon's event loop in another
+    thread waits as long; between two pieces the interpreter lets it run. Only for a
+    document nobody else holds: what was validated out of it is new values, not its
+    containers."""
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            while item:
+                pending.append(item.pop())
+        elif isinstance(item, dict):
+            while item:
+                pending.append(item.popitem()[1])
 
 
 _read_config = partial(read_bounded, limit=CONFIG_FILE)

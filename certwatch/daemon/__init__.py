@@ -44,6 +44,7 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 
 FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
+SCHEDULE_BATCH = 200  # endpoints scheduled between two turns of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Daemon:
         self._pipeline = Pipeline(self.store, self.metrics)
         self._unprobed: set[str] = set()
         self._notices: list[str] = []
+        self._reloading = asyncio.Lock()
         self._notifier: Notifier | None = None
         self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
 
@@ -110,7 +112,7 @@ class Daemon:
     def _endpoint(self, name: str) -> Endpoint | None:
         return self._running.endpoints.get(name) if self._running else None
 
-    def _apply(self, loaded: Loaded) -> None:
+    async def _apply(self, loaded: Loaded) -> None:
         """Swaps in a validated configuration: new and changed endpoints are probed
         promptly, removed ones vanish, unchanged ones keep their state and schedule."""
         inventory, previous = loaded.inventory, self._running
@@ -135,16 +137,23 @@ class Daemon:
                 self._notifier.reconfigure(loaded.alerts)
             self._notifier.observe([], removed)
         now = utcnow()
-        for name, endpoint in new.items():
-            if old.get(name) != endpoint:
-                self._schedule.schedule(
-                    name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
+        with self._schedule.batch():
+            for index, (name, endpoint) in enumerate(new.items()):
+                if old.get(name) != endpoint:
+                    self._schedule.schedule(
+                        name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
+                if index % SCHEDULE_BATCH == SCHEDULE_BATCH - 1:
+                    await asyncio.sleep(0)  # /healthz, scrapes and probes between batches
         self.metrics.endpoints.set(len(new))
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(now.timestamp())
         self.metrics.reloads.labels("success").inc()
 
     async def reload(self, why: str) -> bool:
+        async with self._reloading:  # SIGHUP during an edit's reload: one after the other
+            return await self._reload(why)
+
+    async def _reload(self, why: str) -> bool:
         previous = self._running
         try:
             loaded = await self.loader.load(with_web=previous is None)
@@ -160,7 +169,7 @@ class Daemon:
             return False
         if previous is None:
             self.web_config = loaded.web
-        self._apply(loaded)
+        await self._apply(loaded)
         self._notices = []
         inventory = loaded.inventory
         if previous is not None and inventory.listen != previous.inventory.listen \

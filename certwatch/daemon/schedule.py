@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -92,6 +92,18 @@ class Schedule:
         self._deadline[name] = time.monotonic() + (when - utcnow()).total_seconds()
         self._scheduler.add_job(self._enqueue, "date", run_date=when, args=[name], id=name,
                                 replace_existing=True, misfire_grace_time=None)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many schedule() calls at once: the scheduler looks for due jobs once, after
+        them, not once after each (10,000 looks took seconds of the event loop)."""
+        assert self._scheduler is not None
+        self._scheduler.pause()
+        try:
+            yield
+        finally:
+            if self._scheduler.running and not self._stop.is_set():
+                self._scheduler.resume()
 
     def unschedule(self, name: str) -> None:
         self._deadline.pop(name, None)
