@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 
 from certwatch import __version__
 from certwatch.config import ConfigError, build_inventory, load_configuration, load_inventory
+from certwatch.config.inventory import listen_problem
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.logs import configure_logging
@@ -130,6 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    if args.listen is not None and (problem := listen_problem(args.listen)) is not None:
+        logging.getLogger("certwatch.daemon").error("--listen: %s",
+                                                    problem.replace("'listen' ", "", 1))
+        return 2
     given = {"max_connections": args.max_connections, "handshake_timeout": args.header_timeout,
              "header_timeout": args.header_timeout}
     limits = ListenerLimits(**{k: v for k, v in given.items() if v is not None})

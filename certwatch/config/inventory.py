@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
 from certwatch.config.sinks import SinkSettings, read_sinks
 from certwatch.config.yamlfile import Mapping as LineMapping
-from certwatch.config.yamlfile import item_lines, load_yaml, read_text, release
+from certwatch.config.yamlfile import item_lines, parse, read_text
 from certwatch.core.inventory import (
     ADDRESS_MODES,
     DEFAULT_LISTEN,
@@ -304,11 +304,7 @@ def _read_labels(read: Reader) -> tuple[tuple[str, str], ...]:
 def parse_inventory(text: str, source: str = "<inventory>", base: Path | None = None,
                     environ: Mapping[str, str] | None = None) -> Inventory:
     """Validates inventory YAML; raises ConfigError listing every problem."""
-    document = load_yaml(text, source)
-    try:
-        return build_inventory(document, source, base, environ)
-    finally:
-        release(document)
+    return parse(text, source, lambda document: build_inventory(document, source, base, environ))
 
 
 def build_inventory(document: Any, source: str = "<inventory>", base: Path | None = None,

@@ -319,11 +319,8 @@ class Reader:
         except FileNotFoundError:
             self.problem(key, f"'{key}': file not found: {path}")
             return fallback
-        except FileRefused as exc:
-            self.problem(key, f"'{key}': {path}: {exc}")
-            return fallback
-        except OSError as exc:  # a name too long, say
-            self.problem(key, f"'{key}': file cannot be looked up: {exc.strerror or exc}")
+        except OSError as exc:  # a FIFO, a device, a name too long ...
+            self._unreadable(key, path, exc)
             return fallback
         if not os.access(path, os.R_OK):
             self.problem(key, f"'{key}': file not readable: {path}")
@@ -369,9 +366,14 @@ class Reader:
             self.problem(key, f"'{key}': {path} is not UTF-8 text")
             return None
         except OSError as exc:
-            self.problem(key, f"'{key}': cannot read {path}: {exc.strerror or exc or type(exc).__name__}")
+            self._unreadable(key, path, exc)
             return None
         return self._one_line(key, value, str(path))
+
+    def _unreadable(self, key: str, path: Path, exc: OSError) -> None:
+        """Names the file and why it cannot be read, never anything it holds."""
+        reason = str(exc) if isinstance(exc, FileRefused) else exc.strerror or type(exc).__name__
+        self.problem(key, f"'{key}': cannot read {path}: {reason}")
 
     def _one_line(self, key: str, value: str, source: str) -> str | None:
         value = value.strip()

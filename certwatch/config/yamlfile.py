@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from certwatch.config.files import CONFIG_FILE, read_bounded
 from certwatch.config.kit import ConfigError, line_of
 
-__all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "read_text", "release"]
+__all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "parse", "read_text",
+           "release"]
+
+T = TypeVar("T")
 
 
 class Mapping(dict):  # type: ignore[type-arg]
@@ -165,6 +168,15 @@ def release(document: Any) -> None:
         elif isinstance(item, dict):
             while item:
                 pending.append(item.popitem()[1])
+
+
+def parse(text: str, source: str, build: Callable[[Any], T]) -> T:
+    """`build` of the YAML document in `text`, which is then released (see release)."""
+    document = load_yaml(text, source)
+    try:
+        return build(document)
+    finally:
+        release(document)
 
 
 _read_config = partial(read_bounded, limit=CONFIG_FILE)

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import signal
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from certwatch.alerting.notifier import AlertsConfig, Notifier
 from certwatch.alerting.outbox import Outbox, StateError
 from certwatch.config import ConfigError
-from certwatch.config.inventory import listen_problem
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.status import TargetStatus
@@ -44,7 +42,6 @@ __all__ = ["Daemon"]
 log = logging.getLogger(__name__)
 
 FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
-SCHEDULE_BATCH = 200  # endpoints scheduled between two turns of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +134,8 @@ class Daemon:
                 self._notifier.reconfigure(loaded.alerts)
             self._notifier.observe([], removed)
         now = utcnow()
-        with self._schedule.batch():
-            for index, (name, endpoint) in enumerate(new.items()):
-                if old.get(name) != endpoint:
-                    self._schedule.schedule(
-                        name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
-                if index % SCHEDULE_BATCH == SCHEDULE_BATCH - 1:
-                    await asyncio.sleep(0)  # /healthz, scrapes and probes between batches
+        await self._schedule.schedule_soon([name for name, endpoint in new.items()
+                                            if old.get(name) != endpoint], FIRST_SWEEP_SPREAD)
         self.metrics.endpoints.set(len(new))
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(now.timestamp())
@@ -159,13 +151,6 @@ class Daemon:
             loaded = await self.loader.load(with_web=previous is None)
         except ConfigError as exc:
             self._rejected(why, exc, kept=previous is not None)
-            return False
-        except Exception as exc:  # noqa: BLE001 - MemoryError, a bug: the reload fails, not us
-            log.error("loading the configuration failed inside certwatch", exc_info=True)
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self._rejected(why, ConfigError(str(self.loader.config_path),
-                                            [f"top: the file could not be loaded ({reason})"]),
-                           kept=previous is not None)
             return False
         if previous is None:
             self.web_config = loaded.web
@@ -230,10 +215,6 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         self._schedule.start(loop)
         try:
-            if self.listen_override is not None \
-                    and (problem := listen_problem(self.listen_override)) is not None:
-                log.error("--listen: %s", problem.replace("'listen' ", "", 1))
-                return 2
             if not await self.reload("start-up"):
                 return 2
             return await self._serve(loop)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from certwatch.alerting.notifier import AlertsConfig, alerts_config
-from certwatch.config import load_configuration
+from certwatch.config import ConfigError, load_configuration
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
 from certwatch.daemon.demo import DemoEndpoints, with_demo
@@ -86,13 +86,22 @@ class Loader:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     async def load(self, *, with_web: bool = False) -> Loaded:
-        """The configuration as the files say now; one load at a time (the caller's)."""
+        """The configuration as the files say now; one load at a time (the caller's).
+        Anything that goes wrong, even MemoryError, is a ConfigError naming the file."""
         self.file_signature = self.signature()
         # Reading and parsing take seconds for a large file: in a thread, so the event
         # loop keeps serving /healthz, scrapes and probes meanwhile.
-        inventory, web = await asyncio.to_thread(
-            _without_collector, load_configuration, self.config_path,
-            self.web_path if with_web else None, self.environ, tls_problem)
+        try:
+            inventory, web = await asyncio.to_thread(
+                _without_collector, load_configuration, self.config_path,
+                self.web_path if with_web else None, self.environ, tls_problem)
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MemoryError, a bug: this load fails, no more
+            log.error("loading the configuration failed inside certwatch", exc_info=True)
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise ConfigError(str(self.config_path),
+                              [f"top: the file could not be loaded ({reason})"]) from None
         inventory = await self._with_demo(inventory)
         alerts = alerts_config(inventory.alerts) if inventory.alerts is not None else None
         return Loaded(inventory, alerts, web)

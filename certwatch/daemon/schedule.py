@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_JITTER = 300.0  # seconds; jitter is 10% of the interval, at most this
 CLOCK_CHECK = 5.0  # seconds between comparisons of the wall and monotonic clocks
 CLOCK_JUMP = 30.0  # a disagreement larger than this is a clock jump, not drift
+SCHEDULE_BATCH = 200  # endpoints scheduled between two turns of the event loop
 
 # Probes one endpoint; returns the seconds until its next probe, or None for none.
 Run = Callable[[str], Awaitable["float | None"]]
@@ -93,10 +94,19 @@ class Schedule:
         self._scheduler.add_job(self._enqueue, "date", run_date=when, args=[name], id=name,
                                 replace_existing=True, misfire_grace_time=None)
 
+    async def schedule_soon(self, names: Sequence[str], spread: float) -> None:
+        """Each of `names` due at a random moment within `spread` seconds. 10,000 of them
+        took seconds of the event loop: the scheduler looks for due jobs once, after all
+        of them (not once after each), and the loop gets a turn every SCHEDULE_BATCH."""
+        now = utcnow()
+        with self._batch():
+            for index, name in enumerate(names):
+                self.schedule(name, now + timedelta(seconds=random.uniform(0, spread)))
+                if index % SCHEDULE_BATCH == SCHEDULE_BATCH - 1:
+                    await asyncio.sleep(0)  # /healthz, scrapes and probes between batches
+
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Many schedule() calls at once: the scheduler looks for due jobs once, after
-        them, not once after each (10,000 looks took seconds of the event loop)."""
+    def _batch(self) -> Iterator[None]:
         assert self._scheduler is not None
         self._scheduler.pause()
         try:

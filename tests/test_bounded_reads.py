@@ -247,13 +247,15 @@ def test_certificate_and_key_paths_must_be_regular_files(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as refused:
         parse_inventory("endpoints:\n  - {host: a.example, ca_file: ca.pem}\n", base=tmp_path)
     assert refused.value.problems == (
-        f"line 2: endpoint 1: 'ca_file': {tmp_path / 'ca.pem'}: not a regular file (a FIFO)",)
+        f"line 2: endpoint 1: 'ca_file': cannot read {tmp_path / 'ca.pem'}: not a regular file "
+        "(a FIFO)",)
     web = tmp_path / "web.yml"
     web.write_text("tls_server_config: {cert_file: /dev/zero, key_file: /dev/zero}\n")
     with pytest.raises(ConfigError) as refused:
         load_web_config(web)
     assert refused.value.problems == tuple(
-        f"line 1: tls_server_config: '{key}': /dev/zero: not a regular file (a character device)"
+        f"line 1: tls_server_config: '{key}': cannot read /dev/zero: not a regular file "
+        "(a character device)"
         for key in ("cert_file", "key_file"))
 
 
