@@ -241,3 +241,10 @@ def test_releasing_a_parsed_document_leaves_what_was_read_from_it_whole() -> Non
            "http_server_config: {headers: {X-Frame-Options: deny}, open_paths: [/healthz]}\n")
     base = repo / "config"
     assert parse_web_config(web, "w", base) == build_web_config(load_yaml(web, "w"), "w", base)
+
+
+def test_releasing_the_yaml_nodes_leaves_nested_lists_whole() -> None:
+    from certwatch.config.yamlfile import load_yaml
+
+    assert load_yaml("a: [[1, 2], [3, [4, 5]]]\nb: &x [[6], {k: [7]}]\nc: *x\n", "t") == {
+        "a": [[1, 2], [3, [4, 5]]], "b": [[6], {"k": [7]}], "c": [[6], {"k": [7]}]}

@@ -142,7 +142,8 @@ def _release_nodes(node: yaml.Node) -> None:
     freed at once held the GIL for a tenth of a second)."""
     pending: list[Any] = [node]
     while pending:
-        value = getattr(pending.pop(), "value", None)
+        item = pending.pop()
+        value = None if isinstance(item, _Built) else item.value  # a _Built's is the data's
         if isinstance(value, list):
             while value:
                 child = value.pop()
