@@ -109,8 +109,8 @@ def test_a_chain_too_long_to_follow_says_how_long_it_may_be() -> None:
     assert len(ders) == 23
     verification = verify_chain(parse_chain(ders), TrustStore.of([root.cert]), "svc.test", NOW)
     assert not verification.trusted and "None" not in verification.detail
-    assert (f"certwatch follows at most {MAX_CHAIN_DEPTH} intermediate certificates, and "
-            "the server sent 21") in verification.detail
+    assert (f"the chain exceeds the maximum depth: certwatch follows at most {MAX_CHAIN_DEPTH} "
+            "intermediate certificates, and the server sent 21") in verification.detail
     short = tuple(c.public_bytes(Encoding.DER) for c in make_leaf(
         make_intermediate(root, "Shallow", not_before=NOW - DAY, not_after=NOW + 800 * DAY),
         ["svc.test"], not_before=NOW - DAY, not_after=NOW + 90 * DAY).chain())

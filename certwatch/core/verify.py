@@ -189,8 +189,9 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
     except (VerificationError, ValueError) as exc:  # ValueError: cryptography failing to
         if "max depth" in str(exc):                  # name a certificate it cannot decode
             sent = sum(1 for info in chain.infos[1:] if not info.self_issued)
-            return None, (f"certwatch follows at most {MAX_CHAIN_DEPTH} intermediate "
-                          f"certificates, and the server sent {sent}")
+            return None, (f"the chain exceeds the maximum depth: certwatch follows at most "
+                          f"{MAX_CHAIN_DEPTH} intermediate certificates, and the server "
+                          f"sent {sent}")
         return None, str(exc)
 
 
