@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import gc
 import logging
 import ssl
 import time
@@ -155,6 +156,7 @@ class ConnectionGuard:
         self._trimming = None
         self._peak = len(self._open)
         assert self._trim is not None
+        gc.collect()  # closed connections leave cycles (transports, handlers, tasks)
         self._trim()
 
     def served(self, slot: _Slot) -> None:
