@@ -166,3 +166,21 @@ def test_a_missing_env_variable_at_start_up_says_the_configuration_was_rejected(
     assert logged["problems"] == ["line 5: alerts.sinks[0] 'chat': 'url_env': environment "
                                   "variable CERTWATCH_TEST_NOT_SET is not set"]
     assert "previous" not in result.stderr and "keeps running" not in result.stderr
+
+
+def test_a_load_leaves_the_interpreter_as_it_found_it(tmp_path: Path) -> None:
+    """Loads freeze the garbage collector's view as they go and hand the GIL over more
+    often: afterwards nothing is frozen and the switch interval is back, failed or not."""
+    import gc
+
+    interval = sys.getswitchinterval()
+    config = tmp_path / "inventory.yaml"
+    for text in (inventory(["a", "b"]), "endpoints:\n" + "  - {port: x}\n" * 20_000):
+        write(config, text)
+        loader = loading.Loader(config, environ={})
+        try:
+            asyncio.run(loader.load())
+        except loading.ConfigError:
+            pass
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
+        assert sys.getswitchinterval() == interval

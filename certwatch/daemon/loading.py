@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 Signature = tuple[int, int, int]
 T = TypeVar("T")
 PARSE_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while a file is parsed
+FREEZE_EVERY = 0.1  # seconds between two gc.freeze() while a file is parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,27 +44,36 @@ class Loaded:
     web: WebConfig | None  # read at start-up only
 
 
-def _without_collector(load: Callable[..., T], *args: Any) -> T:
-    """`load(*args)` with the cyclic garbage collector paused, and the GIL handed over
-    more often. A collection holds the GIL for as long as it takes, and with the
-    millions of objects of a large file being parsed one took up to a second: the event
-    loop, in the other thread, stood still with it. Parsing makes no cycles to collect;
-    collection resumes afterwards. And the loop, waking for a request, waits for the
-    parsing thread to let go of the GIL: at most 1 ms instead of the default 5, a few
-    times per request."""
-    enabled, interval = gc.isenabled(), sys.getswitchinterval()
-    gc.disable()
+def _handing_over(load: Callable[..., T], *args: Any) -> T:
+    """`load(*args)`, in a worker thread, handing the GIL over more often: the event
+    loop, woken for a request, waits for the parsing thread to let go of it a few times
+    a request, at most 1 ms each instead of the default 5."""
+    interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, PARSE_SWITCH_INTERVAL))
     try:
         return load(*args)
     except BaseException as exc:
-        # Its traceback's frames hold the parsed document: let it go before collecting
-        # resumes, or the first collection would walk all of it.
-        raise exc.with_traceback(None)  # noqa: B904 - the context is the error itself
+        raise exc.with_traceback(None)  # noqa: B904 - its frames hold the parsed document
     finally:
         sys.setswitchinterval(interval)
-        if enabled:
-            gc.enable()
+
+
+async def _frozen_meanwhile(work: Awaitable[T]) -> T:
+    """Awaits `work`, freezing what exists every FREEZE_EVERY seconds (gc.freeze: the
+    cyclic collector skips it). A collection holds the GIL for as long as it takes, and
+    one walking the millions of objects of a large file being parsed took up to a
+    second of the event loop; this way a collection walks at most what was made since
+    the last freeze. When the work is done everything is unfrozen and collected as
+    usual. (Pausing the collector instead left the garbage of a minute of serving for
+    one collection at the end.)"""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=FREEZE_EVERY)
+            gc.freeze()
+    finally:
+        gc.unfreeze()
+    return task.result()
 
 
 class Loader:
@@ -92,9 +102,9 @@ class Loader:
         # Reading and parsing take seconds for a large file: in a thread, so the event
         # loop keeps serving /healthz, scrapes and probes meanwhile.
         try:
-            inventory, web = await asyncio.to_thread(
-                _without_collector, load_configuration, self.config_path,
-                self.web_path if with_web else None, self.environ, tls_problem)
+            inventory, web = await _frozen_meanwhile(asyncio.to_thread(
+                _handing_over, load_configuration, self.config_path,
+                self.web_path if with_web else None, self.environ, tls_problem))
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - MemoryError, a bug: this load fails, no more

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 MAX_JITTER = 300.0  # seconds; jitter is 10% of the interval, at most this
 CLOCK_CHECK = 5.0  # seconds between comparisons of the wall and monotonic clocks
 CLOCK_JUMP = 30.0  # a disagreement larger than this is a clock jump, not drift
-SCHEDULE_BATCH = 200  # endpoints scheduled between two turns of the event loop
+SCHEDULE_BATCH = 50  # endpoints scheduled between two turns of the event loop
+# About what two cores probe a second: 10,000 new endpoints all due within two seconds
+# held the event loop for tenths of a second at a time, and finished no sooner.
+SOON_RATE = 500.0
 
 # Probes one endpoint; returns the seconds until its next probe, or None for none.
 Run = Callable[[str], Awaitable["float | None"]]
@@ -95,10 +98,11 @@ class Schedule:
                                 replace_existing=True, misfire_grace_time=None)
 
     async def schedule_soon(self, names: Sequence[str], spread: float) -> None:
-        """Each of `names` due at a random moment within `spread` seconds of its batch.
-        10,000 of them took seconds of the event loop, the scheduler looking for due jobs
-        after each: it looks once a batch of SCHEDULE_BATCH, and the loop gets a turn
-        between batches."""
+        """Each of `names` due at a random moment within `spread` seconds of its batch,
+        or more when there are many: no faster than SOON_RATE a second. 10,000 of them
+        took seconds of the event loop, the scheduler looking for due jobs after each: it
+        looks once a batch of SCHEDULE_BATCH, and the loop gets a turn between batches."""
+        spread = max(spread, len(names) / SOON_RATE)
         for start in range(0, len(names), SCHEDULE_BATCH):
             with self._batch():
                 now = utcnow()
