@@ -2,7 +2,9 @@
 
 Exit codes follow the monitoring-plugin convention so `check` drops into Nagios,
 Icinga or a cron job: 0 ok, 1 warning, 2 critical or expired, 3 error/unknown. With
-several targets the worst wins, critical over unknown over warning.
+several targets the worst wins, critical over unknown over warning. A usage error or a
+configuration that cannot be used is unknown (3) for `check` and `validate`; `run`
+exits 2 when it cannot start (a bad configuration, an address it cannot listen on).
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Mapping, NoReturn, Sequence, TextIO
 from urllib.parse import urlsplit
 
 from certwatch import __version__
 from certwatch.config import ConfigError, build_inventory, load_configuration, load_inventory
+from certwatch.config.inventory import listen_problem
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
 from certwatch.core.vocabulary import State
@@ -86,6 +91,24 @@ def _load(args: argparse.Namespace) -> Inventory:
 
 async def _check(inventory: Inventory, refusals: RefusalChecks,
                  progress: ProgressBar | None) -> list[Assessment]:
+    """Every entry observed once; with `demo: true` the demo endpoints too, started for
+    the check as the daemon starts them."""
+    if not inventory.demo:
+        return await _sweep_all(inventory, refusals, progress)
+    from certwatch.daemon.demo import DemoEndpoints, with_demo  # only `demo: true` needs it
+
+    with tempfile.TemporaryDirectory(prefix="certwatch-demo-") as directory:
+        try:
+            async with DemoEndpoints(Path(directory), renew_after=None) as demo:
+                return await _sweep_all(with_demo(inventory, demo), refusals, progress)
+        except OSError as exc:  # no loopback to listen on, say
+            print(f"{inventory.source}: demo: true, but the demo endpoints cannot start "
+                  f"({exc.strerror or exc}); checking the other endpoints", file=sys.stderr)
+    return await _sweep_all(inventory, refusals, progress)
+
+
+async def _sweep_all(inventory: Inventory, refusals: RefusalChecks,
+                     progress: ProgressBar | None) -> list[Assessment]:
     """Every entry observed once by its source, and the endpoints they discover."""
     sources = Sources(inventory)
     renewal = (RenewalInfoFetcher() if any(e.acme_directory for e in inventory.endpoints)
@@ -93,7 +116,7 @@ async def _check(inventory: Inventory, refusals: RefusalChecks,
     try:
         discovered = await sources.discover(inventory.endpoints)
         if progress is not None:
-            progress.total += len(discovered)
+            progress.total = len(inventory.endpoints) + len(discovered)
         return await sweep([*inventory.endpoints, *discovered], sources, refusals=refusals,
                            progress=progress, renewal=renewal)
     finally:
@@ -150,17 +173,17 @@ def use_colour(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    bar = None
     try:
         inventory = _load(args)
+        _print_entry_problems(inventory)
+        refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list))
+        # Progress on stderr only when a person watches it; a pipe or a log gets nothing.
+        bar = ProgressBar(sys.stderr, len(inventory.endpoints)) if sys.stderr.isatty() else None
+        assessments = sorted(asyncio.run(_check(inventory, refusals, bar)), key=sort_key)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
-    _print_entry_problems(inventory)
-    refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list))
-    # Progress on stderr only when a person watches it; a pipe or a log gets nothing.
-    bar = ProgressBar(sys.stderr, len(inventory.endpoints)) if sys.stderr.isatty() else None
-    try:
-        assessments = sorted(asyncio.run(_check(inventory, refusals, bar)), key=sort_key)
     finally:
         if bar is not None:
             bar.clear()
@@ -180,10 +203,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                                             strict=args.strict)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return EXIT_UNKNOWN
     if inventory.problems:  # `run` would probe the rest; validation still fails
         _print_entry_problems(inventory)
-        return 1
+        return EXIT_UNKNOWN
     print(f"{args.config}: ok, {len(inventory.endpoints)} endpoints")
     if web is not None:
         print(f"{args.web_config}: ok, " + ("TLS" if web.tls else "no TLS")
@@ -195,25 +218,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     import prometheus_client
 
     from certwatch.daemon import Daemon  # the daemon's dependencies are not needed by check
+    from certwatch.serving.listener import ListenerLimits
 
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    if args.listen is not None and (problem := listen_problem(args.listen)) is not None:
+        logging.getLogger("certwatch.daemon").error("--listen: %s",
+                                                    problem.replace("'listen' ", "", 1))
+        return 2
+    given = {"max_connections": args.max_connections, "handshake_timeout": args.header_timeout,
+             "header_timeout": args.header_timeout}
+    limits = ListenerLimits(**{k: v for k, v in given.items() if v is not None})
     return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
                               grace=args.grace, web_config_path=args.web_config,
-                              strict=args.strict).run())
+                              strict=args.strict, limits=limits).run())
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error exits 3 (unknown), not argparse's 2: under the monitoring-plugin
+    convention 2 says critical, and a mistyped option says nothing about a certificate."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--log-level and --log-format, accepted before and after the subcommand. After it
+    they have no default of their own, so that one given before is not overwritten."""
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default=None if defaults else argparse.SUPPRESS,
+                        help="default: info for run, warning otherwise")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"],
+                        default="auto" if defaults else argparse.SUPPRESS,
+                        help="auto: text on a terminal, JSON lines otherwise")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="certwatch", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="certwatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"certwatch {__version__}")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="default: info for run, warning otherwise")
-    parser.add_argument("--log-format", choices=["auto", "json", "text"], default="auto",
-                        help="auto: text on a terminal, JSON lines otherwise")
+    _global_options(parser, defaults=True)
+    common = _Parser(add_help=False)
+    _global_options(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
-        "run", help="run the monitoring daemon",
+        "run", parents=[common], help="run the monitoring daemon",
         description="Probe the inventory on a schedule and serve /metrics, the JSON API and "
                     "the status page. SIGHUP or an edit of the file reloads it.")
     run.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"),
@@ -229,10 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TLS, client certificates and basic auth for the HTTP server, in "
                           "Prometheus exporter-toolkit's web configuration format")
     run.add_argument("--strict", action="store_true", help=STRICT_HELP)
+    run.add_argument("--web.max-connections", dest="max_connections", type=_positive(int),
+                     metavar="N",
+                     help="HTTP connections open at once (default 256); at the cap a new "
+                          "one closes the one that waited longest without a request")
+    run.add_argument("--web.read-header-timeout", dest="header_timeout",
+                     type=_positive(float), metavar="SECONDS", help="for the TLS handshake, and for a request's "
+                                             "line and headers (default 10)")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(
-        "check", help="probe once and report",
+        "check", parents=[common], help="probe once and report",
         description="Probe every endpoint once and print the result. Exit code: "
                     "0 ok, 1 warning, 2 critical/expired, 3 error.")
     check.add_argument("targets", nargs="*", metavar="HOST[:PORT]",
@@ -271,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="for ad hoc targets: also ask the certificate's OCSP responder")
     check.set_defaults(func=cmd_check)
 
-    validate = commands.add_parser("validate", help="check an inventory file (and a web "
-                                                     "configuration) and exit")
+    validate = commands.add_parser("validate", parents=[common],
+                                   help="check an inventory file (and a web configuration) "
+                                        "and exit")
     validate.add_argument("-c", "--config", type=Path, default=Path("config/certwatch.yaml"))
     validate.add_argument("--web.config.file", "--web-config", dest="web_config", type=Path,
                           metavar="FILE", help="also check this web configuration (as `run` "

@@ -110,8 +110,9 @@ def make_intermediate(
     not_before: datetime,
     not_after: datetime,
     key_type: str = "ec",
+    path_length: int | None = 0,
 ) -> Issued:
-    """A CA below `parent` that may sign leaves only (pathlen 0)."""
+    """A CA below `parent` that may sign leaves only (pathlen 0), unless told otherwise."""
     key = _new_key(key_type)
     return _sign(
         subject=_name(common_name),
@@ -121,7 +122,7 @@ def make_intermediate(
         not_after=not_after,
         serial=None,
         extensions=[
-            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (x509.BasicConstraints(ca=True, path_length=path_length), True),
             (_ca_key_usage(), True),
             (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
             (_aki(parent), False),

@@ -246,7 +246,7 @@ def test_validate(tmp_path: Path) -> None:
     ok = certwatch("validate", "-c", str(good))
     assert (ok.returncode, ok.stdout.strip()) == (0, f"{good}: ok, 1 endpoints")
     failed = certwatch("validate", "-c", str(bad))
-    assert failed.returncode == 1
+    assert failed.returncode == 3  # unknown: the file cannot be used
     assert f"{bad}: 1 problem:" in failed.stderr
     assert "line 3: endpoint 1: unknown key 'warn_day' (did you mean 'warn_days'?)" in failed.stderr
     assert "Traceback" not in failed.stderr
@@ -269,7 +269,7 @@ def test_validate_a_web_config(tmp_path: Path) -> None:
                                       f"{web}: ok, TLS, 0 basic auth users"]
     web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {other_key}\n")
     failed = certwatch("validate", "-c", str(inventory), "--web.config.file", str(web))
-    assert failed.returncode == 1
+    assert failed.returncode == 3  # unknown: the file cannot be used
     assert "does not match the certificate" in failed.stderr and "Traceback" not in failed.stderr
 
 
@@ -303,7 +303,7 @@ def test_every_problem_of_every_file_in_one_pass(tmp_path: Path) -> None:
     web.write_text("tls_server_config: {cert_file: absent.crt, key_file: absent.key}\n"
                    "http_server_config: {headrs: {}}\n")
     failed = certwatch("validate", "-c", str(inventory), "--web.config.file", str(web))
-    assert failed.returncode == 1
+    assert failed.returncode == 3  # unknown: the file cannot be used
     expected = [
         f"{inventory}: 3 problems:",
         "line 3: endpoint 1: 'interval' must be a duration",

@@ -66,7 +66,7 @@ def test_an_invalid_entry_is_a_target_in_error(tmp_path: Path, server: TLSServer
     assert "line 51" in result.stderr and "line 53" in result.stderr  # said once, on stderr too
 
     validate = certwatch("validate", "-c", str(path))
-    assert validate.returncode == 1 and "2 problems" in validate.stderr
+    assert validate.returncode == 3 and "2 problems" in validate.stderr
     strict = certwatch("check", "-c", str(path), "--format", "json", "--strict")
     assert (strict.returncode, strict.stdout) == (3, "")
     assert "2 problems" in strict.stderr

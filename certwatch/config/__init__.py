@@ -29,17 +29,20 @@ def load_configuration(inventory_path: Path, web_path: Path | None, environ: Map
                        strict: bool = False) -> tuple[Inventory, WebConfig | None]:
     """The inventory, its sinks and the web configuration; ConfigError names every
     problem of every file."""
+    # Kept without their tracebacks: a traceback through this frame, held in this frame's
+    # `errors`, would be a cycle keeping the whole parsed document alive until the next
+    # full garbage collection.
     errors: list[ConfigError] = []
     inventory = web = None
     try:
         inventory = load_inventory(inventory_path, environ=environ, strict=strict)
     except ConfigError as exc:
-        errors.append(exc)
+        errors.append(exc.with_traceback(None))
     if web_path is not None:
         try:
             web = load_web_config(web_path, check_tls)
         except ConfigError as exc:
-            errors.append(exc)
+            errors.append(exc.with_traceback(None))
     if errors:
         raise ConfigError.combine(errors)
     assert inventory is not None

@@ -29,7 +29,7 @@ from certwatch.config.selections import (
 from certwatch.config.proxy import PROXY_KEYS, read_proxy
 from certwatch.config.refusals import read_ct_log_list, read_distrust_rules, read_revocation
 from certwatch.config.yamlfile import Mapping as LineMapping
-from certwatch.config.yamlfile import item_lines, load_yaml, read_text
+from certwatch.config.yamlfile import item_lines, parse, read_text
 from certwatch.core.names import a_label
 from certwatch.core.inventory import (
     ADDRESS_MODES,
@@ -126,8 +126,10 @@ def _host_problem(host: Any, key: str = "host") -> str | None:
 
 
 def _wire_name(host: str) -> str:
-    """A valid host name as DNS, SNI and the proxy get it: international names as A-labels."""
-    return host if is_ip(host) else a_label(host)
+    """A valid host name as DNS, SNI and the proxy get it: international names as A-labels,
+    and an absolute name (example.com.) without its trailing dot, as SNI must carry it
+    (RFC 6066 section 3) and certificates name it."""
+    return host if is_ip(host) else a_label(host.rstrip("."))
 
 
 def _from_url(read: Reader) -> dict[str, Any]:
@@ -147,16 +149,16 @@ def _from_url(read: Reader) -> dict[str, Any]:
         return fields
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES:
-        read.problem("url", f"'url' scheme '{scheme}' is not one of "
+        read.problem("url", f"'url' scheme {describe(scheme)} is not one of "
                             f"{', '.join(sorted(URL_SCHEMES))}")
         return fields
     try:
         port = parts.port
     except ValueError:
-        read.problem("url", f"'url' has a bad port: {url!r}")
+        read.problem("url", f"'url' has a bad port: {describe(url)}")
         return fields
     if not parts.hostname:
-        read.problem("url", f"'url' has no host: {url!r}")
+        read.problem("url", f"'url' has no host: {describe(url)}")
         return fields
     fields["host"] = parts.hostname
     fields["protocol"] = URL_SCHEMES[scheme]
@@ -337,8 +339,8 @@ def parse_inventory(text: str, source: str = "<inventory>", base: Path | None = 
                     environ: Mapping[str, str] | None = None, *, strict: bool = False,
                     with_sinks: bool = True) -> Inventory:
     """Validates inventory YAML; raises ConfigError listing every problem."""
-    return build_inventory(load_yaml(text, source), source, base, environ, strict=strict,
-                           with_sinks=with_sinks)
+    return parse(text, source, lambda document: build_inventory(
+        document, source, base, environ, strict=strict, with_sinks=with_sinks))
 
 
 def build_inventory(document: Any, source: str = "<inventory>", base: Path | None = None,
@@ -446,9 +448,11 @@ def listen_problem(listen: Any) -> str | None:
 
 
 def load_inventory(path: Path | str, *, environ: Mapping[str, str] | None = None,
-                   read: Callable[[Path], bytes] = Path.read_bytes, strict: bool = False,
+                   read: Callable[[Path], bytes] | None = None, strict: bool = False,
                    with_sinks: bool = True) -> Inventory:
-    """Reads and validates an inventory file; relative paths in it are relative to it."""
+    """Reads and validates an inventory file; relative paths in it are relative to it.
+    `read` replaces the bounded read of the file (a test's fault injection)."""
     path = Path(path)
-    return parse_inventory(read_text(path, read), source=str(path), base=path.parent.resolve(),
-                           environ=environ, strict=strict, with_sinks=with_sinks)
+    text = read_text(path) if read is None else read_text(path, read)
+    return parse_inventory(text, source=str(path), base=path.parent.resolve(), environ=environ,
+                           strict=strict, with_sinks=with_sinks)

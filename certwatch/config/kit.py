@@ -17,11 +17,14 @@ Nothing here opens a socket; secret files are read when asked for.
 from __future__ import annotations
 
 import difflib
+import heapq
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import SplitResult, urlsplit
+
+from certwatch.config.files import PEM_FILE, SECRET_FILE, FileRefused, check_file, read_bounded
 
 __all__ = [
     "ConfigError",
@@ -36,10 +39,25 @@ __all__ = [
 ]
 
 
+# What one error shows: a file of a million bad entries must not become a log line, a
+# page and a /readyz body of megabytes. The rest is counted ("and N more problems").
+MAX_PROBLEMS = 50
+MAX_PROBLEM_LENGTH = 300  # characters of one problem line
+
+
 def _printable(text: str) -> str:
     # A key or value from the file may hold newlines or terminal escape sequences,
     # which an operator's terminal must not act on.
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1]
+                   for ch in text[:MAX_PROBLEM_LENGTH + 1])
+    return text if len(text) <= MAX_PROBLEM_LENGTH else text[:MAX_PROBLEM_LENGTH - 3] + "..."
+
+
+def _shown(problems: Sequence[str], omitted: int) -> tuple[str, ...]:
+    """At most MAX_PROBLEMS lines, the last of them saying how many were left out."""
+    more = omitted + max(0, len(problems) - MAX_PROBLEMS)
+    shown = tuple(_printable(p) for p in problems[:MAX_PROBLEMS])
+    return shown + ((f"... and {more} more problem{'s' if more != 1 else ''}",) if more else ())
 
 
 class ConfigError(ValueError):
@@ -47,11 +65,14 @@ class ConfigError(ValueError):
 
     One error may cover several files (`parts`: (source, problems) for each), so that
     the inventory, its sinks and the web configuration are all reported in one pass.
+    Each file shows at most MAX_PROBLEMS problems (`omitted` more were found), each cut
+    to MAX_PROBLEM_LENGTH characters.
     """
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    def __init__(self, source: str, problems: Sequence[str], *, omitted: int = 0) -> None:
         self.parts: tuple[tuple[str, tuple[str, ...]], ...] = (
-            (source, tuple(_printable(p) for p in problems)),)
+            (source, _shown(problems, omitted)),)
+        self.counts: tuple[int, ...] = (len(problems) + omitted,)
         super().__init__(self._text())
 
     @classmethod
@@ -59,6 +80,7 @@ class ConfigError(ValueError):
         errors = list(errors)
         combined = cls.__new__(cls)
         combined.parts = tuple(part for error in errors for part in error.parts)
+        combined.counts = tuple(count for error in errors for count in error.counts)
         ValueError.__init__(combined, combined._text())
         return combined
 
@@ -72,39 +94,54 @@ class ConfigError(ValueError):
 
     def _text(self) -> str:
         blocks = []
-        for source, problems in self.parts:
-            count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        for (source, problems), total in zip(self.parts, self.counts):
+            count = f"{total} problem{'s' if total != 1 else ''}"
             blocks.append(f"{source}: {count}:\n" + "\n".join(f"  - {p}" for p in problems))
         return "\n".join(blocks)
 
 
 class Problems:
-    """Collects problems, each with its line and the entry it belongs to."""
+    """Collects problems, each with its line and the entry it belongs to.
+
+    Only the first MAX_PROBLEMS in file order are kept (the others are counted), so a
+    file of a million bad entries costs no more memory than one of fifty."""
 
     def __init__(self) -> None:
-        self._items: list[tuple[int, int, str]] = []
+        # A max-heap by (line, order), negated: the problem furthest down the file is the
+        # one dropped when a nearer one comes.
+        self._kept: list[tuple[int, int, str]] = []
+        self._count = 0
 
     def add(self, line: int, where: str, message: str) -> None:
         place = f"line {line}" if line else "top"
         text = f"{place}: {where}: {message}" if where else f"{place}: {message}"
-        self._items.append((line, len(self._items), text))
+        self._keep(line, _printable(text))
+
+    def _keep(self, line: int, text: str) -> None:
+        self._count += 1
+        item = (-line, -self._count, text)
+        if len(self._kept) < MAX_PROBLEMS:
+            heapq.heappush(self._kept, item)
+        elif item > self._kept[0]:
+            heapq.heapreplace(self._kept, item)
 
     @property
     def items(self) -> list[str]:
         """In file order, so a reader can walk down the file fixing them."""
-        return [text for _, _, text in sorted(self._items)]
+        return [text for _, _, text in sorted(self._kept, reverse=True)]
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     def extend(self, other: Problems) -> None:
         """Takes in another collection's problems (kept in file order with these)."""
-        self._items.extend((line, len(self._items) + i, text)
-                           for i, (line, _, text) in enumerate(other._items))
+        for neg_line, _, text in sorted(other._kept, reverse=True):
+            self._keep(-neg_line, text)
+        self._count += len(other) - len(other._kept)  # what it did not keep stays counted
 
     def raise_for(self, source: str) -> None:
-        if self._items:
-            raise ConfigError(source, self.items)
+        if self._count:
+            raise ConfigError(source, self.items, omitted=self._count - len(self._kept))
 
 
 # --- values in messages ------------------------------------------------------------------
@@ -320,7 +357,7 @@ class Reader:
         return path if path.is_absolute() else self.base / path
 
     def path(self, key: str, fallback: Path | None) -> Path | None:
-        """A readable file's path."""
+        """A readable certificate, key or CA file's path (a regular file, within its cap)."""
         if key not in self.mapping or self.mapping[key] is None:
             return fallback
         value = self.mapping[key]
@@ -329,12 +366,12 @@ class Reader:
             return fallback
         path = self.resolve(value)
         try:
-            found = path.is_file()
-        except OSError as exc:  # a name too long, say
-            self.problem(key, f"'{key}': file cannot be looked up: {exc.strerror or exc}")
-            return fallback
-        if not found:
+            check_file(path, PEM_FILE)
+        except FileNotFoundError:
             self.problem(key, f"'{key}': file not found: {path}")
+            return fallback
+        except OSError as exc:  # a FIFO, a device, a name too long ...
+            self._unreadable(key, path, exc)
             return fallback
         if not os.access(path, os.R_OK):
             self.problem(key, f"'{key}': file not readable: {path}")
@@ -375,14 +412,19 @@ class Reader:
     def _file_secret(self, key: str, ref: str) -> str | None:
         path = self.resolve(ref)
         try:
-            value = path.read_text(encoding="utf-8")
+            value = read_bounded(path, SECRET_FILE).decode("utf-8")
         except UnicodeDecodeError:
             self.problem(key, f"'{key}': {path} is not UTF-8 text")
             return None
         except OSError as exc:
-            self.problem(key, f"'{key}': cannot read {path}: {exc.strerror or type(exc).__name__}")
+            self._unreadable(key, path, exc)
             return None
         return self._one_line(key, value, str(path))
+
+    def _unreadable(self, key: str, path: Path, exc: OSError) -> None:
+        """Names the file and why it cannot be read, never anything it holds."""
+        reason = str(exc) if isinstance(exc, FileRefused) else exc.strerror or type(exc).__name__
+        self.problem(key, f"'{key}': cannot read {path}: {reason}")
 
     def _one_line(self, key: str, value: str, source: str) -> str | None:
         value = value.strip()

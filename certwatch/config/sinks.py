@@ -206,7 +206,7 @@ def read_sinks(raw: Any, line: int, where: str, parent: Reader) -> tuple[SinkSet
 
 def _read_one(read: Reader) -> SinkSettings | None:
     kind = read.mapping.get("type")
-    if kind not in KEYS:
+    if not isinstance(kind, str) or kind not in KEYS:  # a list or mapping is unhashable
         if kind is None:
             read.problem(None, f"'type' is required: one of {', '.join(KEYS)}")
         else:

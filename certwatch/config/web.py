@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
-from certwatch.config.yamlfile import load_yaml, read_text
+from certwatch.config.yamlfile import parse, read_text
 
 __all__ = [
     "CLIENT_AUTH_TYPES",
@@ -115,7 +115,7 @@ def load_web_config(path: Path | str, check_tls: TLSCheck | None = None) -> WebC
 
 def parse_web_config(text: str, source: str = "<web config>", base: Path | None = None,
                      check_tls: TLSCheck | None = None) -> WebConfig:
-    return build_web_config(load_yaml(text, source), source, base, check_tls)
+    return parse(text, source, lambda document: build_web_config(document, source, base, check_tls))
 
 
 def build_web_config(document: Any, source: str = "<web config>", base: Path | None = None,

@@ -6,14 +6,19 @@ goes through :func:`load_yaml`, so every problem can name its line.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import yaml
 
+from certwatch.config.files import CONFIG_FILE, read_bounded
 from certwatch.config.kit import ConfigError, line_of
 
-__all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "read_text"]
+__all__ = ["Mapping", "item_lines", "line_of", "load_file", "load_yaml", "parse", "read_text",
+           "release"]
+
+T = TypeVar("T")
 
 
 class Mapping(dict):  # type: ignore[type-arg]
@@ -66,6 +71,15 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignor
             node.value.append(_Built(self.construct_document(item), item.start_mark))
         node.end_mark = self.get_event().end_mark
         return node
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        try:
+            return self.construct_document(node)
+        finally:
+            _release_nodes(node)  # the values built live on; their nodes go, in pieces
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         mapping = Mapping(super().construct_mapping(node, deep=True))
@@ -123,8 +137,55 @@ def load_yaml(text: str, source: str) -> Any:
                                    f"({type(exc).__name__}: {exc})"]) from None
 
 
-def read_text(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> str:
-    """A configuration file's text; unreadable or non-UTF-8 is a ConfigError."""
+def _release_nodes(node: yaml.Node) -> None:
+    """Empties a node tree one node at a time (see release: the nodes of a large file
+    freed at once held the GIL for a tenth of a second)."""
+    pending: list[Any] = [node]
+    while pending:
+        item = pending.pop()
+        value = None if isinstance(item, _Built) else item.value  # a _Built's is the data's
+        if isinstance(value, list):
+            while value:
+                child = value.pop()
+                if isinstance(child, tuple):  # a mapping's (key node, value node)
+                    pending.extend(child)
+                else:
+                    pending.append(child)
+
+
+def release(document: Any) -> None:
+    """Empties a parsed document one container at a time, so that it is freed in small
+    pieces. Freed at once, the objects of a file of several megabytes take a tenth of a
+    second and more to deallocate with the GIL held, and a daemon's event loop in another
+    thread waits as long; between two pieces the interpreter lets it run. Only for a
+    document nobody else holds: what was validated out of it is new values, not its
+    containers."""
+    pending = [document]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, list):
+            while item:
+                pending.append(item.pop())
+        elif isinstance(item, dict):
+            while item:
+                pending.append(item.popitem()[1])
+
+
+def parse(text: str, source: str, build: Callable[[Any], T]) -> T:
+    """`build` of the YAML document in `text`, which is then released (see release)."""
+    document = load_yaml(text, source)
+    try:
+        return build(document)
+    finally:
+        release(document)
+
+
+_read_config = partial(read_bounded, limit=CONFIG_FILE)
+
+
+def read_text(path: Path, read: Callable[[Path], bytes] = _read_config) -> str:
+    """A configuration file's text (a regular file within CONFIG_FILE's cap); unreadable,
+    refused or non-UTF-8 is a ConfigError."""
     try:
         data = read(path)
     except OSError as exc:
@@ -135,6 +196,6 @@ def read_text(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> st
         raise ConfigError(str(path), [f"top: not UTF-8 text (byte {exc.start})"]) from None
 
 
-def load_file(path: Path, read: Callable[[Path], bytes] = Path.read_bytes) -> Any:
+def load_file(path: Path, read: Callable[[Path], bytes] = _read_config) -> Any:
     """A configuration file, parsed."""
     return load_yaml(read_text(path, read), str(path))

@@ -166,6 +166,11 @@ def _name_in(cert: CertInfo, wanted: str) -> str:
     return cert.ip_addresses[0] if cert.ip_addresses else wanted
 
 
+# Intermediates followed between the leaf and a root: cryptography's default, set here
+# so that the refusal can name it (its own message names no number, or "None").
+MAX_CHAIN_DEPTH = 8
+
+
 def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
                 at: datetime) -> tuple[list[x509.Certificate] | None, str]:
     subject = _subject_for(name)
@@ -173,7 +178,7 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
         return None, "no trusted roots are configured"
     if subject is None:
         return None, f"{name!r} is not a valid DNS name or IP address"
-    builder = PolicyBuilder().store(trust.store).time(at)
+    builder = PolicyBuilder().store(trust.store).time(at).max_chain_depth(MAX_CHAIN_DEPTH)
     leaf, intermediates = chain.certificates[0], list(chain.certificates[1:])
     try:
         if not chain.infos[0].dns_names and not chain.infos[0].ip_addresses:
@@ -183,7 +188,12 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
                     .build_server_verifier(subject))
         return verifier.verify(leaf, intermediates), ""
     except (VerificationError, ValueError) as exc:  # ValueError: cryptography failing to
-        return None, str(exc)                        # name a certificate it cannot decode
+        if "max depth" in str(exc):                  # name a certificate it cannot decode
+            sent = sum(1 for info in chain.infos[1:] if not info.self_issued)
+            return None, (f"the chain exceeds the maximum depth: certwatch follows at most "
+                          f"{MAX_CHAIN_DEPTH} intermediate certificates, and the server "
+                          f"sent {sent}")
+        return None, str(exc)
 
 
 # No client accepts an RSA or DSA key this small (Go, OpenSSL at security level 1 and

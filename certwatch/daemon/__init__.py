@@ -22,22 +22,20 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from certwatch.alerting.notifier import AlertsConfig, Notifier
-from certwatch.alerting.outbox import Outbox, StateError
 from certwatch.config import ConfigError
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.status import TargetStatus
-from certwatch.daemon.history import CertificateHistory
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.sourcing import endpoint_map, swap_endpoints
+from certwatch.daemon.startup import open_server, open_state
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
-from certwatch.serving.server import Serving, serve
-from certwatch.serving.tls import ServerTLS, TLSLoadError
+from certwatch.serving.server import ListenerLimits, Serving
 from certwatch.config.refusals import policy_for
 from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
 from certwatch.sources import Listener
@@ -65,9 +63,12 @@ class Daemon:
 
     def __init__(self, config_path: Path, *, listen: str | None = None,
                  reload_poll: float = 5.0, grace: float = 5.0,
-                 web_config_path: Path | None = None, strict: bool = False) -> None:
+                 web_config_path: Path | None = None, strict: bool = False,
+                 limits: ListenerLimits = ListenerLimits()) -> None:
         self.loader = Loader(config_path, web_config_path, strict=strict)
+        self.limits = limits
         self.listen_override = listen
+        self.limits = limits
         self.reload_poll = reload_poll
         self.grace = grace
         self.metrics = DaemonMetrics()
@@ -82,6 +83,8 @@ class Daemon:
         self._pipeline = Pipeline(self.store, self.metrics)
         self._unprobed: set[str] = set()
         self._config = ConfigStatus(self.metrics)
+        self._reloading = asyncio.Lock()
+        self._pending: set[asyncio.Future[Any]] = set()  # rediscoveries under way
         self._notifier: Notifier | None = None
         self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
         self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
@@ -113,7 +116,7 @@ class Daemon:
     def _endpoint(self, name: str) -> Endpoint | None:
         return self._running.endpoints.get(name) if self._running else None
 
-    def _apply(self, loaded: Loaded) -> None:
+    async def _apply(self, loaded: Loaded) -> None:
         """Swaps in a validated configuration: new and changed endpoints are probed
         promptly, removed ones vanish, unchanged ones keep their state and schedule."""
         inventory, previous = loaded.inventory, self._running
@@ -134,14 +137,14 @@ class Daemon:
         if self._notifier is not None and loaded.alerts is not None:
             self._notifier.reconfigure(loaded.alerts)
         sources.follow(inventory.endpoints, self._listener)
-        self._config.loaded(self._set_endpoints(sources.discovered()))
+        self._config.loaded(await self._set_endpoints(sources.discovered()))
 
-    def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:
+    async def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:
         running = self._running
         assert running is not None
         new = endpoint_map(running.inventory.endpoints, discovered)
         self._running = dataclasses.replace(running, endpoints=new)
-        now = swap_endpoints(running.endpoints, new, schedule=self._schedule, store=self.store,
+        now = await swap_endpoints(running.endpoints, new, schedule=self._schedule, store=self.store,
                              notifier=self._notifier, forget=self._first_probe_done,
                              removed=self._pipeline.forget)
         self.metrics.endpoints.set(len(new))
@@ -154,9 +157,15 @@ class Daemon:
 
     def _rediscover(self) -> None:
         if self._running is not None and not self._stop.is_set():
-            self._set_endpoints(self._running.sources.discovered())
+            task = asyncio.ensure_future(self._set_endpoints(self._running.sources.discovered()))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     async def reload(self, why: str) -> bool:
+        async with self._reloading:  # SIGHUP during an edit's reload: one after the other
+            return await self._reload(why)
+
+    async def _reload(self, why: str) -> bool:
         previous = self._running
         try:
             loaded = await self.loader.load(with_web=previous is None)
@@ -165,7 +174,7 @@ class Daemon:
             return False
         if previous is None:
             self.web_config = loaded.web
-        self._apply(loaded)
+        await self._apply(loaded)
         inventory = loaded.inventory
         if previous is not None and inventory.listen != previous.inventory.listen \
                 and not self.listen_override:
@@ -219,30 +228,20 @@ class Daemon:
 
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._running is not None
-        server_tls = None
-        if self.web_config is not None and self.web_config.tls is not None:
-            try:  # validated at loading; the files may have changed since
-                server_tls = ServerTLS(self.web_config.tls)
-            except TLSLoadError as exc:
-                log.error("web configuration %s: %s", self.web_config.source, exc)
-                return 2
-        notifier_task = None
-        try:
-            self._pipeline.history = CertificateHistory(self._running.inventory.state_dir)
-        except StateError as exc:
-            log.error("%s", exc)
+        serving = await open_server(self, self.listen_override or self._running.inventory.listen,
+                                    self.web_config, self.limits)
+        if serving is None:
             return 2
-        if self._running.alerts is not None:
-            try:
-                outbox = Outbox(self._running.alerts.state_dir / "certwatch.db")
-            except StateError as exc:
-                log.error("%s", exc)
-                return 2
+        self.bound_port = serving.port
+        state = open_state(self._running.inventory)
+        if state is None:
+            await serving.close()
+            return 2
+        self._pipeline.history, outbox = state
+        notifier_task = None
+        if self._running.alerts is not None and outbox is not None:
             self._notifier = Notifier(self._running.alerts, outbox, self.registry)
             notifier_task = asyncio.create_task(self._notifier.run(self._stop))
-        serving = await serve(self, self.listen_override or self._running.inventory.listen,
-                              self.web_config, server_tls)
-        self.bound_port = serving.port
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
                                                           self.reload,
@@ -270,7 +269,7 @@ class Daemon:
         if self._running is not None:
             await self._running.refusals.aclose()
         await self._pipeline.close()
-        await serving.runner.cleanup()
+        await serving.close()
         log.info("stopped")
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ closes; every step is bounded, and clients that vanish are logged at debug level
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -32,7 +33,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DemoEndpoints"]
+from certwatch.config import ConfigError, build_inventory
+from certwatch.core.inventory import Inventory
+
+__all__ = ["DemoEndpoints", "with_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -307,3 +311,22 @@ class DemoEndpoints:
         log.info("demo: renewed the certificate of %s (%s:%d): a new %d-day certificate "
                  "replaces the one about to expire, so its next check turns critical into ok",
                  site.name, self._host, site.port, RENEWED_DAYS)
+
+
+def with_demo(inventory: Inventory, demo: DemoEndpoints) -> Inventory:
+    """The inventory with the demo endpoints added (`demo: true`), for `run` and `check`.
+
+    The demo endpoints follow the inventory's defaults (its interval above all), except
+    for the trust settings each of them brings."""
+    d = inventory.defaults
+    defaults = {"timeout": d.timeout, "warn_days": d.warn_days, "critical_days": d.critical_days,
+                "interval": d.interval, "retry_interval": d.retry_interval,
+                "warn_fraction": d.warn_fraction, "critical_fraction": d.critical_fraction,
+                "renewal_due_fraction": d.renewal_due_fraction}
+    entries = build_inventory({"defaults": defaults, "endpoints": demo.inventory_entries()},
+                              source="demo")
+    clash = {e.name for e in entries.endpoints} & {e.name for e in inventory.endpoints}
+    if clash:
+        raise ConfigError(inventory.source,
+                          [f"top: endpoint names {sorted(clash)} are used by the demo endpoints"])
+    return dataclasses.replace(inventory, endpoints=inventory.endpoints + entries.endpoints)

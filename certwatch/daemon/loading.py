@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
+import gc
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from certwatch.alerting.notifier import AlertsConfig, alerts_config
-from certwatch.config import ConfigError, build_inventory, load_configuration
+from certwatch.config import ConfigError, load_configuration
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
-from certwatch.daemon.demo import DemoEndpoints
+from certwatch.daemon.demo import DemoEndpoints, with_demo
 from certwatch.serving.tls import tls_problem
 
 __all__ = ["Loaded", "Loader"]
@@ -29,6 +31,9 @@ __all__ = ["Loaded", "Loader"]
 log = logging.getLogger(__name__)
 
 Signature = tuple[int, int, int]
+T = TypeVar("T")
+PARSE_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while a file is parsed
+FREEZE_EVERY = 0.1  # seconds between two gc.freeze() while a file is parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,38 @@ class Loaded:
     inventory: Inventory
     alerts: AlertsConfig | None
     web: WebConfig | None  # read at start-up only
+
+
+def _handing_over(load: Callable[..., T], *args: Any) -> T:
+    """`load(*args)`, in a worker thread, handing the GIL over more often: the event
+    loop, woken for a request, waits for the parsing thread to let go of it a few times
+    a request, at most 1 ms each instead of the default 5."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, PARSE_SWITCH_INTERVAL))
+    try:
+        return load(*args)
+    except BaseException as exc:
+        raise exc.with_traceback(None)  # noqa: B904 - its frames hold the parsed document
+    finally:
+        sys.setswitchinterval(interval)
+
+
+async def _frozen_meanwhile(work: Awaitable[T]) -> T:
+    """Awaits `work`, freezing what exists every FREEZE_EVERY seconds (gc.freeze: the
+    cyclic collector skips it). A collection holds the GIL for as long as it takes, and
+    one walking the millions of objects of a large file being parsed took up to a
+    second of the event loop; this way a collection walks at most what was made since
+    the last freeze. When the work is done everything is unfrozen and collected as
+    usual. (Pausing the collector instead left the garbage of a minute of serving for
+    one collection at the end.)"""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=FREEZE_EVERY)
+            gc.freeze()
+    finally:
+        gc.unfreeze()
+    return task.result()
 
 
 class Loader:
@@ -61,9 +98,23 @@ class Loader:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     async def load(self, *, with_web: bool = False) -> Loaded:
+        """The configuration as the files say now; one load at a time (the caller's).
+        Anything that goes wrong, even MemoryError, is a ConfigError naming the file."""
         self.file_signature = self.signature()
-        inventory, web = load_configuration(self.config_path, self.web_path if with_web else None,
-                                            self.environ, tls_problem, strict=self.strict)
+        # Reading and parsing take seconds for a large file: in a thread, so the event
+        # loop keeps serving /healthz, scrapes and probes meanwhile.
+        try:
+            load = functools.partial(load_configuration, self.config_path,
+                                     self.web_path if with_web else None, self.environ,
+                                     tls_problem, strict=self.strict)
+            inventory, web = await _frozen_meanwhile(asyncio.to_thread(_handing_over, load))
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MemoryError, a bug: this load fails, no more
+            log.error("loading the configuration failed inside certwatch", exc_info=True)
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise ConfigError(str(self.config_path),
+                              [f"top: the file could not be loaded ({reason})"]) from None
         inventory = await self._with_demo(inventory)
         for problem in inventory.problems:
             log.error("invalid inventory entry; it is reported as a target in error",
@@ -78,34 +129,29 @@ class Loader:
             self._demo_dir = tempfile.TemporaryDirectory(prefix="certwatch-demo-")
             self._demo = await DemoEndpoints(Path(self._demo_dir.name)).__aenter__()
             log.info("demo endpoints started", extra={"count": len(self._demo.inventory_entries())})
-        # The demo endpoints follow the inventory's defaults (its interval above all),
-        # except for the trust settings each of them brings.
-        d = inventory.defaults
-        defaults = {"timeout": d.timeout, "warn_days": d.warn_days,
-                    "critical_days": d.critical_days, "interval": d.interval,
-                    "retry_interval": d.retry_interval, "warn_fraction": d.warn_fraction,
-                    "critical_fraction": d.critical_fraction,
-                    "renewal_due_fraction": d.renewal_due_fraction}
-        demo = build_inventory({"defaults": defaults, "endpoints": self._demo.inventory_entries()},
-                               source="demo")
-        clash = {e.name for e in demo.endpoints} & {e.name for e in inventory.endpoints}
-        if clash:
-            raise ConfigError(str(self.config_path),
-                              [f"endpoint names {sorted(clash)} are used by the demo endpoints"])
-        return dataclasses.replace(inventory, endpoints=inventory.endpoints + demo.endpoints)
+        return with_demo(inventory, self._demo)
 
     async def watch(self, stop: asyncio.Event, poll: float,
                     reload: Callable[[str], Awaitable[bool]], missing: Callable[[], None]) -> None:
-        """Polls the file: an edit reloads, as SIGHUP does; a vanished file is reported."""
+        """Polls the file: an edit reloads, as SIGHUP does; a vanished file is reported.
+
+        Nothing ends the watch but `stop`: `reload` reports its own failures, and anything
+        else going wrong in one round is logged and the next round polls again (a watcher
+        that died silently would leave every later edit unseen)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), poll)
-            signature = self.signature()
-            if signature is None and self.file_signature is not None:
-                self.file_signature = None
-                missing()
-            elif signature is not None and signature != self.file_signature:
-                await reload("file changed")
+            if stop.is_set():
+                return
+            try:
+                signature = self.signature()
+                if signature is None and self.file_signature is not None:
+                    self.file_signature = None
+                    missing()
+                elif signature is not None and signature != self.file_signature:
+                    await reload("file changed")
+            except Exception:  # noqa: BLE001 - logged; the next round tries again
+                log.exception("watching %s failed; watching on", self.config_path)
 
     async def close(self) -> None:
         if self._demo is not None:

@@ -9,8 +9,7 @@ the inventory, without re-reading it.
 from __future__ import annotations
 
 import logging
-import random
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Callable, Iterable, Mapping
 
 from certwatch.alerting.notifier import Notifier
@@ -33,7 +32,7 @@ def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint]) 
     return endpoints
 
 
-def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,
+async def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,
                    schedule: Schedule, store: Store, notifier: Notifier | None,
                    forget: Callable[[str], None],
                    removed: Callable[[list[str]], None] | None = None) -> datetime:
@@ -51,7 +50,6 @@ def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,
     if notifier is not None:
         notifier.observe([], gone)
     now = utcnow()
-    for name, endpoint in new.items():
-        if old.get(name) != endpoint:
-            schedule.schedule(name, now + timedelta(seconds=random.uniform(0, FIRST_SWEEP_SPREAD)))
+    await schedule.schedule_soon([name for name, endpoint in new.items()
+                                  if old.get(name) != endpoint], FIRST_SWEEP_SPREAD)
     return now

@@ -15,6 +15,7 @@ registry (:mod:`certwatch.serving.metrics`).
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Iterator, Sequence
 
 from certwatch.core.status import TargetStatus
@@ -31,8 +32,17 @@ def _role(position: int, last: int, self_issued: bool) -> str:
     return "root" if position == last and self_issued else "intermediate"
 
 
+# Control characters a terminal acts on (ESC, BEL, CR, BS, C1 ...), as certificate
+# fields may carry them; the newline is escaped by the format itself.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
 def _escape(value: str) -> str:
-    """A label value as the exposition format wants it."""
+    """A label value as the exposition format wants it, its control characters written
+    out (ESC as the four characters \\x1b), so `curl /metrics` in a terminal shows them
+    rather than obeys them."""
+    if _CONTROL.search(value):
+        value = _CONTROL.sub(lambda match: repr(match.group())[1:-1], value)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

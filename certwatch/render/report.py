@@ -8,7 +8,7 @@ escape sequences are shown, not interpreted).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from certwatch.core.alerts import Alert
@@ -321,5 +321,21 @@ def open_alerts_by_target(open_alerts: Mapping[str, Alert],
         grouped.setdefault(alert.target.get("key", ""), []).append({
             "key": alert.key, "kind": alert.kind, "severity": alert.severity,
             "started_at": rfc3339(alert.started_at), "summary": alert.summary,
-            "last_notification": last.get(alert.key)})
+            "last_notification": _last_notification(last.get(alert.key))})
     return grouped
+
+
+def _last_notification(last: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The outbox's last notification of an alert, its times in RFC 3339 as every time in
+    the API (the outbox keeps seconds since the epoch)."""
+    if last is None:
+        return None
+    sinks = {name: {**info, "delivered_at": _epoch_rfc3339(info.get("delivered_at"))}
+             for name, info in (last.get("sinks") or {}).items()}
+    return {**last, "sinks": sinks}
+
+
+def _epoch_rfc3339(seconds: Any) -> str | None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    return rfc3339(datetime.fromtimestamp(seconds, timezone.utc))

@@ -329,7 +329,10 @@ def status_page_parts(selection: Selection[Any], rows: Iterable[Mapping[str, Any
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     query = selection.query
-    banners = [f'<div class="banner" role="alert">{text(n)}</div>' for n in notices]
+    # A notice is certwatch's own text, one problem a line: each line is shown as a line
+    # (escaped like any text, as a problem may quote the file), not as an escaped "\n".
+    banners = [f'<div class="banner" role="alert">{"<br>".join(map(text, n.splitlines()))}'
+               '</div>' for n in notices]
     if not ready:
         banners.insert(0, '<div class="banner starting" role="status">'
                           'starting: first sweep not finished</div>')

@@ -9,7 +9,7 @@ import collections
 import hashlib
 import secrets
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import bcrypt
 
@@ -25,9 +25,12 @@ class BasicAuth:
     cache holds no password, a wrong password never hits it, and a changed hash misses it.
     Failures are not cached; every one costs a bcrypt, run in a worker thread (never on the
     event loop) with at most `max_concurrent` at once, so a password-guessing client slows
-    itself down, not the scrapes. An unknown user is checked against a dummy hash so the
-    answer takes as long as for a known one. bcrypt compares in constant time. Passwords
-    longer than 72 bytes are cut to 72, as bcrypt (and htpasswd) always did.
+    itself down, not the scrapes. Credentials that have worked before (their key is kept,
+    at most `cache_size` of them, after the cache entry expires) are checked in a lane
+    of their own, so a scraper whose entry expires while someone guesses waits for one
+    bcrypt, not behind every guess queued. An unknown user is checked against a dummy
+    hash so the answer takes as long as for a known one. bcrypt compares in constant
+    time. Passwords longer than 72 bytes are cut to 72, as bcrypt (and htpasswd) always did.
     """
 
     REALM = "certwatch"
@@ -43,6 +46,9 @@ class BasicAuth:
         self._checkpw = checkpw
         self._salt = secrets.token_bytes(32)
         self._slots = asyncio.Semaphore(max_concurrent)
+        # Keys of credentials that have worked, and the lane they are checked in again.
+        self._proven: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._proven_slots = asyncio.Semaphore(1)
         self._dummy: bytes | None = None
 
     @property
@@ -79,20 +85,26 @@ class BasicAuth:
         if stored is None:
             if self._dummy is None:
                 self._dummy = await asyncio.to_thread(self._make_dummy)
-            await self._bcrypt(password, self._dummy)
+            await self._bcrypt(password, self._dummy, self._slots)
             return False
         key = self._key(user, password, stored)
         now = self._clock()
         expires = self._cache.get(key)
         if expires is not None and expires > now:
             return True
-        if not await self._bcrypt(password, stored):
+        lane = self._proven_slots if key in self._proven else self._slots
+        if not await self._bcrypt(password, stored, lane):
             return False
-        self._cache[key] = now + self._cache_ttl
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._remember(self._cache, key, now + self._cache_ttl)
+        self._remember(self._proven, key, None)
         return True
+
+    def _remember(self, entries: collections.OrderedDict[bytes, Any], key: bytes,
+                  value: Any) -> None:
+        entries[key] = value
+        entries.move_to_end(key)
+        while len(entries) > self._cache_size:
+            entries.popitem(last=False)
 
     def _key(self, user: str, password: bytes, stored: bytes) -> bytes:
         digest = hashlib.sha256(self._salt)
@@ -106,8 +118,8 @@ class BasicAuth:
         cost = max([int(h[4:6]) for h in self._users.values()] or [10])
         return bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
 
-    async def _bcrypt(self, password: bytes, stored: bytes) -> bool:
-        async with self._slots:
+    async def _bcrypt(self, password: bytes, stored: bytes, lane: asyncio.Semaphore) -> bool:
+        async with lane:
             try:
                 return await asyncio.to_thread(self._checkpw, password, stored)
             except ValueError:  # a malformed hash cannot get past validation; refuse anyway

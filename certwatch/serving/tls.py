@@ -19,6 +19,7 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from certwatch.config.files import PEM_FILE, check_file, read_bounded
 from certwatch.config.web import TLSServerConfig
 
 __all__ = ["ServerTLS", "TLSLoadError", "build_server_context", "log_serving", "tls_problem"]
@@ -68,6 +69,12 @@ def build_server_context(config: TLSServerConfig) -> ssl.SSLContext:
     context.maximum_version = TLS_VERSIONS[config.max_version]
     context.set_alpn_protocols(["http/1.1"])
     describe_certificate(config.cert_file)  # a clear message for a file with no certificate
+    for name, path in (("key_file", config.key_file), ("client_ca_file", config.client_ca_file)):
+        try:  # OpenSSL reads these by name: a FIFO would hang it, /dev/zero fill memory
+            if path is not None:
+                check_file(path, PEM_FILE)
+        except OSError as exc:
+            raise TLSLoadError(f"cannot read '{name}' {path}: {exc.strerror or exc}") from None
     try:
         context.load_cert_chain(config.cert_file, config.key_file, password=_no_password)
     except TLSLoadError:
@@ -106,7 +113,7 @@ class CertificateSummary:
 def describe_certificate(cert_file: Path) -> CertificateSummary:
     """The first certificate of a PEM file, for logs; TLSLoadError if there is none."""
     try:
-        data = cert_file.read_bytes()
+        data = read_bounded(cert_file, PEM_FILE)
     except OSError as exc:
         raise TLSLoadError(f"cannot read 'cert_file' {cert_file}: {exc.strerror or exc}") from None
     try:

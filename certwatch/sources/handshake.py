@@ -27,6 +27,8 @@ from pathlib import Path
 
 from OpenSSL import SSL, crypto
 
+from certwatch.config.files import PEM_FILE, check_file
+
 __all__ = ["Handshake", "TLSClosed", "TLSError", "client_context"]
 
 READ_SIZE = 64 * 1024  # bytes read from the peer at a time during the handshake
@@ -83,6 +85,9 @@ def client_context(client_cert: Path | None = None, client_key: Path | None = No
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     context.set_ocsp_client_callback(_remember_staple)
     if client_cert is not None:
+        for path in (client_cert, client_key):  # OpenSSL reads them by name: a FIFO would hang
+            if path is not None:
+                check_file(path, PEM_FILE)
         context.use_certificate_chain_file(str(client_cert))
         context.use_privatekey_file(str(client_key or client_cert))
         context.check_privatekey()

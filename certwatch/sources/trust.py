@@ -13,6 +13,7 @@ from typing import Callable
 
 from cryptography import x509
 
+from certwatch.config.files import PEM_FILE, read_bounded
 from certwatch.core.inventory import Endpoint
 from certwatch.core.verify import TrustStore
 from certwatch.core.x509 import pem_certificates, sha256_hex
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def read_pem_certificates(path: Path) -> list[x509.Certificate]:
-    """Every certificate in a PEM file; one unreadable block does not spoil the rest."""
-    certs, problems = pem_certificates(path.read_bytes())
+    """Every certificate in a PEM file (a regular file within PEM_FILE's cap; OSError
+    otherwise); one unreadable block does not spoil the rest."""
+    certs, problems = pem_certificates(read_bounded(path, PEM_FILE))
     for problem in problems:
         log.warning("skipping an unreadable certificate in %s: %s", path, problem)
     return certs

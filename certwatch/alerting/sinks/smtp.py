@@ -22,6 +22,7 @@ import httpx
 
 from certwatch.alerting.sinks.base import SNIPPET, SinkError, redact, secrets_of, utcnow
 from certwatch.alerting.sinks.payloads import clip, email_message
+from certwatch.config.files import PEM_FILE, check_file
 from certwatch.config.sinks import EmailSettings, host_port, single_line
 from certwatch.core.alerts import Notification
 
@@ -75,6 +76,8 @@ class EmailSink(EmailSettings):
 
     def _deliver(self, message: EmailMessage, attempt: _SmtpAttempt) -> None:
         """Blocking: runs in a worker thread, every socket operation under `timeout`."""
+        if self.ca_file is not None:
+            check_file(self.ca_file, PEM_FILE)  # OSError: a delivery error like any other
         context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         # local_hostname: smtplib's default, socket.getfqdn(), may block on DNS.
         smtp = _SMTP(attempt, self.smtp_host, self.smtp_port, timeout=self.timeout,

@@ -1,0 +1,52 @@
+"""What the daemon opens once it has a configuration: its HTTP server and its state.
+
+Each step that can fail says why in one log line and makes `run` exit 2, with nothing
+left open behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from certwatch.alerting.outbox import Outbox, StateError
+from certwatch.config.web import WebConfig
+from certwatch.core.inventory import Inventory
+from certwatch.daemon.history import CertificateHistory
+from certwatch.serving.listener import ListenerLimits
+from certwatch.serving.server import Serving, serve
+from certwatch.serving.tls import ServerTLS, TLSLoadError
+from certwatch.serving.web import DaemonView
+
+__all__ = ["open_server", "open_state"]
+
+log = logging.getLogger(__name__)
+
+
+async def open_server(view: DaemonView, listen: str, web_config: WebConfig | None,
+                      limits: ListenerLimits) -> Serving | None:
+    """The HTTP server on `listen` (TLS as the web configuration says), or None."""
+    server_tls = None
+    if web_config is not None and web_config.tls is not None:
+        try:  # validated at loading; the files may have changed since
+            server_tls = ServerTLS(web_config.tls)
+        except TLSLoadError as exc:
+            log.error("web configuration %s: %s", web_config.source, exc)
+            return None
+    try:
+        return await serve(view, listen, web_config, server_tls, limits)
+    except OSError as exc:  # in use, not an address of this machine, not allowed
+        log.error("cannot listen on %s: %s", listen, exc.strerror or exc,
+                  extra={"listen": listen})
+        return None
+
+
+def open_state(inventory: Inventory) -> tuple[CertificateHistory, Outbox | None] | None:
+    """The certificate history and, with an `alerts:` section, the outbox; or None."""
+    try:
+        history = CertificateHistory(inventory.state_dir)
+        outbox = (Outbox(inventory.alerts.state_dir / "certwatch.db")
+                  if inventory.alerts is not None else None)
+    except StateError as exc:
+        log.error("%s", exc)
+        return None
+    return history, outbox
