@@ -573,7 +573,8 @@ def test_image_watches_a_tls_server(built: Built, tmp_path: Path,
     root = make_root("Container Root", not_before=NOW - DAY, not_after=NOW + 3000 * DAY)
     inter = make_intermediate(root, "Container Intermediate", not_before=NOW - DAY,
                               not_after=NOW + 2000 * DAY)
-    leaf = make_leaf(inter, ["svc.test"], not_before=NOW - DAY, not_after=NOW + 20 * DAY)
+    # 20 days left of a 90-day certificate: within min(30 days, a third of its lifetime).
+    leaf = make_leaf(inter, ["svc.test"], not_before=NOW - 70 * DAY, not_after=NOW + 20 * DAY)
     chain, key = leaf.write(tmp_path / "server", "leaf")
 
     network, target_host, port = _network()

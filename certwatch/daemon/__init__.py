@@ -238,6 +238,7 @@ class Daemon:
             await serving.close()
             return 2
         self._pipeline.history, outbox = state
+        self._schedule.release()  # probes record history, and may watch our own port
         notifier_task = None
         if self._running.alerts is not None and outbox is not None:
             self._notifier = Notifier(self._running.alerts, outbox, self.registry)

@@ -66,10 +66,17 @@ class Schedule:
         self._worker_count = 0  # how many workers there should be (max_concurrency)
         self.in_flight: set[asyncio.Task[Any]] = set()  # the workers busy probing
         self.wanted: Callable[[str], bool] = lambda name: True  # is the endpoint configured?
+        # Workers wait for the HTTP server: a target that is certwatch itself (its own
+        # serving certificate) must not be probed before the port is bound.
+        self._released = asyncio.Event()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
         self._scheduler.start()
+
+    def release(self) -> None:
+        """Lets the workers start probing."""
+        self._released.set()
 
     # --- what the rest of the daemon reads ----------------------------------------------
 
@@ -150,6 +157,7 @@ class Schedule:
         worker = asyncio.current_task()
         assert worker is not None
         try:
+            await self._released.wait()
             while not self._stop.is_set() and len(self._workers) <= self._worker_count:
                 name = await self._due.get()
                 self._queued.discard(name)
