@@ -22,20 +22,23 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from certwatch.alerting.notifier import AlertsConfig, Notifier
-from certwatch.alerting.outbox import Outbox, StateError
+from certwatch.alerting.outbox import SCHEMA as OUTBOX_SCHEMA
+from certwatch.alerting.outbox import Outbox
 from certwatch.config import ConfigError
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
+from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.status import TargetStatus
 from certwatch.daemon.history import CertificateHistory
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus
 from certwatch.daemon.schedule import Schedule, utcnow
-from certwatch.daemon.sourcing import endpoint_map, swap_endpoints
+from certwatch.daemon.sourcing import endpoint_map, followed, swap_endpoints
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
+from certwatch.serving.probe import ProbeService
 from certwatch.serving.server import Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
 from certwatch.config.refusals import policy_for
@@ -43,6 +46,7 @@ from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
 from certwatch.sources import Listener
 from certwatch.sources.registry import Sources
 from certwatch.sources.trust import TrustStores
+from certwatch.state import DB_FILE, StateError, open_database
 
 __all__ = ["Daemon"]
 
@@ -60,17 +64,27 @@ class Running:
     refusals: RefusalChecks  # revocation and root-program lints; its cache outlives reloads
 
 
+def open_outbox(inventory: Inventory, alerts: AlertsConfig) -> Outbox:
+    """The alert state: in the shared PostgreSQL database, or the SQLite file."""
+    if inventory.state is not None:
+        return Outbox(open_database(inventory.state, OUTBOX_SCHEMA))
+    return Outbox(alerts.state_dir / DB_FILE)
+
+
 class Daemon:
     """`certwatch run`: one instance per process."""
 
     def __init__(self, config_path: Path, *, listen: str | None = None,
                  reload_poll: float = 5.0, grace: float = 5.0,
-                 web_config_path: Path | None = None, strict: bool = False) -> None:
+                 web_config_path: Path | None = None, strict: bool = False,
+                 shard: Shard = WHOLE) -> None:
         self.loader = Loader(config_path, web_config_path, strict=strict)
+        self.shard = shard
         self.listen_override = listen
         self.reload_poll = reload_poll
         self.grace = grace
         self.metrics = DaemonMetrics()
+        self.metrics.shard_info.labels(str(shard.index), str(shard.count)).set(1)
         self.registry = self.metrics.registry
         self.store = Store()
         self.bound_port: int | None = None
@@ -86,6 +100,7 @@ class Daemon:
         self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
         self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
         self._listener = Listener(self._changed, self._rediscover)
+        self._probes = ProbeService(lambda: self._running, self.registry)
 
     # --- the view the web layer reads -------------------------------------------------
 
@@ -118,7 +133,7 @@ class Daemon:
         promptly, removed ones vanish, unchanged ones keep their state and schedule."""
         inventory, previous = loaded.inventory, self._running
         if previous is None:  # readiness waits for the first sweep of the first load
-            self._unprobed = {e.name for e in inventory.endpoints}
+            self._unprobed = {e.name for e in inventory.endpoints if self.shard.owns(e.name)}
             self.metrics.ready.set(0 if self._unprobed else 1)
         sources = Sources(inventory, previous.sources if previous else None)
         for replaced in sources.replaced:
@@ -133,13 +148,13 @@ class Daemon:
         self.metrics.invalid_entries.set(len(inventory.problems))
         if self._notifier is not None and loaded.alerts is not None:
             self._notifier.reconfigure(loaded.alerts)
-        sources.follow(inventory.endpoints, self._listener)
+        sources.follow(followed(inventory.endpoints, self.shard), self._listener)
         self._config.loaded(self._set_endpoints(sources.discovered()))
 
     def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:
         running = self._running
         assert running is not None
-        new = endpoint_map(running.inventory.endpoints, discovered)
+        new = endpoint_map(running.inventory.endpoints, discovered, self.shard)
         self._running = dataclasses.replace(running, endpoints=new)
         now = swap_endpoints(running.endpoints, new, schedule=self._schedule, store=self.store,
                              notifier=self._notifier, forget=self._first_probe_done,
@@ -228,20 +243,21 @@ class Daemon:
                 return 2
         notifier_task = None
         try:
-            self._pipeline.history = CertificateHistory(self._running.inventory.state_dir)
+            self._pipeline.history = CertificateHistory(self._running.inventory.state_location)
         except StateError as exc:
             log.error("%s", exc)
             return 2
         if self._running.alerts is not None:
             try:
-                outbox = Outbox(self._running.alerts.state_dir / "certwatch.db")
+                outbox = open_outbox(self._running.inventory, self._running.alerts)
             except StateError as exc:
                 log.error("%s", exc)
                 return 2
             self._notifier = Notifier(self._running.alerts, outbox, self.registry)
+            self._notifier.release(self.shard.owns)
             notifier_task = asyncio.create_task(self._notifier.run(self._stop))
         serving = await serve(self, self.listen_override or self._running.inventory.listen,
-                              self.web_config, server_tls)
+                              self.web_config, server_tls, self._probes.handle)
         self.bound_port = serving.port
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,

@@ -4,6 +4,10 @@ The sources that follow their certificates (files rewritten, Secrets updated) sa
 through a :class:`~certwatch.sources.Listener`: a changed entry is probed at once, and a
 changed set of discovered endpoints (an Ingress's hosts) is swapped in like an edit of
 the inventory, without re-reading it.
+
+A sharded replica (`--shard INDEX/COUNT`) keeps only the endpoints its shard owns, the
+inventory's and the discovered ones alike (:mod:`certwatch.core.sharding`): the filter is
+applied here, where the running endpoints are made, so nothing after it needs to know.
 """
 
 from __future__ import annotations
@@ -11,26 +15,37 @@ from __future__ import annotations
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from certwatch.alerting.notifier import Notifier
 from certwatch.core.inventory import Endpoint
+from certwatch.core.sharding import WHOLE, Shard
+from certwatch.core.vocabulary import SourceKind
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.store import Store
 
-__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "swap_endpoints"]
+__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "followed", "swap_endpoints"]
 
 log = logging.getLogger(__name__)
 
 FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
 
 
-def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint]) -> dict[str, Endpoint]:
-    """By name; a name the inventory uses is the inventory's."""
+def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint],
+                 shard: Shard = WHOLE) -> dict[str, Endpoint]:
+    """By name, those `shard` owns; a name the inventory uses is the inventory's."""
     endpoints = {e.name: e for e in inventory}
     for endpoint in discovered:
         endpoints.setdefault(endpoint.name, endpoint)
-    return endpoints
+    if shard.whole:
+        return endpoints
+    return {name: e for name, e in endpoints.items() if shard.owns(name)}
+
+
+def followed(entries: Sequence[Endpoint], shard: Shard) -> list[Endpoint]:
+    """The entries a shard's sources follow: its own, and every Kubernetes entry (the
+    Ingresses of one may name endpoints that another shard owns)."""
+    return [e for e in entries if shard.owns(e.name) or e.source == SourceKind.KUBERNETES]
 
 
 def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,

@@ -10,7 +10,7 @@ from aiohttp import web
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import split_listen
 from certwatch.serving.tls import ServerTLS, log_serving
-from certwatch.serving.web import DaemonView, create_app
+from certwatch.serving.web import DaemonView, Handler, create_app
 
 __all__ = ["Serving", "serve"]
 
@@ -24,9 +24,9 @@ class Serving:
 
 
 async def serve(view: DaemonView, listen: str, web_config: WebConfig | None,
-                server_tls: ServerTLS | None) -> Serving:
-    """Listens on `listen` ("HOST:PORT" or ":PORT") and serves `view`."""
-    runner = web.AppRunner(create_app(view, web_config), access_log=None)
+                server_tls: ServerTLS | None, probe: Handler | None = None) -> Serving:
+    """Listens on `listen` ("HOST:PORT" or ":PORT") and serves `view` (and /probe)."""
+    runner = web.AppRunner(create_app(view, web_config, probe=probe), access_log=None)
     await runner.setup()
     host, port = split_listen(listen)
     site = web.TCPSite(runner, host, port, ssl_context=server_tls.context if server_tls else None)
