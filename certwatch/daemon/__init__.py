@@ -34,7 +34,7 @@ from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus
 from certwatch.daemon.schedule import Schedule, utcnow
-from certwatch.daemon.sourcing import endpoint_map, followed, swap_endpoints
+from certwatch.daemon.sourcing import endpoint_map, followed, invalid_entries, swap_endpoints
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
@@ -145,7 +145,7 @@ class Daemon:
         refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list), fetcher)
         self._running = Running(inventory, previous.endpoints if previous else {},
                                 loaded.alerts, TrustStores(), sources, refusals)
-        self.metrics.invalid_entries.set(len(inventory.problems))
+        self.metrics.invalid_entries.set(invalid_entries(inventory.endpoints, self.shard))
         if self._notifier is not None and loaded.alerts is not None:
             self._notifier.reconfigure(loaded.alerts)
         sources.follow(followed(inventory.endpoints, self.shard), self._listener)

@@ -24,7 +24,7 @@ from certwatch.core.vocabulary import SourceKind
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.store import Store
 
-__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "followed", "swap_endpoints"]
+__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "followed", "invalid_entries", "swap_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,12 @@ def followed(entries: Sequence[Endpoint], shard: Shard) -> list[Endpoint]:
     """The entries a shard's sources follow: its own, and every Kubernetes entry (the
     Ingresses of one may name endpoints that another shard owns)."""
     return [e for e in entries if shard.owns(e.name) or e.source == SourceKind.KUBERNETES]
+
+
+def invalid_entries(entries: Sequence[Endpoint], shard: Shard) -> int:
+    """The entries validation rejected that this shard owns (each is its target in error):
+    every shard counting all of them would alert once per shard."""
+    return sum(1 for e in entries if e.rejected and shard.owns(e.name))
 
 
 def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,
