@@ -24,6 +24,7 @@ from typing import Iterator
 import pytest
 
 from tests.test_daemon import free_port
+from tests.test_prometheus import _stop
 
 PASSWORD = "certwatch-test-password"
 USER = "certwatch"
@@ -109,12 +110,7 @@ def running_postgres() -> Iterator[Postgres]:
                 time.sleep(0.1)
             yield Postgres(port, sockets, directory)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            _stop(process)
             log.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 import yaml
 
 from tests.pki import Issued
+from tests.receivers import JSONReceiver
 from tests.servers import TLSServer
 from tests.test_daemon import RunningDaemon, free_port, leaf_files, pki, wait_for  # noqa: F401
 from tests.test_prometheus import _reachable, _stop, alertmanager_tool
@@ -34,26 +33,11 @@ class Notified:
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                outer.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        self.receiver = JSONReceiver(lambda path, headers, body: self.posts.append(body) or True)
+        self.port = self.receiver.port
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.receiver.close()
 
     def firing(self) -> dict[str, int]:
         """Notifications per certwatch alert key."""
@@ -83,7 +67,7 @@ def test_a_two_node_cluster_notifies_each_alert_once(pki: tuple[Issued, Path],  
         "route": {"receiver": "hook", "group_by": ["..."], "group_wait": "1s",
                   "group_interval": "10m", "repeat_interval": "1h"},
         "receivers": [{"name": "hook", "webhook_configs": [
-            {"url": f"http://127.0.0.1:{notified.server.server_port}/", "send_resolved": False}]}],
+            {"url": f"http://127.0.0.1:{notified.port}/", "send_resolved": False}]}],
     }))
     web_ports, cluster_ports = [free_port(), free_port()], [free_port(), free_port()]
     with contextlib.ExitStack() as stack:

@@ -8,7 +8,7 @@ probe:
   max_concurrency: 16
   modules:
     smtp: {protocol: smtp}
-    internal: {ca_file: /etc/pki/root.pem, server_name: internal.example, timeout: 5s}
+    internal: {ca_file: /etc/pki/root.pem, server_name: internal.example, timeout: 5}
 state: postgresql://certwatch@db.internal:5432/certwatch
 state_password_env: CERTWATCH_DB_PASSWORD     # or state_password_file
 ```

@@ -39,6 +39,7 @@ LOCK_TIMEOUT_MS = 1000
 IDLE_IN_TRANSACTION_MS = 10000  # a replica stopped mid-transaction frees its locks
 SCHEMA_LOCK = 0x63657274  # an advisory lock held while the schema is created ("cert")
 _PLACEHOLDER = re.compile(r"\?")
+_CREATED = re.compile(r"CREATE\s+(?:TABLE|INDEX)\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.IGNORECASE)
 
 
 def _sql(text: str) -> str:
@@ -61,7 +62,12 @@ class PostgresDatabase(Database):
             with conn.transaction():  # replicas starting together create it once
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                 for statement in filter(str.strip, schema.split(";")):
-                    conn.execute(statement)
+                    # What exists is left alone: even CREATE INDEX IF NOT EXISTS waits
+                    # for the table's lock, which a busy (or stalled) replica may hold.
+                    made = _CREATED.search(statement)
+                    if made is None or conn.execute("SELECT to_regclass(%s)", (
+                            made.group(1),)).fetchone() == (None,):
+                        conn.execute(statement)
         except (psycopg.Error, DatabaseError) as exc:
             raise StateError(f"state database {state.url} cannot be used: "
                              f"{_first_line(exc)}") from None
@@ -109,7 +115,10 @@ class PostgresDatabase(Database):
             self.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
     def add_column(self, table: str, column: str, definition: str) -> None:
-        self.write(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+        if not self.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                            "current_schema() AND table_name = ? AND column_name = ?",
+                            (table, column)):
+            self.write(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
 
     def set_lock_timeout(self, seconds: float) -> None:
         self.write(f"SET lock_timeout = {int(seconds * 1000)}")
