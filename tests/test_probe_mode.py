@@ -159,6 +159,12 @@ def test_what_is_not_allowed_is_refused(served) -> None:  # type: ignore[no-unty
         status, text = _get(daemon.port, f"/probe?target={target}")
         assert status in (400, 403) and why in text, (target, status, text)
     assert web.connections == before
+    # A host name is allowed through `networks` when it resolves there, and only its
+    # addresses there are probed (localhost's ::1, if it has one, is not in 127.0.0.0/8).
+    status, text = _get(daemon.port, f"/probe?target=localhost:{web.port}&module=svc")
+    assert status == 200, text
+    addresses = {dict(k)["address"] for (n, k) in _samples(text) if n == "certwatch_probe_success"}
+    assert addresses == {"127.0.0.1"}
     _, metrics = daemon.get("/metrics")
     counts = {dict(k).get("result"): v for (n, k), v in _samples(metrics).items()
               if n == "certwatch_probe_requests_total"}

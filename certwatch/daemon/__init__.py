@@ -34,7 +34,7 @@ from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus
 from certwatch.daemon.schedule import Schedule, utcnow
-from certwatch.daemon.sourcing import endpoint_map, followed, invalid_entries, swap_endpoints
+from certwatch.daemon.sourcing import endpoint_map, invalid_entries, swap_endpoints
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
@@ -78,7 +78,7 @@ class Daemon:
                  reload_poll: float = 5.0, grace: float = 5.0,
                  web_config_path: Path | None = None, strict: bool = False,
                  shard: Shard = WHOLE) -> None:
-        self.loader = Loader(config_path, web_config_path, strict=strict)
+        self.loader = Loader(config_path, web_config_path, strict=strict, shard=shard)
         self.shard = shard
         self.listen_override = listen
         self.reload_poll = reload_poll
@@ -148,7 +148,7 @@ class Daemon:
         self.metrics.invalid_entries.set(invalid_entries(inventory.endpoints, self.shard))
         if self._notifier is not None and loaded.alerts is not None:
             self._notifier.reconfigure(loaded.alerts)
-        sources.follow(followed(inventory.endpoints, self.shard), self._listener)
+        sources.follow(inventory.endpoints, self._listener)
         self._config.loaded(self._set_endpoints(sources.discovered()))
 
     def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:

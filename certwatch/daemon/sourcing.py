@@ -6,8 +6,9 @@ changed set of discovered endpoints (an Ingress's hosts) is swapped in like an e
 the inventory, without re-reading it.
 
 A sharded replica (`--shard INDEX/COUNT`) keeps only the endpoints its shard owns, the
-inventory's and the discovered ones alike (:mod:`certwatch.core.sharding`): the filter is
-applied here, where the running endpoints are made, so nothing after it needs to know.
+inventory's (already filtered when it was loaded, but for the Kubernetes entries) and
+the discovered ones alike (:mod:`certwatch.core.sharding`): the filter is applied here,
+where the running endpoints are made, so nothing after it needs to know.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 from certwatch.alerting.notifier import Notifier
 from certwatch.core.inventory import Endpoint
 from certwatch.core.sharding import WHOLE, Shard
-from certwatch.core.vocabulary import SourceKind
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.store import Store
 
-__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "followed", "invalid_entries", "swap_endpoints"]
+__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "invalid_entries", "swap_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint],
     if shard.whole:
         return endpoints
     return {name: e for name, e in endpoints.items() if shard.owns(name)}
-
-
-def followed(entries: Sequence[Endpoint], shard: Shard) -> list[Endpoint]:
-    """The entries a shard's sources follow: its own, and every Kubernetes entry (the
-    Ingresses of one may name endpoints that another shard owns)."""
-    return [e for e in entries if shard.owns(e.name) or e.source == SourceKind.KUBERNETES]
 
 
 def invalid_entries(entries: Sequence[Endpoint], shard: Shard) -> int:
