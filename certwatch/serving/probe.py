@@ -123,12 +123,13 @@ class ProbeService:
             endpoint = probe_endpoint(module, host, port)
         except ValueError as exc:
             return self._refuse(label, 400, f"bad target: {exc}")
+        deadline = _deadline(request.headers.get(TIMEOUT_HEADER), settings.timeout_offset)
+        endpoint = _bounded(endpoint, deadline)
         if not await self._allowed(endpoint, settings):
             log.info("probe refused: target not allowed", extra={"target": target,
                                                                  "probe_module": module_name})
             return self._refuse(label, 403, f"target {target!r} is not allowed by probe.allow")
-        deadline = _deadline(request.headers.get(TIMEOUT_HEADER), settings.timeout_offset)
-        statuses, result = await self._probe(_bounded(endpoint, deadline), settings, deadline)
+        statuses, result = await self._probe(endpoint, settings, deadline)
         self._requests.labels(label, result).inc()
         log.debug("probed", extra={"target": target, "probe_module": module_name, "result": result})
         return web.Response(body="".join(target_families(statuses)).encode(),
