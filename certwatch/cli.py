@@ -26,6 +26,7 @@ from certwatch.config import ConfigError, build_inventory, load_configuration, l
 from certwatch.config.inventory import listen_problem
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
+from certwatch.core.sharding import WHOLE, Shard, parse_shard
 from certwatch.core.vocabulary import State
 from certwatch.logs import configure_logging
 from certwatch.render.report import assessment_to_dict, render_table, sort_key
@@ -214,12 +215,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+SHARD_INDEX_ENV = "CERTWATCH_SHARD_INDEX"  # a StatefulSet fills it from the pod-index label
+
+
+def shard_of(args: argparse.Namespace, environ: Mapping[str, str]) -> Shard:
+    """`--shard INDEX/COUNT`, or `--shard-count COUNT` with the index from the
+    environment (the StatefulSet pod index, through the downward API); ValueError says
+    what is wrong."""
+    if args.shard is not None and args.shard_count is not None:
+        raise ValueError("give either --shard INDEX/COUNT or --shard-count, not both")
+    if args.shard is not None:
+        return parse_shard(args.shard)
+    if args.shard_count is None:
+        return WHOLE
+    index = environ.get(SHARD_INDEX_ENV, "").strip()
+    if not index:
+        raise ValueError(f"--shard-count needs the shard index in ${SHARD_INDEX_ENV} (on "
+                         "Kubernetes: the pod's apps.kubernetes.io/pod-index label through "
+                         "the downward API)")
+    return parse_shard(f"{index}/{args.shard_count}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import prometheus_client
 
     from certwatch.daemon import Daemon  # the daemon's dependencies are not needed by check
     from certwatch.serving.listener import ListenerLimits
 
+    try:
+        shard = shard_of(args, os.environ)
+    except ValueError as exc:
+        print(f"certwatch run: {exc}", file=sys.stderr)
+        return 2
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     if args.listen is not None and (problem := listen_problem(args.listen)) is not None:
@@ -231,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     limits = ListenerLimits(**{k: v for k, v in given.items() if v is not None})
     return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
                               grace=args.grace, web_config_path=args.web_config,
-                              strict=args.strict, limits=limits).run())
+                              strict=args.strict, limits=limits, shard=shard).run())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -299,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--web.read-header-timeout", dest="header_timeout",
                      type=_positive(float), metavar="SECONDS", help="for the TLS handshake, and for a request's "
                                              "line and headers (default 10)")
+    run.add_argument("--shard", metavar="INDEX/COUNT",
+                     help="probe, export and alert on only the endpoints this shard owns "
+                          "(rendezvous hashing of the endpoint's name; INDEX from 0)")
+    run.add_argument("--shard-count", type=int, metavar="COUNT",
+                     help=f"as --shard, with INDEX from ${SHARD_INDEX_ENV} (a StatefulSet's "
+                          "pod index)")
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser(

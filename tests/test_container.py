@@ -241,6 +241,61 @@ def test_compose_accepts_the_file() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+COMPOSE_HA = ROOT / "deploy" / "compose" / "compose-ha.yaml"
+
+
+def _compose_tool() -> list[str]:
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) and subprocess.run(
+                [*command, "version"], capture_output=True, timeout=30).returncode == 0:
+            return command
+    if IN_CI:
+        pytest.fail("neither `docker compose` nor docker-compose is installed")
+    pytest.skip("neither `docker compose` nor docker-compose is installed")
+
+
+def test_compose_ha_example_is_accepted_and_complete(tmp_path: Path) -> None:
+    """Two replicas sharing PostgreSQL: the file is valid compose, its inventory loads
+    with certwatch's own loader and names the database service, its Prometheus config is
+    valid with the rules beside it."""
+    result = subprocess.run([*_compose_tool(), "-f", str(COMPOSE_HA), "config", "--quiet"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load(COMPOSE_HA.read_text())
+    services = compose["services"]
+    assert {"postgres", "certwatch-a", "certwatch-b", "prometheus"} <= set(services)
+    for name, service in services.items():
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", []))
+        if "image" in service and "build" not in service:
+            assert re.search(r":v?\d+\.\d+(\.\d+)?$", service["image"]), service["image"]
+    for secret in compose["secrets"].values():
+        assert (COMPOSE_HA.parent / _default(secret["file"])).exists()
+    replica = services["certwatch-a"]
+    config = COMPOSE_HA.parent / _default(replica["volumes"][0]).split(":")[0]
+    password = tmp_path / "postgres-password"
+    password.write_text((COMPOSE_HA.parent / "postgres-password.example").read_text())
+    inventory = load_inventory_text(config.read_text().replace(
+        "/run/secrets/postgres-password", str(password)), tmp_path)
+    assert inventory.state is not None
+    assert "@postgres:5432/" in inventory.state.url and inventory.state.password
+    prometheus = tmp_path / "prometheus.yml"
+    prometheus.write_text((COMPOSE_HA.parent / "prometheus-ha.yml").read_text())
+    shutil.copy(ROOT / "deploy" / "prometheus" / "rules.yml", tmp_path / "rules.yml")
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "config", str(prometheus)],
+                                 capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    targets = yaml.safe_load(prometheus.read_text())["scrape_configs"][0]["static_configs"][0]
+    assert set(targets["targets"]) == {"certwatch-a:9795", "certwatch-b:9795"}
+
+
+def load_inventory_text(text: str, directory: Path):  # type: ignore[no-untyped-def]
+    from certwatch.config import parse_inventory
+
+    return parse_inventory(text, base=directory)
+
+
 # --- podman, set up as ../shared/CONTAINER-TESTING.md says -----------------------------------
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from certwatch.core.alerts import Notification
 from certwatch.alerting.health import WRITE_RETRY
 from certwatch.alerting.notifier import AlertsConfig, Notifier
 from certwatch.alerting.outbox import Outbox
+from certwatch.state import DatabaseError
 from certwatch.alerting.sinks import parse_sinks
 from tests.pki import Issued
 from tests.servers import TLSServer
@@ -573,7 +574,7 @@ def test_the_outbox_recovers_after_a_failed_write(tmp_path: Path) -> None:
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     started = time.monotonic()
-    with pytest.raises(sqlite3.OperationalError, match="locked"):
+    with pytest.raises(DatabaseError, match="locked"):
         outbox.apply({}, [(_notification(1), "hook")], moment)
     assert time.monotonic() - started < 1  # the busy timeout, not SQLite's default
     holder.execute("ROLLBACK")

@@ -86,8 +86,9 @@ def test_builtin_kinds_match_the_kubernetes_schemas(version: str) -> None:
                 path = "/".join(str(p) for p in exc.path)
                 pytest.fail(f"{name}: {doc['kind']} at {path or '/'}: {exc.message} (Kubernetes {version})")
             checked.append(doc["kind"])
-    assert sorted(checked) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret",
-                               "Service", "ServiceAccount", "StatefulSet"]
+    assert sorted(checked) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap",
+                               "PodDisruptionBudget", "Secret", "Service", "ServiceAccount",
+                               "StatefulSet"]
 
 
 def test_the_validator_rejects_a_broken_manifest() -> None:
@@ -121,7 +122,8 @@ def test_kustomize_renders_it() -> None:
     assert result.returncode == 0, result.stderr
     rendered = {d["kind"]: d for d in yaml.safe_load_all(result.stdout) if d}
     assert set(rendered) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                             "StatefulSet", "Service", "ServiceMonitor", "PrometheusRule"}
+                             "StatefulSet", "Service", "ServiceMonitor", "PrometheusRule",
+                             "PodDisruptionBudget"}
     assert _container(rendered)["image"] == f"certwatch:{certwatch.__version__}"
 
 
@@ -145,7 +147,6 @@ def test_pod_is_hardened() -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert set(container["resources"]) == {"requests", "limits"}
-    assert kinds["StatefulSet"]["spec"]["replicas"] == 1
 
 
 def test_probes_ports_and_service_agree() -> None:
@@ -184,7 +185,7 @@ def test_volumes_are_where_certwatch_expects_them() -> None:
     inventory = mounts["/etc/certwatch"]
     assert volumes[inventory["name"]]["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
     assert "certwatch.yaml" in kinds["ConfigMap"]["data"]
-    assert container["args"] == ["run", "-c", "/etc/certwatch/certwatch.yaml"]
+    assert container["args"][:3] == ["run", "-c", "/etc/certwatch/certwatch.yaml"]
     # State: a volume claim per pod, where the image's VOLUME and state_dir are.
     state = mounts["/var/lib/certwatch"]
     assert state["name"] in claims and claims[state["name"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -336,3 +337,101 @@ def test_promtool_accepts_the_prometheusrule(tmp_path: Path) -> None:
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"SUCCESS: \d+ rules found", result.stdout + result.stderr)
+
+
+# --- shards and the HA variant ----------------------------------------------------------
+
+HA = K8S / "ha"
+
+
+def test_the_statefulset_is_sharded_by_the_pod_index() -> None:
+    kinds = _by_kind()
+    statefulset, container = kinds["StatefulSet"], _container(kinds)
+    args = container["args"]
+    count = int(args[args.index("--shard-count") + 1])
+    assert statefulset["spec"]["replicas"] == count >= 2  # one pod per shard
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    (index,) = [e for e in container["env"] if e["name"] == "CERTWATCH_SHARD_INDEX"]
+    assert index["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    budget = kinds["PodDisruptionBudget"]
+    assert budget["spec"]["selector"]["matchLabels"] == SELECTOR
+    assert budget["spec"]["maxUnavailable"] == 1
+    # Every pod is scraped: the ServiceMonitor's Service is headless, not-ready pods too.
+    assert kinds["Service"]["spec"]["clusterIP"] == "None"
+    assert kinds["Service"]["spec"]["publishNotReadyAddresses"] is True
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """A strategic merge patch as kustomize applies ours: mappings merge, null deletes,
+    lists of named items merge by name, other lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = _merge(base.get(key), value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and all(
+            isinstance(i, dict) and "name" in i for i in [*base, *patch]):
+        by_name = {i["name"]: i for i in base}
+        for item in patch:
+            by_name[item["name"]] = _merge(by_name.get(item["name"], {}), item)
+        return list(by_name.values())
+    return patch
+
+
+def _ha_kinds() -> dict[str, Doc]:
+    kinds = _by_kind()
+    component = _documents(HA / "kustomization.yaml")[0]
+    assert component["kind"] == "Component"
+    for entry in component["patches"]:
+        (patch,) = _documents(HA / entry["path"])
+        kind = patch["kind"]
+        assert patch["metadata"]["name"] == kinds[kind]["metadata"]["name"]
+        kinds[kind] = _merge(kinds[kind], patch)
+    return kinds
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_ha_variant_matches_the_schemas(version: str) -> None:
+    kinds = _ha_kinds()
+    for kind in ("StatefulSet", "ConfigMap"):
+        kubernetes_validate.validate(kinds[kind], version, strict=True)
+    statefulset = kinds["StatefulSet"]
+    assert statefulset["spec"]["replicas"] >= 2
+    assert "--shard-count" not in _container(kinds)["args"]  # both watch everything
+    assert "volumeClaimTemplates" not in statefulset["spec"]  # the state is in PostgreSQL
+    mounts = {m["name"] for m in _container(kinds)["volumeMounts"]}
+    assert mounts <= {v["name"] for v in pod_spec(kinds)["volumes"]}
+
+
+def test_the_ha_inventory_names_a_shared_database(tmp_path: Path) -> None:
+    kinds = _ha_kinds()
+    path = tmp_path / "certwatch.yaml"
+    path.write_text(kinds["ConfigMap"]["data"]["certwatch.yaml"])
+    secret = _documents(K8S / "secret.example.yaml")[0]
+    inventory = load_inventory(path, environ=dict(secret["stringData"]))
+    assert inventory.state is not None and inventory.state.url.startswith("postgresql://")
+    assert inventory.state.password == secret["stringData"]["CERTWATCH_DB_PASSWORD"]
+
+
+def test_kustomize_renders_the_ha_variant(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (its kustomize renders the manifests)")
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    (tmp_path / "ha").mkdir()
+    (tmp_path / "ha" / "kustomization.yaml").write_text(  # as kustomization.yaml says
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [../deploy/kubernetes]\ncomponents: [../deploy/kubernetes/ha]\n")
+    result = subprocess.run([kubectl, "kustomize", str(tmp_path / "ha")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    rendered = {d["kind"]: d for d in yaml.safe_load_all(result.stdout) if d}
+    expected = _ha_kinds()
+    assert rendered["StatefulSet"]["spec"]["replicas"] == expected["StatefulSet"]["spec"]["replicas"]
+    assert "volumeClaimTemplates" not in rendered["StatefulSet"]["spec"]
+    assert _container(rendered)["args"] == _container(expected)["args"]
+    assert rendered["ConfigMap"]["data"] == expected["ConfigMap"]["data"]

@@ -5,6 +5,11 @@ backoff and jitter, so one broken sink never holds up the others; one that keeps
 failing past `give_up_after`, or answers that it never will accept it, is
 dead-lettered with a log line and a metric. An outcome the state database cannot take
 yet is kept and written later, and that delivery is not sent again meanwhile.
+
+Deliveries are claimed from the outbox for a lease longer than the sink's timeout
+(:meth:`~certwatch.alerting.outbox.Outbox.claim`), so replicas sharing the database
+never send the same one at once, and a claim is checked just before sending: a replica
+that stalled past its lease sends nothing another has taken over.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = ["Deliveries", "RetryPolicy", "PER_SINK"]
 log = logging.getLogger(__name__)
 
 PER_SINK = 10  # deliveries in flight at once to one sink
+LEASE_MARGIN = 10.0  # seconds a claim lasts beyond the slowest sink's timeout
 Key = tuple[str, str]  # (notification id, sink name)
 
 
@@ -51,15 +57,18 @@ class Deliveries:
                  wake: asyncio.Event) -> None:
         self.outbox, self.guard, self.counter, self.wake = outbox, guard, counter, wake
         self.sending: dict[Key, asyncio.Task[None]] = {}
-        self._unrecorded: dict[Key, Callable[[], None]] = {}
+        self._unrecorded: dict[Key, Callable[[], None]] = {}  # outcomes to write
 
     def start_due(self, client: httpx.AsyncClient, sinks: Sequence[Sink],
                   retry: RetryPolicy) -> list[asyncio.Task[None]]:
         """Starts a task for each due delivery not already under way; returns them."""
         self.record_unrecorded()
         busy = self.sending.keys() | self._unrecorded.keys()
+        lease = max((sink.timeout for sink in sinks), default=10.0) + LEASE_MARGIN
+
         def read_due() -> list[Delivery]:
-            return self.outbox.due(time.time(), limit=100 + len(busy), per_sink=PER_SINK + len(busy))
+            return self.outbox.claim(time.time(), lease, limit=100 + len(busy),
+                                     per_sink=PER_SINK + len(busy))
 
         due: list[Delivery] = self.guard.read(read_due, [])
         by_name = {sink.name: sink for sink in sinks}
@@ -88,6 +97,13 @@ class Deliveries:
                        retry: RetryPolicy) -> None:
         key = (delivery.notification.id, delivery.sink)
         now = time.time()
+        if sink is not None and not self.guard.read(
+                lambda: self.outbox.still_claimed(delivery, sink.timeout + 1), False):
+            log.info("notification %s to %s: not sent, its claim is no longer held (another "
+                     "replica took it over, or the database did not answer)",
+                     delivery.notification.id, delivery.sink,
+                     extra={"alert_key": delivery.notification.alert_key})
+            return
         try:
             if sink is None:
                 raise SinkError(f"sink {delivery.sink!r} is no longer configured", retryable=False)
@@ -111,10 +127,15 @@ class Deliveries:
         delivered_at = time.time()
         self._record_outcome(key, lambda: self.outbox.delivered(delivery, delivered_at))
 
-    def _record_outcome(self, key: Key, write: Callable[[], None]) -> None:
+    def _record_outcome(self, key: Key, write: Callable[[], bool]) -> None:
         """Writes how a delivery went; if the database fails, keeps it to write later."""
-        if not self.guard.may_write() or not self.guard.record(write):
-            self._unrecorded[key] = write
+        def fenced() -> None:
+            if not write():
+                log.warning("notification %s to %s: another replica took it over meanwhile "
+                            "(its receiver may get it twice, with the same idempotency key)",
+                            *key)
+        if not self.guard.may_write() or not self.guard.record(fenced):
+            self._unrecorded[key] = fenced
 
     def record_unrecorded(self) -> None:
         for key, write in list(self._unrecorded.items()):

@@ -7,11 +7,12 @@ attempts are spaced out, since each can block the event loop for the busy timeou
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from typing import Any, Callable
 
 from prometheus_client import Gauge
+
+from certwatch.state import DatabaseError
 
 __all__ = ["StateGuard", "WRITE_RETRY"]
 
@@ -53,7 +54,7 @@ class StateGuard:
         """Runs one write; False (and degraded) if the database refused it."""
         try:
             write()
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self.degrade(f"state database write failed: {exc}")
             return False
         self.recover()
@@ -63,6 +64,6 @@ class StateGuard:
         """Runs one read; `fallback` (and degraded) if the database refused it."""
         try:
             return read()
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             self.degrade(f"state database read failed: {exc}", write=False)
             return fallback

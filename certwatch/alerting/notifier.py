@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from certwatch.alerting.delivery import Deliveries, RetryPolicy
 from certwatch.alerting.health import StateGuard
-from certwatch.alerting.outbox import Outbox
+from certwatch.alerting.outbox import Decision, Outbox
 from certwatch.alerting.sinks import Refreshing, Sink, SinkError, build_sinks
 from certwatch.core.alerts import Alert, AlertPolicy, Notification, decide
 from certwatch.core.inventory import AlertSettings
@@ -43,6 +43,7 @@ KEEP_DELIVERED = 7 * 86400.0  # delivered and dead notifications are kept this l
 # operator's shell) fails fast, and the write is tried again later.
 BUSY_TIMEOUT = 0.25  # seconds
 CLOCK_JUMP = 30.0  # seconds; a wall clock set back further moves pending retries with it
+SHARED_REFRESH = 10.0  # seconds between reads of the alerts other replicas decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ class Notifier:
         outbox.set_busy_timeout(BUSY_TIMEOUT)
         self._clock_offset = time.time() - time.monotonic()
         self._clock_shift = 0.0  # a backward jump not yet applied to the outbox
+        self._owns: Callable[[Any], bool] = lambda name: True  # a shard's own targets
+        self._shared_read = time.monotonic()
         self._update_gauges()
 
     @property
@@ -112,25 +115,41 @@ class Notifier:
     def reconfigure(self, config: AlertsConfig) -> None:
         self.config = config
 
-    def observe(self, statuses: Sequence[TargetStatus], removed: Sequence[str] = ()) -> None:
-        """Decides on fresh statuses (and targets gone); persists before anything is sent."""
-        now = self.clock()
-        changes, notices = decide(self.open, statuses, now, self.config.policy,
-                                  removed_targets=removed)
-        if not changes:
+    def observe(self, statuses: Sequence[TargetStatus], removed: Sequence[str] = (), *,
+                handed_over: Sequence[str] = ()) -> None:
+        """Decides on fresh statuses (and targets gone); persists before anything is sent.
+
+        Alone on its database, the open alerts in memory are the stored ones. Sharing it
+        (PostgreSQL), another replica may have decided about the same targets: the
+        decision is taken from the stored alerts, again inside the transaction that
+        holds the targets' locks (:meth:`Outbox.decide`), and only when it changes
+        something is anything written."""
+        now, policy = self.clock(), self.config.policy
+        targets = [s.target.key for s in statuses] + [*removed, *handed_over]
+        known = self.guard.read(lambda: self.outbox.alerts_of(targets), None) \
+            if self.outbox.shared else self.open
+        if known is None:
             return
-        deliveries = [(n, sink.name) for n in notices for sink in self.config.sinks
-                      if sink.accepts(n)]
+
+        def decision(current: Mapping[str, Alert]) -> Decision:
+            changes, notices = decide(current, statuses, now, policy, removed_targets=removed,
+                                      handed_over_targets=handed_over)
+            return changes, notices, [(n, sink.name) for n in notices
+                                      for sink in self.config.sinks if sink.accepts(n)]
+
+        tentative = decision(known)
+        if not tentative[0]:
+            self._remember(targets, known, {})
+            return
+        outcome: list[Decision] = []
         # Nothing is lost by not writing: the open alerts are unchanged, so the same
         # decision is taken again at the next probe, once the database accepts writes.
-        if not self.guard.may_write() or not self.guard.record(
-                lambda: self.outbox.apply(changes, deliveries, now)):
+        if not self.guard.may_write() or not self.guard.record(lambda: outcome.append(
+                self.outbox.decide(targets, decision, now) if self.outbox.shared
+                else self._apply(tentative, now))):
             return
-        for key, alert in changes.items():
-            if alert is None:
-                self.open.pop(key, None)
-            else:
-                self.open[key] = alert
+        changes, notices, deliveries = outcome[0]
+        self._remember(targets, known, changes)
         for notice in notices:
             log.info("alert %s: %s", notice.action, notice.summary,
                      extra={"alert_key": notice.alert_key, "severity": notice.severity,
@@ -138,6 +157,50 @@ class Notifier:
         self._update_gauges()
         if deliveries:
             self._wake.set()
+
+    def _apply(self, decision: Decision, now: datetime) -> Decision:
+        self.outbox.apply(decision[0], decision[2], now)
+        return decision
+
+    def _remember(self, targets: Sequence[str], known: Mapping[str, Alert],
+                  changes: Mapping[str, Alert | None]) -> None:
+        """The open alerts in memory after a decision about `targets` (sharing the
+        database: what it held, `known`, updated by the decision)."""
+        if self.outbox.shared:
+            mine = set(targets)
+            for key in [k for k in self.open if k.rsplit("/", 1)[0] in mine]:
+                del self.open[key]
+            self.open.update({k: a for k, a in known.items() if self._owns(a.target.get("name"))})
+        for key, alert in changes.items():
+            if alert is None:
+                self.open.pop(key, None)
+            else:
+                self.open[key] = alert
+
+    def release(self, owns: Callable[[str], bool]) -> None:
+        """A shard's start-up: alerts of targets another shard owns now (the count
+        changed) are no longer shown here; alone on its database, this replica resolves
+        them ("now watched by another shard"): it will never probe them again."""
+        self._owns = lambda name: isinstance(name, str) and owns(name)
+        foreign = sorted({a.target.get("key", a.key.rsplit("/", 1)[0]) for a in self.open.values()
+                          if not self._owns(a.target.get("name"))})
+        if not foreign:
+            return
+        if self.outbox.shared:
+            self.open = {k: a for k, a in self.open.items() if self._owns(a.target.get("name"))}
+            self._update_gauges()
+        else:
+            self.observe([], handed_over=foreign)
+
+    def _follow_shared(self) -> None:
+        """The alerts other replicas decided (for the gauges, API and refresh)."""
+        now = time.monotonic()
+        if not self.outbox.shared or now - self._shared_read < SHARED_REFRESH:
+            return
+        self._shared_read = now
+        stored = self.guard.read(self.outbox.open_alerts, None)
+        if stored is not None:
+            self.open = {k: a for k, a in stored.items() if self._owns(a.target.get("name"))}
 
     def _update_gauges(self) -> None:
         for severity in Severity:
@@ -160,6 +223,7 @@ class Notifier:
             try:
                 while not stop.is_set():
                     self._follow_clock()
+                    self._follow_shared()
                     self.deliveries.start_due(client, self.config.sinks, self.config.retry)
                     self._update_gauges()
                     self._prune_now_and_then()

@@ -26,6 +26,7 @@ from certwatch.config.selections import (
     read_kubernetes_selection,
     source_of,
 )
+from certwatch.config.probing import read_probe, read_state
 from certwatch.config.proxy import PROXY_KEYS, read_proxy
 from certwatch.config.refusals import read_ct_log_list, read_distrust_rules, read_revocation
 from certwatch.config.yamlfile import Mapping as LineMapping
@@ -62,7 +63,8 @@ _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "add
                   "retry_interval", "revocation", "warn_fraction", "critical_fraction",
                   "acme_directory", "renewal_due_fraction", *PROXY_KEYS)
 _TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
-             "kubernetes", "strict", "distrust", "ct_log_list", "state_dir")
+             "kubernetes", "strict", "distrust", "ct_log_list", "state_dir", "state",
+             "state_password_env", "state_password_file", "probe")
 
 
 def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
@@ -199,10 +201,12 @@ def _server_name(read: Reader, host: Any) -> str | None:
 
 
 def _read_endpoint(raw: Any, index: int, line: int, defaults: Defaults, problems: Problems,
-                   base: Path, environ: Mapping[str, str]) -> tuple[str | None, Endpoint | None]:
+                   base: Path, environ: Mapping[str, str],
+                   where: str | None = None) -> tuple[str | None, Endpoint | None]:
     """The endpoint's name (for duplicate checks) and the endpoint, None if invalid."""
     label = raw.get("name") if isinstance(raw, dict) else None
-    where = f"endpoint {index + 1}" + (f" {describe(label)}" if isinstance(label, str) else "")
+    where = where or (f"endpoint {index + 1}"
+                      + (f" {describe(label)}" if isinstance(label, str) else ""))
     if isinstance(raw, str):  # a bare "host:port" or URL is accepted as a shorthand
         raw = LineMapping(url=raw)
         raw.line = line
@@ -373,6 +377,10 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
     state_dir = state_dir_of(top, alerts, document.get("alerts"))
     if alerts is not None and state_dir is not None:
         alerts = dataclasses.replace(alerts, state_dir=state_dir)
+    probe = read_probe(document.get("probe"), problems, base,
+                       lambda raw, where: _read_endpoint(raw, 0, line_of(raw), defaults, problems,
+                                                         base, environ or {}, where)[1])
+    state = read_state(Reader(document, "", problems, base, environ))
     listen = document.get("listen", DEFAULT_LISTEN)
     if (message := listen_problem(listen)) is not None:
         top.problem("listen", message)
@@ -395,7 +403,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
                      alerts=alerts, source=source,
                      kubernetes=kubernetes if uses_kubernetes else None, strict=strict,
                      problems=tuple(entry_problems.items), distrust=distrust,
-                     ct_log_list=log_list, state_dir=state_dir)
+                     ct_log_list=log_list, state_dir=state_dir, state=state, probe=probe)
 
 
 def _read_endpoints(raw_endpoints: list[Any], defaults: Defaults, problems: Problems,

@@ -146,12 +146,14 @@ def _notification_id(alert_key: str, action: str, now: datetime) -> str:
 
 
 def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], now: datetime,
-           policy: AlertPolicy, *, removed_targets: Iterable[str] = ()
+           policy: AlertPolicy, *, removed_targets: Iterable[str] = (),
+           handed_over_targets: Iterable[str] = ()
            ) -> tuple[dict[str, Alert | None], list[Notification]]:
     """The alerts to store (None: delete) and the notifications to send.
 
     `statuses` are the targets just probed; `removed_targets` are target keys that left
-    the inventory (their open alerts resolve).
+    the inventory, `handed_over_targets` those another shard watches now (the open
+    alerts of both resolve).
     """
     changes: dict[str, Alert | None] = {}
     notices: list[Notification] = []
@@ -194,13 +196,15 @@ def decide(open_alerts: Mapping[str, Alert], statuses: Iterable[TargetStatus], n
                 changes[key] = None
                 notify(alert, Action.RESOLVE, _resolution(alert, status, details, now), details)
 
-    for target_key in removed_targets:
+    gone = [(key, "removed from the inventory", "removed") for key in removed_targets]
+    gone += [(key, "now watched by another shard", "handed_over") for key in handed_over_targets]
+    for target_key, why, flag in gone:
         for kind in AlertKind:
             alert = open_alerts.get(f"{target_key}/{kind}")
             if alert is not None:
                 changes[alert.key] = None
-                notify(alert, Action.RESOLVE, f"{target_key}: removed from the inventory",
-                       {**alert.details, "removed": True})
+                notify(alert, Action.RESOLVE, f"{target_key}: {why}",
+                       {**alert.details, flag: True})
     return changes, notices
 
 

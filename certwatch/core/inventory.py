@@ -8,16 +8,19 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certwatch.core.ctpolicy import CTLogList
 from certwatch.core.rootprograms import DistrustRule
 from certwatch.core.selections import KubernetesAccess, Selection
 
+if TYPE_CHECKING:
+    from certwatch.core.probing import ProbeSettings
+
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
     "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
-    "RevocationSettings", "Thresholds",
+    "RevocationSettings", "SharedState", "Thresholds",
     "is_ip", "split_listen",
     "CRITICAL_FRACTION", "RENEWAL_DUE_FRACTION", "WARN_FRACTION",
 ]
@@ -198,6 +201,15 @@ class AlertSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedState:
+    """A state database that replicas share: PostgreSQL. The password never shows in a
+    repr, and the URL holds none."""
+
+    url: str  # postgresql://user@host:port/database
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Inventory:
     endpoints: tuple[Endpoint, ...]
     defaults: Defaults = field(default_factory=Defaults)
@@ -214,6 +226,13 @@ class Inventory:
     # Where the state database lives (certificate history; alert state too). None: the
     # history is kept in memory only, and a restart forgets it.
     state_dir: Path | None = None
+    state: SharedState | None = None  # `state: postgresql://...`: it replaces state_dir
+    probe: ProbeSettings | None = None  # the /probe settings; None: /probe refuses everything
+
+    @property
+    def state_location(self) -> Path | SharedState | None:
+        """Where the state database is: PostgreSQL, a directory, or nowhere (memory)."""
+        return self.state if self.state is not None else self.state_dir
 
 
 def is_ip(text: str) -> bool:

@@ -25,16 +25,18 @@ from certwatch.alerting.notifier import AlertsConfig, Notifier
 from certwatch.config import ConfigError
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
+from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.status import TargetStatus
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus
 from certwatch.daemon.schedule import Schedule, utcnow
-from certwatch.daemon.sourcing import endpoint_map, swap_endpoints
+from certwatch.daemon.sourcing import endpoint_map, invalid_entries, swap_endpoints
 from certwatch.daemon.startup import open_server, open_state
 from certwatch.daemon.store import Store
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
+from certwatch.serving.probe import ProbeService
 from certwatch.serving.server import ListenerLimits, Serving
 from certwatch.config.refusals import policy_for
 from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
@@ -64,14 +66,15 @@ class Daemon:
     def __init__(self, config_path: Path, *, listen: str | None = None,
                  reload_poll: float = 5.0, grace: float = 5.0,
                  web_config_path: Path | None = None, strict: bool = False,
-                 limits: ListenerLimits = ListenerLimits()) -> None:
-        self.loader = Loader(config_path, web_config_path, strict=strict)
-        self.limits = limits
+                 limits: ListenerLimits = ListenerLimits(), shard: Shard = WHOLE) -> None:
+        self.loader = Loader(config_path, web_config_path, strict=strict, shard=shard)
+        self.shard = shard
         self.listen_override = listen
         self.limits = limits
         self.reload_poll = reload_poll
         self.grace = grace
         self.metrics = DaemonMetrics()
+        self.metrics.shard_info.labels(str(shard.index), str(shard.count)).set(1)
         self.registry = self.metrics.registry
         self.store = Store()
         self.bound_port: int | None = None
@@ -89,6 +92,7 @@ class Daemon:
         self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
         self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
         self._listener = Listener(self._changed, self._rediscover)
+        self._probes = ProbeService(lambda: self._running, self.registry)
 
     # --- the view the web layer reads -------------------------------------------------
 
@@ -121,7 +125,7 @@ class Daemon:
         promptly, removed ones vanish, unchanged ones keep their state and schedule."""
         inventory, previous = loaded.inventory, self._running
         if previous is None:  # readiness waits for the first sweep of the first load
-            self._unprobed = {e.name for e in inventory.endpoints}
+            self._unprobed = {e.name for e in inventory.endpoints if self.shard.owns(e.name)}
             self.metrics.ready.set(0 if self._unprobed else 1)
         sources = Sources(inventory, previous.sources if previous else None)
         for replaced in sources.replaced:
@@ -133,7 +137,7 @@ class Daemon:
         refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list), fetcher)
         self._running = Running(inventory, previous.endpoints if previous else {},
                                 loaded.alerts, TrustStores(), sources, refusals)
-        self.metrics.invalid_entries.set(len(inventory.problems))
+        self.metrics.invalid_entries.set(invalid_entries(inventory.endpoints, self.shard))
         if self._notifier is not None and loaded.alerts is not None:
             self._notifier.reconfigure(loaded.alerts)
         sources.follow(inventory.endpoints, self._listener)
@@ -142,11 +146,11 @@ class Daemon:
     async def _set_endpoints(self, discovered: tuple[Endpoint, ...]) -> datetime:
         running = self._running
         assert running is not None
-        new = endpoint_map(running.inventory.endpoints, discovered)
+        new = endpoint_map(running.inventory.endpoints, discovered, self.shard)
         self._running = dataclasses.replace(running, endpoints=new)
-        now = await swap_endpoints(running.endpoints, new, schedule=self._schedule, store=self.store,
-                             notifier=self._notifier, forget=self._first_probe_done,
-                             removed=self._pipeline.forget)
+        now = await swap_endpoints(running.endpoints, new, schedule=self._schedule,
+                                   store=self.store, notifier=self._notifier,
+                                   forget=self._first_probe_done, removed=self._pipeline.forget)
         self.metrics.endpoints.set(len(new))
         return now
 
@@ -229,11 +233,11 @@ class Daemon:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._running is not None
         serving = await open_server(self, self.listen_override or self._running.inventory.listen,
-                                    self.web_config, self.limits)
+                                    self.web_config, self.limits, self._probes.handle)
         if serving is None:
             return 2
         self.bound_port = serving.port
-        state = open_state(self._running.inventory)
+        state = open_state(self._running.inventory, self._running.alerts)
         if state is None:
             await serving.close()
             return 2
@@ -242,6 +246,7 @@ class Daemon:
         notifier_task = None
         if self._running.alerts is not None and outbox is not None:
             self._notifier = Notifier(self._running.alerts, outbox, self.registry)
+            self._notifier.release(self.shard.owns)
             notifier_task = asyncio.create_task(self._notifier.run(self._stop))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,

@@ -3,8 +3,11 @@
 Each target remembers the leaves it has served (fingerprint, first and last seen,
 validity), at most HISTORY_PER_TARGET of them; the rules are pure
 (:func:`certwatch.core.renewal.record_seen`), this module only stores. It lives in the
-same SQLite file as the alert state (`state_dir`/certwatch.db), so a restart keeps it;
-without a `state_dir` it is an in-memory database, and a restart forgets it.
+same state database as the alert state (`state_dir`/certwatch.db, or the PostgreSQL
+database of `state:`), so a restart keeps it; without either it is an in-memory
+database, and a restart forgets it. In a shared database another replica may have
+recorded a target this one has not seen yet (a shard that took it over): its history is
+read the first time it is asked for.
 
 A write that fails is logged and the history goes on in memory: it informs (renewals,
 first seen), it never decides whether a certificate expires.
@@ -13,14 +16,14 @@ first seen), it never decides whether a certificate expires.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
-from certwatch.alerting.outbox import connect, transaction
+from certwatch.core.inventory import SharedState
 from certwatch.core.renewal import SeenCertificate, record_seen
 from certwatch.core.x509 import CertInfo
+from certwatch.state import Database, DatabaseError, StateError, open_database
 
 __all__ = ["CertificateHistory"]
 
@@ -32,32 +35,32 @@ CREATE TABLE IF NOT EXISTS certificate_history (
     first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
     not_before TEXT NOT NULL, not_after TEXT NOT NULL,
     PRIMARY KEY (target, fingerprint)
-);
+)
 """
+_COLUMNS = "target, fingerprint, first_seen, last_seen, not_before, not_after"
 BUSY_TIMEOUT = 0.25  # seconds; as the outbox: never stall the event loop on a lock
 
 
 class CertificateHistory:
     """Every target's history, read once at start-up and written through on each probe."""
 
-    def __init__(self, state_dir: Path | None) -> None:
-        self.path = state_dir / "certwatch.db" if state_dir is not None else None
-        if self.path is None:
+    def __init__(self, where: Path | SharedState | Database | None) -> None:
+        """`where`: the state directory, the shared database, an open database, or None
+        (memory)."""
+        if where is None:
             log.info("certificate history kept in memory only: set 'state_dir' to keep it "
                      "across restarts")
-            self._db = sqlite3.connect(":memory:", isolation_level=None)
-            self._db.executescript(SCHEMA)
-        else:
-            # NORMAL: a power cut may lose the latest last_seen, which is harmless.
-            self._db = connect(self.path, SCHEMA, busy_timeout=BUSY_TIMEOUT,
-                               synchronous="NORMAL")
+        # NORMAL: a power cut may lose the latest last_seen, which is harmless.
+        self._db = where if isinstance(where, Database) else open_database(
+            where, SCHEMA, durable=False, busy_timeout=BUSY_TIMEOUT)
+        self.path = None if where is None else self._db.where
         self._by_target: dict[str, tuple[SeenCertificate, ...]] = {}
-        rows = self._db.execute(
-            "SELECT target, fingerprint, first_seen, last_seen, not_before, not_after "
-            "FROM certificate_history ORDER BY target, last_seen").fetchall()
-        for target, *fields in rows:
-            fingerprint, *moments = fields
-            seen = SeenCertificate(fingerprint, *(datetime.fromisoformat(m) for m in moments))
+        try:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM certificate_history ORDER BY target, last_seen")
+        except DatabaseError as exc:
+            raise StateError(f"state database {self._db.where} cannot be used: {exc}") from None
+        for target, seen in _rows(rows):
             self._by_target[target] = (*self._by_target.get(target, ()), seen)
         self._failing = False
 
@@ -66,11 +69,25 @@ class CertificateHistory:
         return self.path is not None
 
     def of(self, target: str) -> tuple[SeenCertificate, ...]:
-        return self._by_target.get(target, ())
+        known = self._by_target.get(target)
+        if known is None:
+            known = self._by_target[target] = self._read(target)
+        return known
+
+    def _read(self, target: str) -> tuple[SeenCertificate, ...]:
+        """A target not seen since start-up: what another replica recorded, if any."""
+        if not self._db.shared:
+            return ()
+        try:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM certificate_history "
+                                    "WHERE target = ? ORDER BY last_seen", (target,))
+        except DatabaseError:
+            return ()
+        return tuple(seen for _, seen in _rows(rows))
 
     def record(self, target: str, leaf: CertInfo, now: datetime) -> tuple[SeenCertificate, ...]:
         """The target's history once `leaf` was read at `now` (stored, where it can be)."""
-        before = self._by_target.get(target, ())
+        before = self.of(target)
         after = record_seen(before, leaf, now)
         self._by_target[target] = after
         dropped = {c.fingerprint_sha256 for c in before} - {c.fingerprint_sha256 for c in after}
@@ -89,8 +106,8 @@ class CertificateHistory:
 
     def _write(self, target: str, seen: SeenCertificate, dropped: set[str]) -> None:
         def write() -> None:
-            with transaction(self._db):
-                self._db.execute(
+            with self._db.transaction():
+                self._db.write(
                     "INSERT INTO certificate_history VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (target, fingerprint) DO UPDATE SET last_seen = excluded.last_seen",
                     (target, seen.fingerprint_sha256, seen.first_seen.isoformat(),
@@ -104,7 +121,7 @@ class CertificateHistory:
     def _guard(self, write: Callable[[], object]) -> None:
         try:
             write()
-        except sqlite3.Error as exc:
+        except DatabaseError as exc:
             if not self._failing:
                 log.error("certificate history write failed (kept in memory): %s", exc,
                           extra={"path": str(self.path)})
@@ -113,3 +130,8 @@ class CertificateHistory:
         if self._failing:
             log.info("certificate history writes succeed again")
         self._failing = False
+
+
+def _rows(rows: Sequence[Sequence[str]]) -> Iterable[tuple[str, SeenCertificate]]:
+    for target, fingerprint, *moments in rows:
+        yield target, SeenCertificate(fingerprint, *(datetime.fromisoformat(m) for m in moments))

@@ -3,12 +3,17 @@
 Every load validates the whole file, sinks and secrets included; at start-up the web
 configuration is read in the same pass, so every problem of both files is reported at
 once. A file that cannot be used raises ConfigError, and the caller keeps what it had.
+
+A shard keeps only the entries it owns (and every Kubernetes entry, whose Ingresses may
+name endpoints it owns; :mod:`certwatch.daemon.sourcing` filters what they discover):
+with 100,000 entries and four shards, each holds a quarter of them, not all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -23,10 +28,12 @@ from certwatch.alerting.notifier import AlertsConfig, alerts_config
 from certwatch.config import ConfigError, load_configuration
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
+from certwatch.core.sharding import WHOLE, Shard
+from certwatch.core.vocabulary import SourceKind
 from certwatch.daemon.demo import DemoEndpoints, with_demo
 from certwatch.serving.tls import tls_problem
 
-__all__ = ["Loaded", "Loader"]
+__all__ = ["Loaded", "Loader", "owned_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +84,24 @@ async def _frozen_meanwhile(work: Awaitable[T]) -> T:
     return task.result()
 
 
+def owned_entries(inventory: Inventory, shard: Shard) -> Inventory:
+    """The inventory as a shard runs it: its own entries, and every Kubernetes entry."""
+    if shard.whole:
+        return inventory
+    return dataclasses.replace(inventory, endpoints=tuple(
+        e for e in inventory.endpoints
+        if e.source == SourceKind.KUBERNETES or shard.owns(e.name)))
+
+
 class Loader:
     """Reads the inventory (and, once, the web configuration) as the daemon runs it."""
 
     def __init__(self, config_path: Path, web_path: Path | None = None,
-                 environ: Mapping[str, str] | None = None, *, strict: bool = False) -> None:
+                 environ: Mapping[str, str] | None = None, *, strict: bool = False,
+                 shard: Shard = WHOLE) -> None:
         self.config_path = config_path
         self.strict = strict
+        self.shard = shard
         self.web_path = web_path
         self.environ = environ if environ is not None else os.environ
         self.file_signature: Signature | None = None
@@ -115,7 +133,7 @@ class Loader:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise ConfigError(str(self.config_path),
                               [f"top: the file could not be loaded ({reason})"]) from None
-        inventory = await self._with_demo(inventory)
+        inventory = owned_entries(await self._with_demo(inventory), self.shard)
         for problem in inventory.problems:
             log.error("invalid inventory entry; it is reported as a target in error",
                       extra={"source": inventory.source, "problem": problem})

@@ -4,38 +4,53 @@ The sources that follow their certificates (files rewritten, Secrets updated) sa
 through a :class:`~certwatch.sources.Listener`: a changed entry is probed at once, and a
 changed set of discovered endpoints (an Ingress's hosts) is swapped in like an edit of
 the inventory, without re-reading it.
+
+A sharded replica (`--shard INDEX/COUNT`) keeps only the endpoints its shard owns, the
+inventory's (already filtered when it was loaded, but for the Kubernetes entries) and
+the discovered ones alike (:mod:`certwatch.core.sharding`): the filter is applied here,
+where the running endpoints are made, so nothing after it needs to know.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from certwatch.alerting.notifier import Notifier
 from certwatch.core.inventory import Endpoint
+from certwatch.core.sharding import WHOLE, Shard
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.store import Store
 
-__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "swap_endpoints"]
+__all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "invalid_entries", "swap_endpoints"]
 
 log = logging.getLogger(__name__)
 
 FIRST_SWEEP_SPREAD = 2.0  # seconds over which the first probes of a (re)load are spread
 
 
-def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint]) -> dict[str, Endpoint]:
-    """By name; a name the inventory uses is the inventory's."""
+def endpoint_map(inventory: Iterable[Endpoint], discovered: Iterable[Endpoint],
+                 shard: Shard = WHOLE) -> dict[str, Endpoint]:
+    """By name, those `shard` owns; a name the inventory uses is the inventory's."""
     endpoints = {e.name: e for e in inventory}
     for endpoint in discovered:
         endpoints.setdefault(endpoint.name, endpoint)
-    return endpoints
+    if shard.whole:
+        return endpoints
+    return {name: e for name, e in endpoints.items() if shard.owns(name)}
+
+
+def invalid_entries(entries: Sequence[Endpoint], shard: Shard) -> int:
+    """The entries validation rejected that this shard owns (each is its target in error):
+    every shard counting all of them would alert once per shard."""
+    return sum(1 for e in entries if e.rejected and shard.owns(e.name))
 
 
 async def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint], *,
-                   schedule: Schedule, store: Store, notifier: Notifier | None,
-                   forget: Callable[[str], None],
-                   removed: Callable[[list[str]], None] | None = None) -> datetime:
+                         schedule: Schedule, store: Store, notifier: Notifier | None,
+                         forget: Callable[[str], None],
+                         removed: Callable[[list[str]], None] | None = None) -> datetime:
     """New and changed endpoints are probed promptly, removed ones vanish (their alerts
     resolve, `removed` hears of their targets), unchanged ones keep their state and
     schedule."""

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 
-from certwatch.alerting.outbox import Outbox, StateError
+from certwatch.alerting.notifier import AlertsConfig
+from certwatch.alerting.outbox import SCHEMA as OUTBOX_SCHEMA
+from certwatch.alerting.outbox import Outbox
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
 from certwatch.daemon.history import CertificateHistory
 from certwatch.serving.listener import ListenerLimits
 from certwatch.serving.server import Serving, serve
 from certwatch.serving.tls import ServerTLS, TLSLoadError
-from certwatch.serving.web import DaemonView
+from certwatch.serving.web import DaemonView, Handler
+from certwatch.state import DB_FILE, StateError, open_database
 
 __all__ = ["open_server", "open_state"]
 
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 async def open_server(view: DaemonView, listen: str, web_config: WebConfig | None,
-                      limits: ListenerLimits) -> Serving | None:
+                      limits: ListenerLimits, probe: Handler | None = None) -> Serving | None:
     """The HTTP server on `listen` (TLS as the web configuration says), or None."""
     server_tls = None
     if web_config is not None and web_config.tls is not None:
@@ -33,19 +36,26 @@ async def open_server(view: DaemonView, listen: str, web_config: WebConfig | Non
             log.error("web configuration %s: %s", web_config.source, exc)
             return None
     try:
-        return await serve(view, listen, web_config, server_tls, limits)
+        return await serve(view, listen, web_config, server_tls, limits, probe)
     except OSError as exc:  # in use, not an address of this machine, not allowed
         log.error("cannot listen on %s: %s", listen, exc.strerror or exc,
                   extra={"listen": listen})
         return None
 
 
-def open_state(inventory: Inventory) -> tuple[CertificateHistory, Outbox | None] | None:
+def open_outbox(inventory: Inventory, alerts: AlertsConfig) -> Outbox:
+    """The alert state: in the shared PostgreSQL database, or the SQLite file."""
+    if inventory.state is not None:
+        return Outbox(open_database(inventory.state, OUTBOX_SCHEMA))
+    return Outbox(alerts.state_dir / DB_FILE)
+
+
+def open_state(inventory: Inventory, alerts: AlertsConfig | None
+               ) -> tuple[CertificateHistory, Outbox | None] | None:
     """The certificate history and, with an `alerts:` section, the outbox; or None."""
     try:
-        history = CertificateHistory(inventory.state_dir)
-        outbox = (Outbox(inventory.alerts.state_dir / "certwatch.db")
-                  if inventory.alerts is not None else None)
+        history = CertificateHistory(inventory.state_location)
+        outbox = open_outbox(inventory, alerts) if alerts is not None else None
     except StateError as exc:
         log.error("%s", exc)
         return None

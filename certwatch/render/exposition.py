@@ -23,7 +23,7 @@ from certwatch.core.verify import Verification
 from certwatch.core.vocabulary import State
 from certwatch.render.refusal_metrics import refusal_families
 
-__all__ = ["FAMILIES", "TargetExposition"]
+__all__ = ["FAMILIES", "TargetExposition", "target_families"]
 
 
 def _role(position: int, last: int, self_issued: bool) -> str:
@@ -245,6 +245,20 @@ FAMILIES: dict[str, tuple[str, Samples]] = {
 }
 
 
+def target_families(statuses: Sequence[TargetStatus]) -> Iterator[str]:
+    """The per-target families of these statuses, in pieces (the daemon's /metrics, and
+    /probe's answer for one target)."""
+    user_labels = tuple(sorted({k for s in statuses for k, _ in s.target.endpoint.labels}))
+    targets = [(status, _target_labels(status, user_labels)) for status in statuses]
+    for family, (help_text, samples) in FAMILIES.items():
+        header = f"# HELP {family} {help_text}\n# TYPE {family} gauge\n"
+        for status, labels in targets:
+            text = samples(status, f"{family}{{{labels}")
+            if text:
+                yield header + text if header else text
+                header = ""
+
+
 class TargetExposition:
     """The per-target families plus targets-by-state and scan lag, as exposition text."""
 
@@ -256,15 +270,7 @@ class TargetExposition:
     def pieces(self) -> Iterator[str]:
         """The exposition text in pieces, from one snapshot of the statuses."""
         statuses = self._statuses()
-        user_labels = tuple(sorted({k for s in statuses for k, _ in s.target.endpoint.labels}))
-        targets = [(status, _target_labels(status, user_labels)) for status in statuses]
-        for family, (help_text, samples) in FAMILIES.items():
-            header = f"# HELP {family} {help_text}\n# TYPE {family} gauge\n"
-            for status, labels in targets:
-                text = samples(status, f"{family}{{{labels}")
-                if text:
-                    yield header + text if header else text
-                    header = ""
+        yield from target_families(statuses)
         yield "# HELP certwatch_targets Targets by state.\n# TYPE certwatch_targets gauge\n"
         for state in State:
             count = sum(1 for s in statuses if s.state is state)

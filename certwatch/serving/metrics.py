@@ -55,6 +55,10 @@ class DaemonMetrics:
             "certwatch_config_invalid_entries",
             "Inventory entries validation rejected (each is a target in state error).",
             registry=self.registry)
+        self.shard_info = Gauge(
+            "certwatch_shard_info", "The shard this replica is (index from 0, of count): it "
+            "probes, exports and alerts on the endpoints the shard owns.", ["index", "count"],
+            registry=self.registry)
         for result in ("success", "failure"):
             self.reloads.labels(result)
 

@@ -12,7 +12,7 @@ from certwatch.config.web import WebConfig
 from certwatch.core.inventory import split_listen
 from certwatch.serving.listener import ConnectionGuard, GuardedSite, ListenerLimits
 from certwatch.serving.tls import ServerTLS, log_serving
-from certwatch.serving.web import DaemonView, create_app
+from certwatch.serving.web import DaemonView, Handler, create_app
 
 __all__ = ["ListenerLimits", "Serving", "serve"]
 
@@ -33,11 +33,12 @@ class Serving:
 
 async def serve(view: DaemonView, listen: str, web_config: WebConfig | None,
                 server_tls: ServerTLS | None,
-                limits: ListenerLimits = ListenerLimits()) -> Serving:
-    """Listens on `listen` ("HOST:PORT" or ":PORT") and serves `view`; OSError when the
-    address cannot be listened on (in use, not this machine's, not allowed)."""
+                limits: ListenerLimits = ListenerLimits(), probe: Handler | None = None) -> Serving:
+    """Listens on `listen` ("HOST:PORT" or ":PORT") and serves `view` (and /probe);
+    OSError when the address cannot be listened on (in use, not this machine's, not
+    allowed)."""
     guard = ConnectionGuard(limits, server_tls.context if server_tls else None)
-    app = create_app(view, web_config)
+    app = create_app(view, web_config, probe=probe)
     app.middlewares.insert(0, guard.track)  # outermost: busy while basic auth runs too
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
     await runner.setup()

@@ -164,7 +164,8 @@ def _utcnow() -> datetime:
 
 
 def create_app(view: DaemonView, web_config: WebConfig | None = None, *,
-               clock: Clock = _utcnow) -> web.Application:
+               clock: Clock = _utcnow, probe: Handler | None = None) -> web.Application:
+    """The daemon's routes; `probe` serves /probe (:mod:`certwatch.serving.probe`)."""
     async def metrics(request: web.Request) -> web.StreamResponse:
         return await _stream(request, view.target_metrics(), CONTENT_TYPE_LATEST,
                              head=generate_latest(view.registry))
@@ -227,4 +228,6 @@ def create_app(view: DaemonView, web_config: WebConfig | None = None, *,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/targets", targets)
     app.router.add_get("/api/v1/targets/{name}", target)
+    if probe is not None:
+        app.router.add_get("/probe", probe)
     return app
