@@ -242,6 +242,27 @@ def write_inventory(path: Path, endpoints: list[tuple[str, int]], ca_file: str,
     path.write_text("\n".join(lines) + "\n")
 
 
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the daemon (collapsed stacks to `out`) until stop_profiler."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(pid),
+               "--rate", "250", "--format", "raw", "--output", str(out), "--nonblocking"]
+    profiler = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the sweep is well under way
+    return profiler
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes], out: Path) -> None:
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        profiler.wait(30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait(5)
+    print(f"profile of the sweep: {out} (bench/profile.py summarises it)", file=sys.stderr)
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -314,6 +335,7 @@ def run_daemon(args: argparse.Namespace, conn: Any, ready: dict[str, Any],
         figures.startup_cpu_seconds = sum(loaded_cpu)
         wait_for_log(process, log, "listening on", args.startup_timeout)
         port = int(log.first["listening on"]["port"])
+        profiler = start_profiler(pid, args.profile) if args.profile else None
 
         end = time.monotonic() + args.deadline
         while True:
@@ -331,6 +353,8 @@ def run_daemon(args: argparse.Namespace, conn: Any, ready: dict[str, Any],
             time.sleep(READY_POLL)
         ready_at = time.time()
         user, sys_ = (a - b for a, b in zip(cpu_seconds(pid), loaded_cpu))
+        if profiler is not None:
+            stop_profiler(profiler, args.profile)
         memory = memory_mb(pid)
         wait_for_log(process, log, "first sweep finished", 10.0)
         finished_at = log.time_of("first sweep finished")
@@ -469,6 +493,9 @@ def main() -> int:
                         help="requests to each of /metrics, the API and / (default %(default)s)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="the daemon's --grace on SIGTERM (default %(default)s)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="sample the daemon with py-spy during the sweep, collapsed "
+                             "stacks to this file")
     args = parser.parse_args()
     if not 1 <= args.targets <= MAX_TARGETS:
         parser.error(f"--targets must be from 1 to {MAX_TARGETS}")

@@ -8,7 +8,6 @@ several targets the worst wins, critical over unknown over warning.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 from urllib.parse import urlsplit
 
-from certwatch import __version__
+from certwatch import __version__, eventloop
 from certwatch.config import ConfigError, build_inventory, load_configuration, load_inventory
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import PROTOCOLS, TLS_ALIASES, Inventory
@@ -160,7 +159,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     # Progress on stderr only when a person watches it; a pipe or a log gets nothing.
     bar = ProgressBar(sys.stderr, len(inventory.endpoints)) if sys.stderr.isatty() else None
     try:
-        assessments = sorted(asyncio.run(_check(inventory, refusals, bar)), key=sort_key)
+        assessments = sorted(eventloop.run(_check(inventory, refusals, bar)), key=sort_key)
     finally:
         if bar is not None:
             bar.clear()
@@ -198,9 +197,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # `_created` series double every counter for little use; the shell sets this once.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
-                              grace=args.grace, web_config_path=args.web_config,
-                              strict=args.strict).run())
+    return eventloop.run(Daemon(args.config, listen=args.listen,
+                                reload_poll=args.reload_interval, grace=args.grace,
+                                web_config_path=args.web_config, strict=args.strict).run())
 
 
 def build_parser() -> argparse.ArgumentParser:
