@@ -53,8 +53,6 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # APScheduler logs every job run at INFO; that is noise at our scale.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
     # httpx logs every request's full URL at INFO, and a webhook URL is a credential
     # (Slack's, for one): its own lines are kept out at any level.
     for name in ("httpx", "httpcore"):
