@@ -273,6 +273,23 @@ class Reader:
             return fallback
         return value
 
+    def choices(self, key: str, choices: Sequence[str]) -> frozenset[str]:
+        """A list of some of `choices` (or "all" of them, or one of them alone)."""
+        value = self.mapping.get(key)
+        if value is None:
+            return frozenset()
+        if value == "all":
+            return frozenset(choices)
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            self.problem(key, f"'{key}' must be a list of {', '.join(choices)} (or all), "
+                              f"not {describe(value)}")
+            return frozenset()
+        for wrong in (v for v in values if v not in choices):
+            self.problem(key, f"'{key}': {describe(wrong)} is not one of {', '.join(choices)}"
+                              f"{suggest(wrong, choices)}")
+        return frozenset(v for v in values if v in choices)
+
     def string(self, key: str, *, required: bool = False) -> str | None:
         """A non-empty single-line string (surrounding spaces dropped)."""
         value = self.mapping.get(key)

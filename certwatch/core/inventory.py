@@ -15,7 +15,7 @@ from certwatch.core.rootprograms import DistrustRule
 from certwatch.core.selections import KubernetesAccess, Selection
 
 __all__ = [
-    "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
+    "ADDRESS_MODES", "DEFAULT_LISTEN", "METRIC_GROUPS", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
     "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
     "RevocationSettings", "Thresholds",
     "is_ip", "split_listen",
@@ -59,6 +59,9 @@ RESERVED_LABELS = frozenset(
      "source", "location", "status", "method", "reason", "lint", "severity"}
 )
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
+# Opt-in groups of per-target metric families beyond the default ones
+# (certwatch.render.exposition.EXTRA_GROUPS says what each adds).
+METRIC_GROUPS = ("probe", "leaf", "chain", "verification", "tls", "revocation")
 
 
 # The lifetime-aware defaults (see certwatch.core.policy and the README's table): warn
@@ -214,6 +217,8 @@ class Inventory:
     # Where the state database lives (certificate history; alert state too). None: the
     # history is kept in memory only, and a restart forgets it.
     state_dir: Path | None = None
+    # The opt-in groups of per-target metric families (METRIC_GROUPS) that are on.
+    metrics_extra: frozenset[str] = frozenset()
 
 
 def is_ip(text: str) -> bool:

@@ -83,7 +83,9 @@ class Daemon:
         self._unprobed: set[str] = set()
         self._config = ConfigStatus(self.metrics)
         self._notifier: Notifier | None = None
-        self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
+        self.exposition = TargetExposition(
+            self.store.statuses, self._schedule.worst_lag,
+            lambda: self._running.inventory.metrics_extra if self._running else frozenset())
         self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
         self._listener = Listener(self._changed, self._rediscover)
 
