@@ -1,7 +1,7 @@
 """When each endpoint is probed next, and the workers that probe the due ones.
 
-Each endpoint has one timer of the event loop (`call_at`, on the loop's monotonic
-clock), set again after its probe: `interval` after a success, `retry_interval` after a
+Each endpoint has one due time on the event loop's monotonic clock, in a heap that one
+timer of the loop (`call_at`) serves, set again after its probe: `interval` after a success, `retry_interval` after a
 failure, each with jitter so a large inventory spreads out over time. A due timer only
 puts the endpoint's name in a queue that `max_concurrency` workers take from, so 10,000
 endpoints due at once are 10,000 names waiting, not 10,000 suspended probes (each
@@ -12,8 +12,8 @@ Why the loop's timers and not APScheduler's jobs, which this module used before:
 cost a quarter of a millisecond of CPU each time it was set (the job store, its
 triggers, wakeups), a tenth of the steady state's CPU per probe, and a kilobyte of
 memory per endpoint; and its due times were on the wall clock, so a clock jump moved
-every probe. A timer on the monotonic clock costs neither, and a jump of the wall clock
-leaves the schedule alone; the watchdog (:meth:`Schedule.watch_clock`) still notices
+every probe. A heap entry on the monotonic clock costs neither (and a hundred bytes, not
+a loop timer's six hundred), and a jump of the wall clock leaves the schedule alone; the watchdog (:meth:`Schedule.watch_clock`) still notices
 jumps, for the metric, the log and the outbox's pending retries.
 """
 
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -56,7 +58,14 @@ class Schedule:
         self._stop = stop
         self._on_clock_jump = on_clock_jump
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # the next probe's, per endpoint
+        # Due times on the loop's clock: a heap of (due, sequence, name), of which only the
+        # entry in _entry counts for each name (others were replaced or cancelled), and
+        # the one timer that fires at the earliest.
+        self._heap: list[tuple[float, int, str]] = []
+        self._entry: dict[str, tuple[float, int, str]] = {}
+        self._sequence = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._paused = False
         self._deadline: dict[str, float] = {}  # next probe per endpoint, on time.monotonic()
         self._lag: dict[str, float] = {}
@@ -95,23 +104,47 @@ class Schedule:
         assert self._loop is not None
         wait = (when - utcnow()).total_seconds()
         self._deadline[name] = time.monotonic() + wait
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-        if not self._paused:
-            self._timers[name] = self._loop.call_at(self._loop.time() + max(0.0, wait),
-                                                    self._enqueue, name)
+        if self._paused:
+            return
+        entry = (self._loop.time() + max(0.0, wait), next(self._sequence), name)
+        self._entry[name] = entry
+        heapq.heappush(self._heap, entry)
+        if self._timer is None or entry[0] < self._timer_at:
+            self._arm()
 
     def unschedule(self, name: str) -> None:
         self._deadline.pop(name, None)
         self._lag.pop(name, None)
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
+        self._entry.pop(name, None)  # its heap entry no longer counts
+
+    def _arm(self) -> None:
+        """Sets the one timer for the earliest due time that counts."""
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        heap = self._heap
+        while heap and self._entry.get(heap[0][2]) is not heap[0]:
+            heapq.heappop(heap)  # replaced or cancelled
+        if heap:
+            self._timer_at = heap[0][0]
+            self._timer = self._loop.call_at(self._timer_at, self._fire)
+
+    def _fire(self) -> None:
+        """The timer's callback: every endpoint due by now is queued."""
+        assert self._loop is not None
+        self._timer = None
+        now, heap = self._loop.time(), self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._entry.get(entry[2]) is entry:
+                del self._entry[entry[2]]
+                self._enqueue(entry[2])
+        if self._timer is None:  # _enqueue may have set it, rescheduling a running one
+            self._arm()
 
     def _enqueue(self, name: str) -> None:
-        """The timer's callback: the endpoint is due."""
-        self._timers.pop(name, None)
+        """The endpoint is due."""
         if self._stop.is_set() or name in self._queued or not self.wanted(name):
             return  # a queued name is probed with the definition current when it runs
         if name in self._running:  # a reload asked for a probe while one is under way
@@ -193,9 +226,11 @@ class Schedule:
     def _pause(self) -> None:
         """No probe is queued from now on (those in flight go on)."""
         self._paused = True
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
+        self._entry.clear()
 
     def close(self) -> None:
         self._pause()
