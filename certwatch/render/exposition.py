@@ -65,7 +65,7 @@ def _escape(value: str) -> str:
 
 
 def _labels(pairs: Sequence[tuple[str, str]]) -> str:
-    return ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
+    return ",".join([f'{name}="{_escape(value)}"' for name, value in pairs])
 
 
 def _number(value: float) -> str:
@@ -98,20 +98,41 @@ def _info_labels(status: TargetStatus, user_labels: tuple[str, ...]) -> str:
 Samples = Callable[[TargetStatus, str], str]
 
 
-def _gauge(value: Callable[[TargetStatus], float | None]) -> Samples:
-    """A family with one sample per target (when `value` is not None)."""
-    def samples(status: TargetStatus, head: str) -> str:
-        number = value(status)
+class _Gauge:
+    """A family with one sample per target (when `value` is not None). A class, not a
+    closure, so that the renderer can call `value` directly: at 100,000 targets a
+    scrape is a million samples, and each call saved is a tenth of a second."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Callable[[TargetStatus], float | None]) -> None:
+        self.value = value
+
+    def __call__(self, status: TargetStatus, head: str) -> str:
+        number = self.value(status)
         return "" if number is None else f"{head}}} {_number(number)}\n"
-    return samples
+
+
+def _gauge(value: Callable[[TargetStatus], float | None]) -> Samples:
+    return _Gauge(value)
+
+
+class _WithCertificate:
+    """A family that only a target whose certificate was read has (the renderer skips
+    the others without calling it)."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self, samples: Samples) -> None:
+        self.samples = samples
+
+    def __call__(self, status: TargetStatus, head: str) -> str:
+        a = status.assessment
+        return "" if a.leaf is None or a.earliest is None else self.samples(status, head)
 
 
 def _with_certificate(samples: Samples) -> Samples:
-    """A family that only a target whose certificate was read has."""
-    def guarded(status: TargetStatus, head: str) -> str:
-        a = status.assessment
-        return "" if a.leaf is None or a.earliest is None else samples(status, head)
-    return guarded
+    return _WithCertificate(samples)
 
 
 def _error_info(status: TargetStatus, head: str) -> str:
@@ -132,11 +153,11 @@ def _chain(status: TargetStatus, head: str, info: bool, leaf_only: bool = False)
     last, lines = len(a.chain) - 1, []
     for cert in a.chain[:1] if leaf_only else a.chain:
         where = f'position="{cert.position}",role="{_role(cert.position, last, cert.self_issued)}"'
-        if info:
-            identity = _labels([
-                ("serial", cert.serial), ("fingerprint_sha256", cert.fingerprint_sha256),
-                ("subject", cert.subject), ("issuer", cert.issuer), ("key_type", cert.key_type),
-                ("signature_algorithm", cert.signature_algorithm)])
+        if info:  # hexadecimal and the bounded names need no escaping; the names do
+            identity = (f'serial="{cert.serial}",fingerprint_sha256="{cert.fingerprint_sha256}",'
+                        f'{_labels([("subject", cert.subject), ("issuer", cert.issuer)])},'
+                        f'key_type="{_escape(cert.key_type)}",'
+                        f'signature_algorithm="{_escape(cert.signature_algorithm)}"')
             lines.append(f"{head},{where},{identity}}} 1.0\n")
         else:
             lines.append(f"{head},{where}}} {_number(cert.not_after.timestamp())}\n")
@@ -310,6 +331,19 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+PIECE = 500  # targets a piece of the text holds (the web layer sends it in chunks)
+
+
+def _lines(family: str, samples: Samples,
+           rows: Sequence[tuple[TargetStatus, str]]) -> list[str]:
+    """The family's lines for these (status, identity labels) rows."""
+    if isinstance(samples, _Gauge):
+        value = samples.value
+        return [f"{family}{{{labels}}} {_number(number)}\n" for status, labels in rows
+                if (number := value(status)) is not None]
+    return [text for status, labels in rows if (text := samples(status, f"{family}{{{labels}"))]
+
+
 class TargetExposition:
     """The per-target families plus targets-by-state and scan lag, as exposition text.
 
@@ -323,22 +357,29 @@ class TargetExposition:
         self._extra = extra
 
     def pieces(self) -> Iterator[str]:
-        """The exposition text in pieces, from one snapshot of the statuses."""
+        """The exposition text in pieces (a family's lines for up to PIECE targets),
+        from one snapshot of the statuses."""
         statuses, extra = self._statuses(), self._extra()
         user_labels = tuple(sorted({k for s in statuses for k, _ in s.target.endpoint.labels}))
-        targets = [(status, target_labels(status)) for status in statuses]
+        rows = [(status, target_labels(status)) for status in statuses]
+        read = [(status, labels) for status, labels in rows
+                if status.assessment.leaf is not None and status.assessment.earliest is not None]
         for family, spec in FAMILIES.items():
             if spec.group is not None and spec.group not in extra:
                 continue
-            samples = spec.wider[1] if spec.wider and spec.wider[0] in extra else spec.samples
             header = f"# HELP {family} {spec.help}\n# TYPE {family} gauge\n"
             if family == "certwatch_target_info":
-                yield header if targets else ""
-                for status, labels in targets:
-                    yield f"{family}{{{labels},{_info_labels(status, user_labels)}}} 1.0\n"
+                yield header if rows else ""
+                for start in range(0, len(rows), PIECE):
+                    yield "".join([f"{family}{{{labels},{_info_labels(status, user_labels)}}} 1.0\n"
+                                   for status, labels in rows[start:start + PIECE]])
                 continue
-            for status, labels in targets:
-                text = samples(status, f"{family}{{{labels}")
+            samples = spec.wider[1] if spec.wider and spec.wider[0] in extra else spec.samples
+            some = rows
+            if isinstance(samples, _WithCertificate):
+                some, samples = read, samples.samples
+            for start in range(0, len(some), PIECE):
+                text = "".join(_lines(family, samples, some[start:start + PIECE]))
                 if text:
                     yield header + text if header else text
                     header = ""
