@@ -27,8 +27,9 @@ What it measures, from outside the daemon, as a user or Prometheus would see it:
 Correctness, checked and failing the run (exit 1): every target `ok` in /api/v1/targets
 (and N of them), every endpoint handshaken exactly once, the server's peak of
 connections open at once within max_concurrency, no error-level log line, and a clean
-exit on SIGTERM. The issue's targets (peak RSS under RSS_TARGET_MB, a /metrics scrape
-under SCRAPE_TARGET_SECONDS) print PASS or MISS and do not fail the run.
+exit on SIGTERM. The issue's targets (peak RSS within RSS_TARGET_MB, a /metrics scrape
+within SCRAPE_TARGET_SECONDS) print PASS or MISS and do not fail the run. Past
+LISTENERS_MAX targets the server's listeners serve several targets each, by SNI name.
 
 Only loopback addresses are used, and every wait is bounded: start-up by
 --startup-timeout, the sweep by --deadline, each HTTP request by HTTP_TIMEOUT, shutdown
@@ -78,8 +79,13 @@ READY_POLL = 0.2  # seconds between /readyz polls
 LOG_POLL = 0.05  # seconds between reads of the daemon's log while it starts
 HTTP_TIMEOUT = 60.0  # seconds for any one request to the daemon
 SHUTDOWN_MARGIN = 10.0  # seconds beyond the grace time before the daemon is killed
-RSS_TARGET_MB = 150.0
-SCRAPE_TARGET_SECONDS = 1.0
+# The issue's targets: peak RSS at most 100 MB at 10,000 targets (700 MB at 100,000), a
+# /metrics scrape in at most 3 s.
+RSS_TARGET_MB = {10_000: 100.0, 100_000: 700.0}
+SCRAPE_TARGET_SECONDS = 3.0
+# The machine allows ~20,000 descriptors a process: past this many targets, each of the
+# server's listeners (one loopback address each) serves several targets by SNI name.
+LISTENERS_MAX = 10_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -305,6 +311,7 @@ class Figures:
     server_handshakes: int = 0
     server_cpu_seconds: float = 0.0  # from daemon spawn to stop
     rss_target: str = ""
+    rss_target_mb: float = 0.0
     scrape_target: str = ""
 
 
@@ -469,9 +476,9 @@ def render(f: Figures) -> str:
         f"  server              peak {f.server_peak_connections} connections open "
         f"(bound {f.concurrency}); {f.server_handshakes} handshakes, "
         f"{f.server_cpu_seconds:.3f} s CPU",
-        f"  target: peak RSS < {RSS_TARGET_MB:g} MB         {f.rss_target}"
+        f"  target: peak RSS <= {f.rss_target_mb:g} MB       {f.rss_target}"
         f"   ({f.peak_rss_mb:.1f} MB)",
-        f"  target: /metrics < {SCRAPE_TARGET_SECONDS:g} s           {f.scrape_target}"
+        f"  target: /metrics <= {SCRAPE_TARGET_SECONDS:g} s          {f.scrape_target}"
         f"   (slowest of {f.metrics['requests']} plain and {f.metrics_gzip['requests']} gzipped: "
         f"{max(f.metrics['wall_max_ms'], f.metrics_gzip['wall_max_ms']) / 1000:.3f} s)",
     ])
@@ -497,12 +504,13 @@ def main() -> int:
                         help="sample the daemon with py-spy during the sweep, collapsed "
                              "stacks to this file")
     args = parser.parse_args()
-    if not 1 <= args.targets <= MAX_TARGETS:
-        parser.error(f"--targets must be from 1 to {MAX_TARGETS}")
+    per_listener = -(-args.targets // LISTENERS_MAX)
+    if not 1 <= args.targets <= MAX_TARGETS * per_listener:
+        parser.error(f"--targets must be from 1 to {MAX_TARGETS * per_listener}")
     if args.concurrency < 1 or args.requests < 1:
         parser.error("--concurrency and --requests must be at least 1")
     # The server's listening sockets and both ends' connections; both children inherit it.
-    raise_fd_limit(args.targets + args.concurrency + FD_MARGIN)
+    raise_fd_limit(-(-args.targets // per_listener) + 2 * args.concurrency + FD_MARGIN)
 
     figures = Figures(targets=args.targets, concurrency=args.concurrency,
                       key_type=args.key_type, python=platform.python_version(),
@@ -511,7 +519,8 @@ def main() -> int:
                 + 3 * args.requests * HTTP_TIMEOUT + args.grace + SHUTDOWN_MARGIN
                 + SERVER_STOP_TIMEOUT)
     with tempfile.TemporaryDirectory(prefix="certwatch-bench-") as directory, \
-            server_process(args.targets, args.key_type, directory, lifetime) as (conn, ready):
+            server_process(args.targets, args.key_type, directory, lifetime,
+                           per_listener) as (conn, ready):
         failures, targets_body = run_daemon(args, conn, ready, Path(directory), figures)
         conn.send("stop")
         stats = receive(conn, "stats", SERVER_STOP_TIMEOUT)
@@ -526,9 +535,11 @@ def main() -> int:
     if figures.server_handshakes != args.targets:
         failures.append(f"the server completed {figures.server_handshakes} handshakes; one "
                         f"sweep of {args.targets} endpoints makes exactly {args.targets}")
-    figures.rss_target = verdict(figures.peak_rss_mb < RSS_TARGET_MB)
+    rss_target = next((mb for n, mb in sorted(RSS_TARGET_MB.items()) if args.targets <= n),
+                      max(RSS_TARGET_MB.values()))
+    figures.rss_target, figures.rss_target_mb = verdict(figures.peak_rss_mb <= rss_target), rss_target
     slowest_scrape_ms = max(figures.metrics["wall_max_ms"], figures.metrics_gzip["wall_max_ms"])
-    figures.scrape_target = verdict(slowest_scrape_ms < SCRAPE_TARGET_SECONDS * 1000)
+    figures.scrape_target = verdict(slowest_scrape_ms <= SCRAPE_TARGET_SECONDS * 1000)
 
     print(render(figures))
     results = REPO / "bench" / "results"
