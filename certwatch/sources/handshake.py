@@ -124,6 +124,16 @@ class Handshake:
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Completes the handshake (the caller bounds it in time); raises TLSError."""
+        try:
+            await self._run(reader, writer)
+        finally:
+            # The connection's app data (this object, for the staple callback) is a
+            # reference cycle: left to the cyclic collector, thousands of finished
+            # connections (~25 KB of OpenSSL memory each, unseen by Python's collector)
+            # piled up between collections on uvloop, ~50 MB more RSS.
+            self._connection.set_app_data(None)
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = self._connection
         while True:
             try:
