@@ -12,7 +12,8 @@ the same address, with the same CA, in the same run, one after the other:
   HTTP/1.1 client in another process (keep-alive connections, `--concurrency` requests in
   flight), after a warm-up. Per probe it connects, does a *verified* handshake (chain and
   name, in Go's crypto/tls), and renders its metrics.
-- certwatch (`python -m certwatch run`, as operators run it): the same N endpoints in an
+- certwatch (`python -m certwatch run`, as operators run it; PYTHONPATH may point at
+  another checkout's certwatch, for a before/after in the same harness): the same N endpoints in an
   inventory (max_concurrency = --concurrency, interval --interval, a state_dir so the
   certificate history is in SQLite). Per probe it connects, handshakes with OpenSSL
   (verification off, asking for the OCSP staple), parses the chain, verifies it offline
@@ -268,8 +269,8 @@ def probes_total(port: int) -> float:
 
 
 def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_port: int,
-                  nginx_pid: int, not_after: float,
-                  failures: list[str]) -> tuple[Side, Side, float]:
+                  nginx_pid: int, not_after: float, failures: list[str],
+                  figures: Figures) -> tuple[Side, Side, float]:
     inventory = directory / "certwatch.yaml"
     (directory / "state").mkdir()
     lines = [f"max_concurrency: {args.concurrency}", 'listen: "127.0.0.1:0"',
@@ -295,6 +296,9 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         wait_for_log(process, log, "listening on", START_TIMEOUT)
         port = int(log.first["listening on"]["port"])
         wait_for_log(process, log, "first sweep finished", args.deadline)
+        # The daemon says which loop it runs on (one before issue 15 does not: asyncio's).
+        logged = log.first.get("event loop", {}).get("event_loop")
+        figures.event_loop = logged or "asyncio (not logged)"
         first.cpu_seconds = sum(cpu_seconds(process.pid)) - cpu0
         first.nginx_cpu_seconds = tree_cpu(nginx_pid) - nginx0
         finished_at = log.time_of("first sweep finished")
@@ -404,12 +408,9 @@ def main() -> int:
             raise SystemExit(f"FAIL: {tool} is missing (apt-get install nginx-light "
                              "prometheus-blackbox-exporter)")
     raise_fd_limit(4 * args.concurrency + 256)
-    from certwatch.eventloop import loop_factory
-
     failures: list[str] = []
-    figures = Figures(args.targets, args.concurrency, args.interval,
-                      loop_factory(args.event_loop)[0], platform.python_version(),
-                      multiprocessing.cpu_count())
+    figures = Figures(args.targets, args.concurrency, args.interval, "",
+                      platform.python_version(), multiprocessing.cpu_count())
     with tempfile.TemporaryDirectory(prefix="certwatch-vs-blackbox-") as tmp:
         directory = Path(tmp)
         chain, key, root, not_after = make_pki(directory)
@@ -418,7 +419,7 @@ def main() -> int:
         try:
             blackbox = run_blackbox(args, directory, root, port, server.pid, not_after, failures)
             first, steady, peak = run_certwatch(args, directory, root, port, server.pid,
-                                                not_after, failures)
+                                                not_after, failures, figures)
         finally:
             stop(server)
     figures.blackbox, figures.certwatch_first = figures_of(blackbox), figures_of(first)
