@@ -276,10 +276,8 @@ class Reader:
     def choices(self, key: str, choices: Sequence[str]) -> frozenset[str]:
         """A list of some of `choices` (or "all" of them, or one of them alone)."""
         value = self.mapping.get(key)
-        if value is None:
-            return frozenset()
-        if value == "all":
-            return frozenset(choices)
+        if value is None or value == "all":
+            return frozenset(choices if value == "all" else ())
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             self.problem(key, f"'{key}' must be a list of {', '.join(choices)} (or all), "
