@@ -38,7 +38,7 @@ ARG PIP_CERT
 # pip compiles every module to .pyc at install time, so nothing needs writing at run time
 # (the root filesystem is read-only). pip and setuptools are removed afterwards: the
 # running image never installs anything.
-RUN /opt/certwatch/bin/pip install --no-cache-dir . \
+RUN /opt/certwatch/bin/pip install --no-cache-dir ".[fast]" \
     && /opt/certwatch/bin/pip uninstall --yes pip setuptools \
     && /opt/certwatch/bin/certwatch --version
 

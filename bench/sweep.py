@@ -148,7 +148,7 @@ def _make_pki(directory: Path, key_type: str) -> tuple[ssl.SSLContext, Path]:
 
 
 async def _serve(conn: Connection, count: int, key_type: str, directory: Path,
-                 lifetime: float) -> None:
+                 lifetime: float, per_listener: int = 1) -> None:
     context, root_path = _make_pki(directory, key_type)
     counter = ConnectionCounter()
 
@@ -168,9 +168,13 @@ async def _serve(conn: Connection, count: int, key_type: str, directory: Path,
             with contextlib.suppress(OSError):  # retrieve the reset, or asyncio logs it
                 await writer.wait_closed()
 
-    servers = [await asyncio.start_server(handle, address(i), 0) for i in range(count)]
+    # One listener (one loopback address) per `per_listener` targets: the leaf is a
+    # wildcard, so each target's SNI name is served by its listener.
+    listeners = -(-count // per_listener)
+    servers = [await asyncio.start_server(handle, address(i), 0) for i in range(listeners)]
     conn.send(("ready", {"ca_file": str(root_path),
-                         "endpoints": [s.sockets[0].getsockname()[:2] for s in servers]}))
+                         "endpoints": [servers[i // per_listener].sockets[0].getsockname()[:2]
+                                       for i in range(count)]}))
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -201,10 +205,11 @@ async def _serve(conn: Connection, count: int, key_type: str, directory: Path,
                          "sweep_cpu_seconds": sum(cpu_times()) - marks["cpu"]}))
 
 
-def serve(conn: Connection, count: int, key_type: str, directory: str, lifetime: float) -> None:
+def serve(conn: Connection, count: int, key_type: str, directory: str, lifetime: float,
+          per_listener: int = 1) -> None:
     """Server process entry point: serve `count` endpoints until told to stop."""
     try:
-        asyncio.run(_serve(conn, count, key_type, Path(directory), lifetime))
+        asyncio.run(_serve(conn, count, key_type, Path(directory), lifetime, per_listener))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails loudly
         conn.send(("error", traceback.format_exc()))
 
@@ -222,15 +227,16 @@ def receive(conn: Connection, expected: str, timeout: float) -> Any:
 
 
 @contextlib.contextmanager
-def server_process(count: int, key_type: str, directory: str,
-                   lifetime: float) -> Iterator[tuple[Connection, dict[str, Any]]]:
+def server_process(count: int, key_type: str, directory: str, lifetime: float,
+                   per_listener: int = 1) -> Iterator[tuple[Connection, dict[str, Any]]]:
     """Spawns the server process and yields its pipe and its "ready" message (ca_file,
     endpoints). On the way out the pipe is closed (EOF stops the server, if nothing did)
     and the process is joined, or terminated if it outlives SERVER_STOP_TIMEOUT."""
     spawn = multiprocessing.get_context("spawn")
     conn, child_conn = spawn.Pipe()
     server = spawn.Process(target=serve, name="certwatch-bench-servers", daemon=True,
-                           args=(child_conn, count, key_type, directory, lifetime))
+                           args=(child_conn, count, key_type, directory, lifetime,
+                                 per_listener))
     server.start()
     child_conn.close()
     try:

@@ -10,7 +10,6 @@ exits 2 when it cannot start (a bad configuration, an address it cannot listen o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence, TextIO
 from urllib.parse import urlsplit
 
-from certwatch import __version__
+from certwatch import __version__, eventloop
 from certwatch.config import ConfigError, build_inventory, load_configuration, load_inventory
 from certwatch.config.inventory import listen_problem
 from certwatch.core.assess import Assessment
@@ -181,7 +180,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         refusals = RefusalChecks(policy_for(inventory.distrust, inventory.ct_log_list))
         # Progress on stderr only when a person watches it; a pipe or a log gets nothing.
         bar = ProgressBar(sys.stderr, len(inventory.endpoints)) if sys.stderr.isatty() else None
-        assessments = sorted(asyncio.run(_check(inventory, refusals, bar)), key=sort_key)
+        assessments = sorted(eventloop.run(_check(inventory, refusals, bar)), key=sort_key)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_UNKNOWN
@@ -256,9 +255,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = {"max_connections": args.max_connections, "handshake_timeout": args.header_timeout,
              "header_timeout": args.header_timeout}
     limits = ListenerLimits(**{k: v for k, v in given.items() if v is not None})
-    return asyncio.run(Daemon(args.config, listen=args.listen, reload_poll=args.reload_interval,
-                              grace=args.grace, web_config_path=args.web_config,
-                              strict=args.strict, limits=limits, shard=shard).run())
+    return eventloop.run(Daemon(args.config, listen=args.listen,
+                                reload_poll=args.reload_interval, grace=args.grace,
+                                web_config_path=args.web_config, strict=args.strict,
+                                limits=limits, shard=shard).run())
 
 
 class _Parser(argparse.ArgumentParser):

@@ -49,12 +49,13 @@ class Judged:
     refusals: RefusalChecks | None = None
     renewal_info: Mapping[str, RenewalInfo] | None = None  # what CAs said, by fingerprint
 
-    def rejudge(self, observation: Observation) -> Assessment:
+    def rejudge(self, observation: Observation,
+                previous: Assessment | None = None) -> Assessment:
         """An earlier observation judged at this moment (a certificate still known after
         a failed probe must still cross its thresholds on time), with the revocation
         evidence at hand (nothing is fetched for it) and what is known of the CA's
-        renewal windows now."""
-        assessment = assess(observation, self.now, self.trust, self.renewal_info)
+        renewal windows now; `previous` (its last assessment) may spare the verification."""
+        assessment = assess(observation, self.now, self.trust, self.renewal_info, previous)
         if self.refusals is None or self.stores is None:
             return assessment
         return self.refusals.judge(assessment, self.endpoint, self.stores, self.now)
@@ -62,14 +63,19 @@ class Judged:
 
 async def judge_endpoint(endpoint: Endpoint, source: Source, trust: TrustStores,
                          clock: Clock = utcnow, refusals: RefusalChecks | None = None,
-                         renewal_info: Mapping[str, RenewalInfo] | None = None) -> Judged:
+                         renewal_info: Mapping[str, RenewalInfo] | None = None,
+                         previous: Mapping[str, Assessment] | None = None) -> Judged:
     """Observes one endpoint and assesses each of its targets, with the renewal windows
     already known (`renewal_info`: nothing here waits for a CA); then the refusal checks
-    (revocation, lints), whose fetches are bounded."""
+    (revocation, lints), whose fetches are bounded. `previous` holds the targets' last
+    assessments (by target key): a chain seen before is not verified again while
+    nothing it depends on changed (:class:`~certwatch.core.verify.VerificationKey`)."""
     observations = await source.observe(endpoint)
     now = clock()
     store = trust.for_endpoint(endpoint)
-    assessments = tuple(assess(o, now, store, renewal_info) for o in observations)
+    earlier = previous or {}
+    assessments = tuple(assess(o, now, store, renewal_info, earlier.get(o.target.key))
+                        for o in observations)
     if refusals is not None:
         assessments = await refusals.check(assessments, endpoint, trust, now)
     return Judged(endpoint, assessments, now, store, trust, refusals, renewal_info)
@@ -81,7 +87,7 @@ async def with_renewal_info(judged: Judged, fetcher: RenewalInfoFetcher) -> Judg
     leaves = [a.leaf for a in judged.assessments if a.leaf is not None]
     if not await fetcher.refresh(judged.endpoint, leaves):
         return judged
-    return replace(judged, assessments=tuple(judged.rejudge(a.observation)
+    return replace(judged, assessments=tuple(judged.rejudge(a.observation, a)
                                              for a in judged.assessments))
 
 

@@ -294,3 +294,24 @@ endpoints:
         "line 11: endpoint 1: critical_fraction (0.2) must not exceed warn_fraction (0.1)",
         "line 12: endpoint 1: 'acme_directory' must not hold credentials",
     ]
+
+
+def test_metric_groups_are_opt_in() -> None:
+    endpoints = "endpoints:\n  - host: a.example\n"
+    assert parse_inventory(endpoints).metrics_extra == frozenset()
+    chosen = parse_inventory("metrics: {extra: [tls, chain]}\n" + endpoints)
+    assert chosen.metrics_extra == {"tls", "chain"}
+    assert parse_inventory("metrics: {extra: all}\n" + endpoints).metrics_extra == {
+        "probe", "leaf", "chain", "verification", "tls", "revocation"}
+    assert parse_inventory("metrics: {extra: tls}\n" + endpoints).metrics_extra == {"tls"}
+
+
+def test_metric_group_problems_name_their_line() -> None:
+    found = problems_of("endpoints:\n  - host: a.example\nmetrics:\n  extra: [tsl]\n  extras: 1\n")
+    assert any("line 4" in p and "'tsl' is not one of" in p and "did you mean 'tls'" in p
+               for p in found), found
+    assert any("line 5" in p and "unknown key 'extras'" in p for p in found), found
+    assert any("must be a mapping" in p for p in problems_of(
+        "endpoints:\n  - host: a.example\nmetrics: [tls]\n"))
+    assert any("must be a list of" in p for p in problems_of(
+        "endpoints:\n  - host: a.example\nmetrics: {extra: 3}\n"))

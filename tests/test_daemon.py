@@ -165,15 +165,15 @@ def test_metrics_api_renewal_and_removal(pki: tuple[Issued, Path], daemon_factor
         success = {s.labels["name"]: s.value for s in metrics["certwatch_probe_success"]}
         assert success == {"web": 1.0, "down": 0.0}
         (expiry,) = [s for s in metrics["certwatch_cert_expiry_timestamp_seconds"]]
-        assert expiry.labels == {"name": "web", "host": "127.0.0.1", "port": str(port),
-                                 "address": "127.0.0.1", "server_name": "svc.test",
-                                 "protocol": "tls", "source": "tls", "location": "",
-                                 "team": "pay"}
+        assert expiry.labels == {"name": "web", "address": "127.0.0.1"}  # identity only
+        info = {s.labels["name"]: s.labels for s in metrics["certwatch_target_info"]}
+        assert info["web"] == {"name": "web", "host": "127.0.0.1", "port": str(port),
+                               "address": "127.0.0.1", "server_name": "svc.test",
+                               "protocol": "tls", "source": "tls", "team": "pay"}
         assert abs(expiry.value - (NOW + 5 * DAY).timestamp()) < 5
         states = {(s.labels["name"], s.labels["state"]): s.value for s in metrics["certwatch_target_state"]}
-        assert states[("web", "critical")] == 1 and states[("web", "ok")] == 0
-        roles = sorted(s.labels["role"] for s in metrics["certwatch_chain_cert_not_after_timestamp_seconds"])
-        assert roles == ["intermediate", "leaf"]
+        assert states == {("web", "critical"): 1, ("down", "error"): 1}
+        assert "certwatch_chain_cert_not_after_timestamp_seconds" not in metrics  # opt-in
         info = [s for s in metrics["certwatch_cert_info"] if s.labels["role"] == "leaf"]
         old_serial = info[0].labels["serial"]
 

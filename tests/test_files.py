@@ -210,6 +210,8 @@ def test_the_daemon_rereads_a_file_that_changed(tmp_path: Path, ca: tuple[Issued
         (up,) = metrics["certwatch_source_up"]
         assert (up.labels, up.value) == ({"source": "file"}, 1.0)
         (expiry,) = metrics["certwatch_cert_expiry_timestamp_seconds"]
-        assert expiry.labels["source"] == "file" and expiry.labels["location"] == f"{path}#0"
+        assert expiry.labels["location"] == f"{path}#0"
+        (info,) = metrics["certwatch_target_info"]
+        assert info.labels["source"] == "file" and info.labels["location"] == f"{path}#0"
     finally:
         daemon.stop()

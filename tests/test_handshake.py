@@ -18,6 +18,9 @@ from certwatch.sweep import sweep
 from tests.pki import make_leaf, make_root
 from tests.servers import TLSServer
 
+# Every handshake here runs on asyncio's loop and on uvloop (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 NOW = datetime.now(timezone.utc)
 DAY = timedelta(days=1)
 

@@ -29,7 +29,7 @@ PURE = ("certwatch.core", "certwatch.render", "certwatch.config")
 FLOORS = {
     "certwatch.core": 0,
     "certwatch.config": 1, "certwatch.render": 1, "certwatch.logs": 1,
-    "certwatch.sources": 2, "certwatch.state": 2,
+    "certwatch.sources": 2, "certwatch.state": 2, "certwatch.eventloop": 2,
     "certwatch.sweep": 3, "certwatch.alerting": 3,
     "certwatch.serving": 4,
     "certwatch.daemon": 5,

@@ -33,6 +33,9 @@ from tests.servers import (
     closed_port,
 )
 
+# Every handshake here runs on asyncio's loop and on uvloop (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 NOW = datetime.now(timezone.utc)
 DAY = timedelta(days=1)
 

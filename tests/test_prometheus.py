@@ -274,7 +274,7 @@ def test_dashboard_is_importable() -> None:
                    "certwatch_probes_total", "certwatch_tls_info", "certwatch_probe_duration_seconds",
                    "certwatch_scan_lag_seconds", "certwatch_config_last_reload_successful",
                    "certwatch_source_up", "certwatch_source_last_success_timestamp_seconds",
-                   "certwatch_cert_revoked", "certwatch_revocation_status"):
+                   "certwatch_target_info", "certwatch_revocation_status"):
         assert metric in exprs, metric
 
 
@@ -378,7 +378,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         entries.append(f"{{name: down, host: 127.0.0.1, port: {closed_port()}}}")
         entries.append("{name: files, files: ok.crt}")  # a source of another kind: the leaf
         # and its intermediate, read from the file the 'ok' server serves
-        inventory = ("defaults: {ca_file: root.pem, system_trust: false, interval: 1s, "
+        # The groups the dashboard's TLS versions and probe duration panels read.
+        inventory = ("metrics: {extra: [probe, tls]}\n"
+                     "defaults: {ca_file: root.pem, system_trust: false, interval: 1s, "
                      "retry_interval: 1s, timeout: 2}\nendpoints:\n"
                      + "".join(f"  - {e}\n" for e in entries))
         config = directory / "certwatch.yaml"

@@ -16,7 +16,9 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from certwatch.config.alerts import mapping_or_none, read_alerts, state_dir_of
-from certwatch.config.kit import ConfigError, Problems, Reader, describe, line_of, suggest
+from certwatch.config.kit import (
+    ConfigError, Problems, Reader, describe, line_of, read_choices, suggest,
+)
 from certwatch.config.selections import (
     AT_REST_KEYS,
     FILE_KEYS,
@@ -35,6 +37,7 @@ from certwatch.core.names import a_label
 from certwatch.core.inventory import (
     ADDRESS_MODES,
     DEFAULT_LISTEN,
+    METRIC_GROUPS,
     PROTOCOLS,
     RESERVED_LABELS,
     TLS_ALIASES,
@@ -64,7 +67,7 @@ _ENDPOINT_KEYS = ("name", "host", "port", "url", "server_name", "protocol", "add
                   "acme_directory", "renewal_due_fraction", *PROXY_KEYS)
 _TOP_KEYS = ("defaults", "endpoints", "max_concurrency", "listen", "demo", "alerts",
              "kubernetes", "strict", "distrust", "ct_log_list", "state_dir", "state",
-             "state_password_env", "state_password_file", "probe")
+             "state_password_env", "state_password_file", "probe", "metrics")
 
 
 def _thresholds_problem(read: Reader, warn: float, critical: float) -> None:
@@ -394,6 +397,7 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
                                 environ or {})
     distrust = read_distrust_rules(document.get("distrust"), "distrust", problems, base)
     log_list = read_ct_log_list(top)
+    metrics_extra = _read_metrics(document.get("metrics"), problems, base)
     if len(problems) or (strict and len(entry_problems)):
         problems.extend(entry_problems)
         problems.raise_for(source)
@@ -403,7 +407,20 @@ def build_inventory(document: Any, source: str = "<inventory>", base: Path | Non
                      alerts=alerts, source=source,
                      kubernetes=kubernetes if uses_kubernetes else None, strict=strict,
                      problems=tuple(entry_problems.items), distrust=distrust,
-                     ct_log_list=log_list, state_dir=state_dir, state=state, probe=probe)
+                     ct_log_list=log_list, state_dir=state_dir, state=state, probe=probe,
+                     metrics_extra=metrics_extra)
+
+
+def _read_metrics(raw: Any, problems: Problems, base: Path) -> frozenset[str]:
+    """`metrics: {extra: [...]}`: the opt-in groups of per-target families."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, dict):
+        problems.add(getattr(raw, "line", 0), "metrics", f"must be a mapping, not {describe(raw)}")
+        return frozenset()
+    read = Reader(raw, "metrics", problems, base)
+    read.unknown_keys(("extra",))
+    return read_choices(read, "extra", METRIC_GROUPS)
 
 
 def _read_endpoints(raw_endpoints: list[Any], defaults: Defaults, problems: Problems,

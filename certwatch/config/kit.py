@@ -31,6 +31,7 @@ __all__ = [
     "Problems",
     "Reader",
     "describe",
+    "read_choices",
     "format_seconds",
     "line_of",
     "parse_duration",
@@ -435,3 +436,19 @@ class Reader:
             self.problem(key, f"'{key}': {source} must hold one line")
             return None
         return value
+
+
+def read_choices(read: Reader, key: str, choices: Sequence[str]) -> frozenset[str]:
+    """`key`: a list of some of `choices` (or "all" of them, or one of them alone)."""
+    value = read.mapping.get(key)
+    if value is None or value == "all":
+        return frozenset(choices if value == "all" else ())
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        read.problem(key, f"'{key}' must be a list of {', '.join(choices)} (or all), "
+                          f"not {describe(value)}")
+        return frozenset()
+    for wrong in (v for v in values if v not in choices):
+        read.problem(key, f"'{key}': {describe(wrong)} is not one of {', '.join(choices)}"
+                          f"{suggest(wrong, choices)}")
+    return frozenset(v for v in values if v in choices)

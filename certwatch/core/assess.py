@@ -17,7 +17,15 @@ from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
 from certwatch.core.renewal import Renewal, RenewalInfo, judge_renewal
 from certwatch.core.timestamps import SECONDS_PER_DAY
-from certwatch.core.verify import TrustStore, Verification, verify_chain
+from certwatch.core.verify import (
+    WEB_PKI,
+    TrustStore,
+    Verification,
+    VerificationKey,
+    VerifyPolicy,
+    verification_key,
+    verify_chain,
+)
 from certwatch.core.vocabulary import ErrorKind, Problem, Reason, SourceKind, State
 from certwatch.core.x509 import CertInfo, parse_chain
 
@@ -41,6 +49,9 @@ class Assessment:
     expiry: Expiry | None = None  # the threshold policy's judgement of `earliest`
     refusals: Refusals | None = None  # revocation and root-program lints, when judged
     renewal: Renewal | None = None  # whether the leaf should have been replaced by now
+    # What `chain` and `verification` depend on: while it admits the next observation,
+    # that observation's chain is not parsed nor verified again (see assess's `previous`).
+    verification_key: VerificationKey | None = None
 
     @property
     def leaf(self) -> CertInfo | None:
@@ -62,12 +73,24 @@ class Assessment:
 
 
 def assess(observation: Observation, now: datetime, trust: TrustStore,
-           renewal_info: Mapping[str, RenewalInfo] | None = None) -> Assessment:
+           renewal_info: Mapping[str, RenewalInfo] | None = None,
+           previous: Assessment | None = None, policy: VerifyPolicy = WEB_PKI) -> Assessment:
     """Judges one observation. Never raises for any input the probe can produce.
 
-    `renewal_info` holds what CAs said of leaves (RFC 9773), by SHA-256 fingerprint."""
+    `renewal_info` holds what CAs said of leaves (RFC 9773), by SHA-256 fingerprint.
+    `previous`, the target's last assessment, lends its parsed chain and verification
+    when its verification key admits this observation (the same chain, trust store,
+    name and policy, and no validity boundary crossed since): the result is the same
+    as without it, for less work."""
     target = observation.target
     endpoint = target.endpoint
+    key = previous.verification_key if previous is not None else None
+    if key is not None and endpoint.source == SourceKind.TLS and key.admits(
+            observation.chain, trust, endpoint.verify_name, policy, now):
+        assert previous is not None and previous.verification is not None
+        observation = replace(observation, chain=key.ders)  # the copies already kept
+        return _judged(observation, now, previous.chain, (), previous.verification, key,
+                       renewal_info)
     parsed = parse_chain(observation.chain)
     if any(kept is not given for kept, given in zip(parsed.ders, observation.chain)):
         # Keep the shared copies of the CA certificates, not this probe's own.
@@ -85,10 +108,23 @@ def assess(observation: Observation, now: datetime, trust: TrustStore,
             reason, summary = ErrorKind.NO_CERTIFICATE, "the server presented no certificate"
         return Assessment(target, observation, now, State.ERROR, (reason,), summary, chain)
 
+    key = None
     if endpoint.source == SourceKind.TLS:
-        verification = verify_chain(parsed, trust, endpoint.verify_name, now)
+        verification = verify_chain(parsed, trust, endpoint.verify_name, now, policy)
+        if not parse_problems:
+            key = verification_key(parsed.ders, chain, trust, endpoint.verify_name, policy, now)
     else:  # at rest: the chain and the dates, no host name
         verification = verify_at_rest(parsed, trust, now)
+    return _judged(observation, now, chain, parse_problems, verification, key, renewal_info)
+
+
+def _judged(observation: Observation, now: datetime, chain: tuple[CertInfo, ...],
+            parse_problems: tuple[str, ...], verification: Verification,
+            key: VerificationKey | None,
+            renewal_info: Mapping[str, RenewalInfo] | None) -> Assessment:
+    """The judgement of a readable chain, once it is parsed and verified."""
+    target = observation.target
+    endpoint = target.endpoint
     # What clients rely on is the path they build: a server may send certificates that
     # none needs (a whole CA bundle, an old expired root), which must not set the state.
     relied_on = tuple(c for c in verification.path if c.position >= 0) or chain
@@ -121,10 +157,10 @@ def assess(observation: Observation, now: datetime, trust: TrustStore,
         # The certificate was read, but the handshake did not complete (for example a
         # server that demands a client certificate we do not have).
         reasons.append(Reason.HANDSHAKE_INCOMPLETE)
-    key = observation.key_check
-    if key is not None and key.problem is not None:
+    key_check = observation.key_check
+    if key_check is not None and key_check.problem is not None:
         # A key that is not the certificate's: the service fails when it loads them.
-        reasons.append(key.problem)
+        reasons.append(key_check.problem)
         state = state.worse(State.CRITICAL)
 
     days = expiry.days_left
@@ -138,7 +174,7 @@ def assess(observation: Observation, now: datetime, trust: TrustStore,
         summary += f"; clients reject it: {verification.detail}"
     if observation.error is not None:
         summary += f"; {observation.error}"
-    if key is not None and key.problem is not None:
-        summary += f"; {key.detail}"
+    if key_check is not None and key_check.problem is not None:
+        summary += f"; {key_check.detail}"
     return Assessment(target, observation, now, state, tuple(reasons), summary, chain,
-                      verification, earliest, expiry, renewal=renewal)
+                      verification, earliest, expiry, renewal=renewal, verification_key=key)

@@ -26,6 +26,8 @@ from typing import Mapping
 
 from cryptography import x509
 
+from certwatch.core.revocation import CERTIFICATE_MEMO
+
 __all__ = ["CTLog", "CTLogList", "CTVerdict", "SCT", "embedded_scts", "judge_ct"]
 
 COUNTED_STATES = frozenset({"qualified", "usable", "readonly", "retired"})
@@ -70,7 +72,7 @@ class SCT:
     timestamp: datetime
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CERTIFICATE_MEMO)  # see certwatch.core.revocation
 def embedded_scts(cert: x509.Certificate) -> tuple[SCT, ...]:
     """The SCTs in the certificate's SignedCertificateTimestampList extension."""
     try:

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from certwatch.core.probing import ProbeSettings
 
 __all__ = [
-    "ADDRESS_MODES", "DEFAULT_LISTEN", "PROTOCOLS", "RESERVED_LABELS", "TLS_ALIASES",
-    "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
+    "ADDRESS_MODES", "DEFAULT_LISTEN", "METRIC_GROUPS", "PROTOCOLS", "RESERVED_LABELS",
+    "TLS_ALIASES", "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
     "RevocationSettings", "SharedState", "Thresholds",
     "is_ip", "split_listen",
     "CRITICAL_FRACTION", "RENEWAL_DUE_FRACTION", "WARN_FRACTION",
@@ -62,6 +62,9 @@ RESERVED_LABELS = frozenset(
      "source", "location", "status", "method", "reason", "lint", "severity"}
 )
 DEFAULT_LISTEN = ":9795"  # no well-known exporter uses 9795 (blackbox 9115, ssl_exporter 9219)
+# Opt-in groups of per-target metric families beyond the default ones
+# (certwatch.render.exposition.EXTRA_GROUPS says what each adds).
+METRIC_GROUPS = ("probe", "leaf", "chain", "verification", "tls", "revocation")
 
 
 # The lifetime-aware defaults (see certwatch.core.policy and the README's table): warn
@@ -228,6 +231,8 @@ class Inventory:
     state_dir: Path | None = None
     state: SharedState | None = None  # `state: postgresql://...`: it replaces state_dir
     probe: ProbeSettings | None = None  # the /probe settings; None: /probe refuses everything
+    # The opt-in groups of per-target metric families (METRIC_GROUPS) that are on.
+    metrics_extra: frozenset[str] = frozenset()
 
     @property
     def state_location(self) -> Path | SharedState | None:

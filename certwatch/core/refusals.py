@@ -33,6 +33,7 @@ from certwatch.core.assess import Assessment
 from certwatch.core.ctpolicy import CTLogList, CTVerdict, embedded_scts, judge_ct
 from certwatch.core.inventory import RevocationSettings
 from certwatch.core.revocation import (
+    CERTIFICATE_MEMO,
     CRLIndex,
     FetchFailure,
     Revocation,
@@ -119,7 +120,7 @@ def _roots_by_fingerprint(trust: TrustStore) -> dict[str, x509.Certificate]:
     return {sha256_hex(root): root for root in trust.roots}
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CERTIFICATE_MEMO)  # see certwatch.core.revocation
 def _certificate(der: bytes) -> x509.Certificate:
     """A certificate loaded once: a CA's for every target it issued for, a leaf for the
     look-ups before and after the fetches (each is memoised on the certificate)."""

@@ -164,7 +164,14 @@ def _http(names: Iterable[x509.GeneralName]) -> list[str]:
             and n.value.lower().startswith(("http://", "https://"))]
 
 
-@functools.lru_cache(maxsize=4096)
+# Look-ups memoised per certificate. A CA's certificate is asked about for every target
+# under it, so it stays among the most recent; a leaf only around its own probe (before
+# and after the fetches). A small bound keeps the CAs and the probes in flight, and not
+# a leaf (its x509 object, names and extensions, ~1 KB) per target of a large inventory.
+CERTIFICATE_MEMO = 512
+
+
+@functools.lru_cache(maxsize=CERTIFICATE_MEMO)
 def crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
     """The HTTP URLs of the certificate's CRL Distribution Points (LDAP ones are skipped)."""
     points = extension(cert, x509.CRLDistributionPoints)
@@ -172,7 +179,7 @@ def crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))[:URLS_PER_CERTIFICATE]
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CERTIFICATE_MEMO)
 def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
     access = extension(cert, x509.AuthorityInformationAccess)
     urls = _http(d.access_location for d in access or ()
@@ -180,7 +187,7 @@ def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(dict.fromkeys(urls))[:URLS_PER_CERTIFICATE]
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CERTIFICATE_MEMO)
 def must_staple(cert: x509.Certificate) -> bool:
     """Whether the certificate carries the TLS Feature status_request (RFC 7633)."""
     features = extension(cert, x509.TLSFeature)

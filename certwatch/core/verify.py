@@ -13,11 +13,12 @@ mismatch is told apart from an untrusted chain.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -36,7 +37,17 @@ from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
 from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
 
-__all__ = ["TrustStore", "Verification", "hostname_matches", "time_problems", "verify_chain"]
+__all__ = ["WEB_PKI", "TrustStore", "Verification", "VerificationKey", "VerifyPolicy",
+           "hostname_matches", "time_problems", "verification_key", "verify_chain"]
+
+# A validity boundary (notBefore, notAfter) is where a verification can change; one
+# second either side covers verifiers that compare whole seconds, inclusively or not.
+_BOUNDARY_MARGIN = timedelta(seconds=1)
+
+
+def _boundaries(certs: Iterable[CertInfo]) -> list[datetime]:
+    return [moment + shift for cert in certs for moment in (cert.not_before, cert.not_after)
+            for shift in (-_BOUNDARY_MARGIN, _BOUNDARY_MARGIN)]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -47,6 +58,9 @@ class TrustStore:
     store: Store | None  # None when there are no roots at all
     subjects: frozenset[x509.Name | bytes]
     infos: Mapping[str, CertInfo]  # by SHA-256 fingerprint, parsed once, shared by all
+    # Every root's validity boundaries, sorted: a root becoming valid or expiring can
+    # change any verification against this store (VerificationKey).
+    boundaries: tuple[datetime, ...] = field(default=())
 
     @classmethod
     def of(cls, roots: Iterable[x509.Certificate]) -> TrustStore:
@@ -57,7 +71,8 @@ class TrustStore:
                 infos[fingerprint] = parse_certificate(root.public_bytes(Encoding.DER), -1)
         certs = tuple(unique.values())
         return cls(certs, Store(list(certs)) if certs else None,
-                   frozenset(names_of(root)[0] for root in certs), infos)
+                   frozenset(names_of(root)[0] for root in certs), infos,
+                   tuple(sorted(_boundaries(infos.values()))))
 
 
 # Extensions the strict web-PKI profile requires but OpenSSL, Go and browsers do not.
@@ -86,6 +101,68 @@ _RELAXED_CA = (ExtensionPolicy.webpki_defaults_ca()
                .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
                .may_be_present(x509.SubjectKeyIdentifier, Criticality.AGNOSTIC, None)
                .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, None))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VerifyPolicy:
+    """The extension policies a chain is verified with (compared by identity: a policy
+    is a module constant, and another one is another policy)."""
+
+    ee: ExtensionPolicy
+    sanless_ee: ExtensionPolicy
+    ca: ExtensionPolicy
+
+
+WEB_PKI = VerifyPolicy(_RELAXED_EE, _SANLESS_EE, _RELAXED_CA)
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    """What a verification depends on, so that it can be reused while nothing changed:
+    the chain (DER, as presented), the trust store (by identity: a reload or another
+    `ca_file` is another store), the name checked, the policy, and the stretch of time
+    between two validity boundaries of the chain's certificates and the store's roots
+    (`now` strictly inside it). Anything else gives another key."""
+
+    ders: tuple[bytes, ...]
+    trust: TrustStore
+    name: str
+    policy: VerifyPolicy
+    after: datetime | None  # the last boundary before `now` (None: none)
+    before: datetime | None  # the first boundary after it
+
+    def admits(self, ders: tuple[bytes, ...], trust: TrustStore, name: str,
+               policy: VerifyPolicy, now: datetime) -> bool:
+        """Whether a verification made under this key holds for these inputs."""
+        return (trust is self.trust and policy is self.policy and name == self.name
+                and (self.after is None or self.after < now)
+                and (self.before is None or now < self.before)
+                and ders == self.ders)
+
+
+def verification_key(ders: tuple[bytes, ...], chain: Iterable[CertInfo], trust: TrustStore,
+                     name: str, policy: VerifyPolicy, now: datetime) -> VerificationKey | None:
+    """The key of a verification of `chain` (parsed from `ders`) at `now`; None when
+    `now` sits on a boundary (then nothing is reused)."""
+    moments = sorted(_boundaries(chain))
+    after = [m for m in (_last_before(moments, now), _last_before(trust.boundaries, now))
+             if m is not None]
+    before = [m for m in (_first_after(moments, now), _first_after(trust.boundaries, now))
+              if m is not None]
+    if now in moments or now in trust.boundaries:
+        return None
+    return VerificationKey(ders, trust, name, policy, max(after, default=None),
+                           min(before, default=None))
+
+
+def _last_before(moments: Sequence[datetime], now: datetime) -> datetime | None:
+    index = bisect.bisect_left(moments, now)
+    return moments[index - 1] if index else None
+
+
+def _first_after(moments: Sequence[datetime], now: datetime) -> datetime | None:
+    index = bisect.bisect_right(moments, now)
+    return moments[index] if index < len(moments) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +248,8 @@ def _name_in(cert: CertInfo, wanted: str) -> str:
 MAX_CHAIN_DEPTH = 8
 
 
-def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
-                at: datetime) -> tuple[list[x509.Certificate] | None, str]:
+def _build_path(chain: ParsedChain, trust: TrustStore, name: str, at: datetime,
+                policy: VerifyPolicy) -> tuple[list[x509.Certificate] | None, str]:
     subject = _subject_for(name)
     if trust.store is None:
         return None, "no trusted roots are configured"
@@ -182,9 +259,9 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str,
     leaf, intermediates = chain.certificates[0], list(chain.certificates[1:])
     try:
         if not chain.infos[0].dns_names and not chain.infos[0].ip_addresses:
-            return (builder.extension_policies(ca_policy=_RELAXED_CA, ee_policy=_SANLESS_EE)
+            return (builder.extension_policies(ca_policy=policy.ca, ee_policy=policy.sanless_ee)
                     .build_client_verifier().verify(leaf, intermediates).chain), ""
-        verifier = (builder.extension_policies(ca_policy=_RELAXED_CA, ee_policy=_RELAXED_EE)
+        verifier = (builder.extension_policies(ca_policy=policy.ca, ee_policy=policy.ee)
                     .build_server_verifier(subject))
         return verifier.verify(leaf, intermediates), ""
     except (VerificationError, ValueError) as exc:  # ValueError: cryptography failing to
@@ -245,7 +322,8 @@ def time_problems(certs: tuple[CertInfo, ...], now: datetime) -> tuple[list[Prob
     return problems, [_time_detail(problem, certs, now) for problem in problems]
 
 
-def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime) -> Verification:
+def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime,
+                 policy: VerifyPolicy = WEB_PKI) -> Verification:
     """Judges a presented chain (leaf first) as a client connecting to `name` at `now`."""
     if not chain.infos:
         return Verification(False, False, (Problem.UNTRUSTED,), "no certificate to verify")
@@ -261,9 +339,9 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
     # Trust is judged at a moment when the chain is valid, so that time problems are
     # reported as such rather than as distrust; validity is then checked at `now`.
     path_name = _name_in(leaf, name)
-    path, error = _build_path(chain, trust, path_name, now)
+    path, error = _build_path(chain, trust, path_name, now, policy)
     if path is None and (moment := _moment_all_valid(chain.infos)) is not None:
-        path, error = _build_path(chain, trust, path_name, moment)
+        path, error = _build_path(chain, trust, path_name, moment, policy)
     weak = _weak_key(leaf)
     if weak is not None:
         path = None

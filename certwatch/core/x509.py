@@ -12,6 +12,7 @@ import binascii
 import functools
 import hashlib
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -241,10 +242,13 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
         subject, issuer = names_of(cert)
         dns_names, ip_addresses = _sans(cert)
         key_type, key_bits = _key(cert)
+        aki = _authority_key_id(cert)
+        # What every leaf of one CA repeats (its name, key identifier, the key type) is one
+        # string object for all of them, not one per target.
         info = CertInfo(
             position=position,
             subject=_name(subject),
-            issuer=_name(issuer),
+            issuer=sys.intern(_name(issuer)),
             common_name=_first_value(subject, NameOID.COMMON_NAME),
             dns_names=dns_names,
             ip_addresses=ip_addresses,
@@ -253,15 +257,15 @@ def _parse_fields(der: bytes, position: int) -> tuple[CertInfo, x509.Certificate
             not_after=cert.not_valid_after_utc,
             fingerprint_sha256=hashlib.sha256(der).hexdigest(),
             fingerprint_sha1=hashlib.sha1(der, usedforsecurity=False).hexdigest(),
-            key_type=key_type,
+            key_type=sys.intern(key_type),
             key_bits=key_bits,
             signature_algorithm=_SIGNATURE_NAMES.get(
                 cert.signature_algorithm_oid, cert.signature_algorithm_oid.dotted_string),
             version=cert.version.value + 1,
             is_ca=_is_ca(cert),
             self_issued=subject == issuer,
-            issuer_name=_readable_name(issuer),
-            authority_key_id=_authority_key_id(cert),
+            issuer_name=sys.intern(_readable_name(issuer)),
+            authority_key_id=sys.intern(aki) if aki is not None else None,
         )
     except Exception as exc:  # noqa: BLE001 - any malformed input is one ValueError
         raise ValueError(f"certificate {position} cannot be parsed: {exc}") from None

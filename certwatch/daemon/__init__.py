@@ -29,7 +29,7 @@ from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.status import TargetStatus
 from certwatch.daemon.loading import Loaded, Loader
 from certwatch.daemon.pipeline import Pipeline
-from certwatch.daemon.reloads import ConfigStatus
+from certwatch.daemon.reloads import ConfigStatus, FirstSweep
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.sourcing import endpoint_map, invalid_entries, swap_endpoints
 from certwatch.daemon.startup import open_server, open_state
@@ -84,12 +84,14 @@ class Daemon:
         self._schedule = Schedule(self._probe, self._stop, self.metrics.clock_jumps.inc)
         self._schedule.wanted = lambda name: self._endpoint(name) is not None
         self._pipeline = Pipeline(self.store, self.metrics)
-        self._unprobed: set[str] = set()
+        self._first_sweep = FirstSweep(self.metrics)
         self._config = ConfigStatus(self.metrics)
         self._reloading = asyncio.Lock()
         self._pending: set[asyncio.Future[Any]] = set()  # rediscoveries under way
         self._notifier: Notifier | None = None
-        self.exposition = TargetExposition(self.store.statuses, self._schedule.worst_lag)
+        self.exposition = TargetExposition(
+            self.store.statuses, self._schedule.worst_lag,
+            lambda: self._running.inventory.metrics_extra if self._running else frozenset())
         self.metrics.watch_sources(lambda: self._running.sources.health() if self._running else {})
         self._listener = Listener(self._changed, self._rediscover)
         self._probes = ProbeService(lambda: self._running, self.registry)
@@ -106,7 +108,7 @@ class Daemon:
         return self._schedule.next_probe_at(endpoint_name)
 
     def ready(self) -> bool:
-        return self._running is not None and not self._unprobed
+        return self._running is not None and self._first_sweep.done
 
     def notices(self) -> list[str]:
         degraded = self._notifier.degraded if self._notifier else None
@@ -125,8 +127,8 @@ class Daemon:
         promptly, removed ones vanish, unchanged ones keep their state and schedule."""
         inventory, previous = loaded.inventory, self._running
         if previous is None:  # readiness waits for the first sweep of the first load
-            self._unprobed = {e.name for e in inventory.endpoints if self.shard.owns(e.name)}
-            self.metrics.ready.set(0 if self._unprobed else 1)
+            self._first_sweep.expect({e.name for e in inventory.endpoints
+                                      if self.shard.owns(e.name)})
         sources = Sources(inventory, previous.sources if previous else None)
         for replaced in sources.replaced:
             asyncio.ensure_future(sources.close([replaced]))
@@ -208,11 +210,7 @@ class Daemon:
         return outcome.wait
 
     def _first_probe_done(self, name: str) -> None:
-        if name in self._unprobed:
-            self._unprobed.discard(name)
-            if not self._unprobed:
-                self.metrics.ready.set(1)
-                log.info("first sweep finished", extra={"targets": len(self.store.statuses())})
+        self._first_sweep.probed(name, lambda: len(self.store.statuses()))
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -222,6 +220,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._schedule.start(loop)
+        log.info("event loop: %s", type(loop).__module__.split(".")[0],
+                 extra={"event_loop": type(loop).__module__.split(".")[0]})
         try:
             if not await self.reload("start-up"):
                 return 2

@@ -61,13 +61,15 @@ class Pipeline:
         coming."""
         lag = None
         try:
+            earlier = {s.target.key: s.assessment for s in self.store.of_endpoint(endpoint.name)}
             judged = await judge_endpoint(endpoint, source, trust, refusals=refusals,
-                                          renewal_info=self.renewal.known)
+                                          renewal_info=self.renewal.known, previous=earlier)
             if current() is not endpoint:
                 return Outcome(None)
             previous = self.store.of_endpoint(endpoint.name)
-            statuses = self._remember(merge(previous, judged.assessments, endpoint,
-                                            judged.rejudge))
+            statuses = self._remember(merge(
+                previous, judged.assessments, endpoint,
+                lambda observation: judged.rejudge(observation, earlier.get(observation.target.key))))
             vanished = {s.target.key for s in previous} - {s.target.key for s in statuses}
             self.forget(vanished)
             self._record(endpoint, statuses, sorted(vanished), notifier)
@@ -85,8 +87,8 @@ class Pipeline:
             leaves = [s.assessment.leaf for s in statuses if s.assessment.leaf is not None]
             if await self.renewal.refresh(endpoint, leaves) and current() is endpoint:
                 self._record(endpoint, [dataclasses.replace(
-                    s, assessment=judged.rejudge(s.assessment.observation)) for s in statuses],
-                    (), notifier)
+                    s, assessment=judged.rejudge(s.assessment.observation, s.assessment))
+                    for s in statuses], (), notifier)
         except Exception:
             log.exception("probe of %s failed inside certwatch", endpoint.name)
             failed = True

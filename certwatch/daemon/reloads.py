@@ -1,4 +1,5 @@
-"""What the daemon says about its configuration: the reload metrics, the banner, the logs.
+"""What the daemon says about its configuration: the reload metrics, the banner, the logs;
+and whether it is ready (the first load's endpoints each probed once).
 
 A rejected or vanished file is said once in each place a user looks: the log, the
 `certwatch_config_*` metrics and the status page's banner; at start-up, when there is no
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from certwatch.config import ConfigError
 from certwatch.serving.metrics import DaemonMetrics
 
-__all__ = ["ConfigStatus"]
+__all__ = ["ConfigStatus", "FirstSweep"]
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +53,29 @@ class ConfigStatus:
     def _failed(self) -> None:
         self.metrics.reload_ok.set(0)
         self.metrics.reloads.labels("failure").inc()
+
+
+class FirstSweep:
+    """Readiness (/readyz, certwatch_ready): it waits for the first sweep of the first
+    load; later reloads do not take it back."""
+
+    def __init__(self, metrics: DaemonMetrics) -> None:
+        self.metrics = metrics
+        self._unprobed: set[str] = set()
+        self.started = False
+
+    @property
+    def done(self) -> bool:
+        return self.started and not self._unprobed
+
+    def expect(self, names: set[str]) -> None:
+        self.started, self._unprobed = True, names
+        self.metrics.ready.set(0 if names else 1)
+
+    def probed(self, name: str, targets: Callable[[], int]) -> None:
+        """`name` was probed (or left the inventory); `targets` counts what is known."""
+        if name in self._unprobed:
+            self._unprobed.discard(name)
+            if not self._unprobed:
+                self.metrics.ready.set(1)
+                log.info("first sweep finished", extra={"targets": targets()})

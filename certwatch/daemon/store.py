@@ -1,13 +1,15 @@
-"""The latest status of every target, as one snapshot that readers never see change.
+"""The latest status of every target; readers get a snapshot that never changes.
 
-The store's mapping is replaced whole on every update (copy on write), so the metrics
-exposition and the HTTP API read a consistent snapshot without locks. The update rule
-itself is pure (:func:`certwatch.core.status.merge`).
+Everything runs on one event loop, so an update never interleaves with a reader's copy:
+the metrics exposition and the HTTP API take their list or mapping of statuses in one
+step (statuses(), snapshot()) and render from that, without locks. Updating one endpoint
+changes one entry in place: copying the whole mapping on every probe made a sweep cost
+O(N^2) (a tenth of a millisecond a probe at 10,000 targets, a millisecond at 100,000).
+The update rule itself is pure (:func:`certwatch.core.status.merge`).
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Iterable, Mapping
 
 from certwatch.core.status import Change, TargetStatus
@@ -16,14 +18,10 @@ __all__ = ["Store"]
 
 
 class Store:
-    """Latest statuses, by endpoint name, as an immutable snapshot replaced on each update.
-
-    Updating one endpoint copies only the outer mapping (a C-level dict copy), so a sweep
-    of N endpoints costs O(N) copies of pointers, not O(N) Python work per update.
-    """
+    """Latest statuses, by endpoint name (each endpoint's a tuple, replaced whole)."""
 
     def __init__(self) -> None:
-        self._by_endpoint: MappingProxyType[str, tuple[TargetStatus, ...]] = MappingProxyType({})
+        self._by_endpoint: dict[str, tuple[TargetStatus, ...]] = {}
 
     def snapshot(self) -> Mapping[str, TargetStatus]:
         """Every target's status by target key (built per call: for scrapes and the API)."""
@@ -39,9 +37,7 @@ class Store:
         """Sets the endpoint's statuses (dropping addresses it no longer has)."""
         before = {s.target.key: s.state for s in self._by_endpoint.get(name, ())}
         statuses = tuple(statuses)
-        updated = self._by_endpoint.copy()  # dict(proxy) takes a slow path: 15x slower
-        updated[name] = statuses
-        self._by_endpoint = MappingProxyType(updated)
+        self._by_endpoint[name] = statuses
         return [Change(before.get(s.target.key), s) for s in statuses
                 if before.get(s.target.key) is not s.state]
 
@@ -50,6 +46,5 @@ class Store:
         gone = [s.target.key for name, statuses in self._by_endpoint.items()
                 if name not in names for s in statuses]
         if any(name not in names for name in self._by_endpoint):
-            self._by_endpoint = MappingProxyType(
-                {n: s for n, s in self._by_endpoint.items() if n in names})
+            self._by_endpoint = {n: s for n, s in self._by_endpoint.items() if n in names}
         return gone

@@ -132,7 +132,9 @@ class ProbeService:
         statuses, result = await self._probe(endpoint, settings, deadline)
         self._requests.labels(label, result).inc()
         log.debug("probed", extra={"target": target, "probe_module": module_name, "result": result})
-        return web.Response(body="".join(target_families(statuses)).encode(),
+        running = self._running()
+        extra = running.inventory.metrics_extra if running is not None else frozenset()
+        return web.Response(body="".join(target_families(statuses, extra)).encode(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _refuse(self, label: str, status: int, why: str) -> web.Response:
