@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certwatch.config import ConfigError, build_inventory
 from certwatch.core.inventory import Inventory
+from certwatch.serving.listener import stream_transport
 
 __all__ = ["DemoEndpoints", "with_demo"]
 
@@ -200,11 +201,11 @@ class _Connection(asyncio.Protocol):
             self._closed.set_result(None)
 
     async def _converse(self, raw: asyncio.BaseTransport) -> None:
-        assert isinstance(raw, asyncio.Transport) and self._site.context is not None
+        assert self._site.context is not None
         tls: asyncio.Transport | None = None
         try:
             tls = await asyncio.get_running_loop().start_tls(
-                raw, self, self._site.context, server_side=True,
+                stream_transport(raw), self, self._site.context, server_side=True,
                 ssl_handshake_timeout=_HANDSHAKE_SECONDS, ssl_shutdown_timeout=_CLOSE_SECONDS)
             await asyncio.wait([self._closed], timeout=_LINGER_SECONDS)
         except OSError as exc:  # clients vanish, or do not speak TLS; ssl.SSLError is an OSError

@@ -36,11 +36,11 @@ import ssl
 import time
 from asyncio import sslproto
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 from aiohttp import web
 
-__all__ = ["ConnectionGuard", "GuardedSite", "ListenerLimits"]
+__all__ = ["ConnectionGuard", "GuardedSite", "ListenerLimits", "stream_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class ListenerLimits:
     idle_timeout: float = 60.0  # keep-alive between requests
     max_header_bytes: int = 64 * 1024
 
+
+def stream_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A stream socket's transport, as the type checker should see it. Not an isinstance
+    check: uvloop's transports have asyncio.Transport's methods without subclassing it."""
+    return cast(asyncio.Transport, transport)
 
 class _Slot:
     """One open connection, as the guard sees it."""
@@ -141,10 +146,9 @@ class ConnectionGuard:
                                "closed_at_cap": self.closed_at_cap})
 
     def connected(self, slot: _Slot, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream socket's
-        slot.transport = transport
+        slot.transport = stream_transport(transport)
         if slot.refused:
-            transport.abort()
+            slot.transport.abort()
 
     def forget(self, slot: _Slot) -> None:
         self._open.pop(slot, None)
@@ -218,8 +222,7 @@ class _RequestWatch(asyncio.Protocol):
         self._busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream's (TLS or not)
-        self._transport = transport
+        self._transport = stream_transport(transport)  # TLS or not
         self._guard._watches[transport] = self
         if self._guard._tls is None:
             self._guard.connected(self._slot, transport)
