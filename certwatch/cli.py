@@ -390,7 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = args.log_level or ("info" if args.command == "run" else "warning")
     configure_logging(level, args.log_format if args.command == "run" else "text")
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # `certwatch check --format json | head`: the reader left, which is no error of
+        # ours. Python's advice: point stdout at devnull so the exit's flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_UNKNOWN
 
 
 if __name__ == "__main__":  # pragma: no cover

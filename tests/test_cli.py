@@ -328,3 +328,21 @@ def test_every_problem_of_every_file_in_one_pass(tmp_path: Path) -> None:
     assert [(e["level"], e["source"], len(e["problems"])) for e in logged] == [
         ("error", str(inventory), 3), ("error", str(web), 3)]
     assert all(e["message"] == "configuration rejected" for e in logged)
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(servers) -> None:  # type: ignore[no-untyped-def]
+    """`certwatch check --format json | head -1`: the pipe closes before the output ends."""
+    directory, ok, *_ = servers
+    inventory = directory / "many.yaml"
+    inventory.write_text("defaults: {ca_file: root.pem, system_trust: false}\nendpoints:\n" + "".join(
+        f"  - {{name: t{i}, host: 127.0.0.1, port: {ok.port}, server_name: svc.test}}\n"
+        for i in range(40)))  # ~100 KB of JSON: more than a pipe's buffer
+    read, write = os.pipe()
+    with subprocess.Popen([sys.executable, "-m", "certwatch", "check", "-c", str(inventory),
+                           "--format", "json"], stdout=write, stderr=subprocess.PIPE) as check:
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            assert pipe.read(1) == b"["  # then the reader leaves, as head does
+        _, stderr = check.communicate(timeout=60)
+    assert check.returncode == 3, stderr  # unknown: the output did not reach its reader
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr, stderr
