@@ -71,19 +71,19 @@ def test_two_replicas_decide_one_after_the_other(postgres_server: Postgres) -> N
     entered, release = threading.Event(), threading.Event()
     seen_by_b: list[dict[str, Alert]] = []
 
-    def slow_decision(current: dict[str, Alert]):  # type: ignore[no-untyped-def]
+    def slow_decision(current: dict[str, Alert], now: datetime):  # type: ignore[no-untyped-def]
         entered.set()
         release.wait(5)  # replica A holds the target's lock while it decides
         return {"web@127.0.0.1/expiry": _alert()}, [_notification(1)], [(_notification(1), "hook")]
 
-    def b_decision(current: dict[str, Alert]):  # type: ignore[no-untyped-def]
+    def b_decision(current: dict[str, Alert], now: datetime):  # type: ignore[no-untyped-def]
         seen_by_b.append(dict(current))
         return {}, [], []
 
-    first = threading.Thread(target=lambda: a.decide(["web@127.0.0.1"], slow_decision, NOW))
+    first = threading.Thread(target=lambda: a.decide(["web@127.0.0.1"], slow_decision, lambda: NOW))
     first.start()
     assert entered.wait(5)
-    second = threading.Thread(target=lambda: b.decide(["web@127.0.0.1"], b_decision, NOW))
+    second = threading.Thread(target=lambda: b.decide(["web@127.0.0.1"], b_decision, lambda: NOW))
     second.start()
     time.sleep(0.3)
     assert not seen_by_b  # B waits for A's lock

@@ -131,13 +131,13 @@ class Notifier:
         if known is None:
             return
 
-        def decision(current: Mapping[str, Alert]) -> Decision:
+        def decision(current: Mapping[str, Alert], now: datetime) -> Decision:
             changes, notices = decide(current, statuses, now, policy, removed_targets=removed,
                                       handed_over_targets=handed_over)
             return changes, notices, [(n, sink.name) for n in notices
                                       for sink in self.config.sinks if sink.accepts(n)]
 
-        tentative = decision(known)
+        tentative = decision(known, now)
         if not tentative[0]:
             self._remember(targets, known, {})
             return
@@ -145,7 +145,7 @@ class Notifier:
         # Nothing is lost by not writing: the open alerts are unchanged, so the same
         # decision is taken again at the next probe, once the database accepts writes.
         if not self.guard.may_write() or not self.guard.record(lambda: outcome.append(
-                self.outbox.decide(targets, decision, now) if self.outbox.shared
+                self.outbox.decide(targets, decision, self.clock) if self.outbox.shared
                 else self._apply(tentative, now))):
             return
         changes, notices, deliveries = outcome[0]

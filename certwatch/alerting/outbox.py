@@ -165,13 +165,18 @@ class Outbox:
         with self.db.transaction():
             self._write(changes, deliveries, now)
 
-    def decide(self, targets: Sequence[str], decide: Callable[[Mapping[str, Alert]], Decision],
-               now: datetime) -> Decision:
+    def decide(self, targets: Sequence[str],
+               decide: Callable[[Mapping[str, Alert], datetime], Decision],
+               clock: Callable[[], datetime]) -> Decision:
         """Decides about `targets` from their open alerts as stored, and writes the
-        decision, in one transaction that holds the targets' locks."""
+        decision, in one transaction that holds the targets' locks. The decision's
+        moment is read once the locks are held: a replica that waited for them (or was
+        stalled) must not date its notification before the one it waited for, or a
+        receiver ordering by time would see a resolve before its trigger."""
         with self.db.transaction():
             self.db.lock(targets)
-            decision = decide(self.alerts_of(targets))
+            now = clock()
+            decision = decide(self.alerts_of(targets), now)
             self._write(decision[0], decision[2], now)
         return decision
 

@@ -56,6 +56,7 @@ class PostgresDatabase(Database):
         self._state = state
         self.where = state.url
         self._conn: psycopg.Connection[Any] | None = None
+        self._in_transaction = False
         self._retry_at = 0.0
         try:
             conn = self._connection()
@@ -74,7 +75,9 @@ class PostgresDatabase(Database):
 
     def _connection(self) -> psycopg.Connection[Any]:
         conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
+        if conn is not None and (self._in_transaction or not conn.closed and not conn.broken):
+            # Inside a transaction, never another connection: its statements would run
+            # outside the transaction, and without its locks. A broken one raises.
             return conn
         if time.monotonic() < self._retry_at:
             raise DatabaseError(f"no connection to {self.where} (trying again shortly)")
@@ -107,7 +110,11 @@ class PostgresDatabase(Database):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self._translated() as conn, conn.transaction():
-            yield
+            self._in_transaction = True
+            try:
+                yield
+            finally:
+                self._in_transaction = False
 
     def lock(self, keys: Sequence[str]) -> None:
         # In a fixed order, so two replicas locking overlapping sets cannot deadlock.
