@@ -1,0 +1,123 @@
+"""The schedule on its own: APScheduler's interval jobs, the queue and its workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any, Awaitable, Callable
+
+from certwatch.daemon.schedule import Schedule, utcnow
+
+
+def _run_schedule(body: Callable[[Schedule, dict[str, Any]], Awaitable[None]],
+                  run: Callable[[str, dict[str, Any]], Awaitable[float | None]]) -> dict[str, Any]:
+    """Runs `body` against a started Schedule whose probes are `run`; returns what they
+    recorded (`starts`, `ends`: monotonic times per name) and the jobs APScheduler was
+    given (`added`)."""
+    seen: dict[str, Any] = {"starts": {}, "ends": {}, "added": 0}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def probe(name: str) -> float | None:
+            seen["starts"].setdefault(name, []).append(time.monotonic())
+            try:
+                return await run(name, seen)
+            finally:
+                seen["ends"].setdefault(name, []).append(time.monotonic())
+
+        schedule = Schedule(probe, stop, lambda: None)
+        schedule.start(asyncio.get_running_loop())
+        scheduler = schedule._scheduler
+        assert scheduler is not None
+        add_job = scheduler.add_job
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            seen["added"] += 1
+            return add_job(*args, **kwargs)
+
+        scheduler.add_job = counting  # type: ignore[method-assign]
+        schedule.resize(4)
+        schedule.release()
+        try:
+            await asyncio.wait_for(body(schedule, seen), 20)
+        finally:
+            stop.set()
+            await schedule.drain(1)
+
+    asyncio.run(main())
+    return seen
+
+
+def test_the_steady_state_adds_no_job_per_probe() -> None:
+    async def run(name: str, seen: dict[str, Any]) -> float:
+        return 0.2
+
+    async def body(schedule: Schedule, seen: dict[str, Any]) -> None:
+        schedule.schedule("a", utcnow())
+        await asyncio.sleep(3)
+
+    seen = _run_schedule(body, run)
+    starts = seen["starts"]["a"]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert 11 <= len(starts) <= 17, gaps  # every 0.2 s ± 10%, for 3 s
+    assert all(0.14 < gap < 0.30 for gap in gaps), gaps
+    assert 0.18 < sum(gaps) / len(gaps) < 0.22, gaps  # the jitter does not lengthen the wait
+    # The first run, then one interval job: APScheduler sets each next run itself.
+    assert seen["added"] == 2
+
+
+def test_failures_retry_at_their_own_interval_then_the_interval_returns() -> None:
+    async def run(name: str, seen: dict[str, Any]) -> float:
+        failing = len(seen["starts"][name]) <= 3
+        return 0.1 if failing else 30.0  # retry_interval, then interval
+
+    async def body(schedule: Schedule, seen: dict[str, Any]) -> None:
+        schedule.schedule("a", utcnow())
+        await asyncio.sleep(1.5)
+        next_at = schedule.next_probe_at("a")
+        assert next_at is not None
+        assert timedelta(seconds=25) < next_at - utcnow() < timedelta(seconds=33)
+
+    seen = _run_schedule(body, run)
+    assert len(seen["starts"]["a"]) == 4  # three failures 0.1 s apart, one success
+    assert seen["added"] == 3  # the first run, the retry job, the interval job
+
+
+def test_a_slow_probe_is_never_run_twice_at_once_nor_back_to_back() -> None:
+    async def run(name: str, seen: dict[str, Any]) -> float:
+        await asyncio.sleep(0.5)  # longer than the interval
+        return 0.2
+
+    async def body(schedule: Schedule, seen: dict[str, Any]) -> None:
+        schedule.schedule("a", utcnow())
+        await asyncio.sleep(3)
+
+    seen = _run_schedule(body, run)
+    starts, ends = seen["starts"]["a"], seen["ends"]["a"]
+    assert all(start >= end for start, end in zip(starts[1:], ends)), (starts, ends)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(starts) <= 6 and all(gap >= 0.5 for gap in gaps), gaps
+
+
+def test_a_probe_asked_for_during_a_probe_runs_soon_after_it() -> None:
+    """A reload changed the endpoint while its probe ran: the new definition is probed
+    about a second later, not an interval later."""
+    async def run(name: str, seen: dict[str, Any]) -> float:
+        if len(seen["starts"][name]) == 1:
+            await asyncio.sleep(0.5)
+        return 3600.0
+
+    async def body(schedule: Schedule, seen: dict[str, Any]) -> None:
+        schedule.schedule("a", utcnow())
+        deadline = time.monotonic() + 5
+        while "a" not in seen["starts"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        schedule.schedule("a", utcnow())  # while the first probe runs
+        while len(seen["starts"].get("a", [])) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    seen = _run_schedule(body, run)
+    starts, ends = seen["starts"]["a"], seen["ends"]["a"]
+    assert len(starts) == 2 and 0 < starts[1] - ends[0] < 1.6, (starts, ends)
