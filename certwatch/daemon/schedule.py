@@ -7,12 +7,13 @@ when the wait changes (a probe failed, or succeeded again), and moved (`modify_j
 probe an endpoint promptly. The waits count from when a probe was due, not from when it
 ended (so a sweep does not drift later by its probes' durations); a probe slower than its
 interval skips the runs that came round meanwhile, and one is never run twice at once.
-Re-adding a one-off job after every probe cost a quarter of
-a millisecond of CPU each (a new Job, its trigger, the signature check): a tenth of the
-steady state's cost per probe. A due job only puts the endpoint's name in a
-queue that `max_concurrency` workers take from, so 10,000 endpoints due at once are
-10,000 names waiting, not 10,000 suspended probes (each holding its coroutine, task and
-buffers). An endpoint is never queued or probed twice at once.
+Re-adding a one-off job after every probe cost a quarter of a millisecond of CPU each (a
+new Job, its trigger, the signature check): a tenth of the steady state's cost a probe.
+
+A due job only puts the endpoint's name in a queue that `max_concurrency` workers take
+from, so 10,000 endpoints due at once are 10,000 names waiting, not 10,000 suspended
+probes (each holding its coroutine, task and buffers). An endpoint is never queued or
+probed twice at once.
 
 APScheduler runs jobs at wall-clock times, so a watchdog compares the wall clock with
 the monotonic one and moves every due time with a jump (:meth:`Schedule.watch_clock`).
