@@ -46,6 +46,7 @@ def loop_factory(choice: str | None = None) -> tuple[str, LoopFactory | None]:
 
 def run(main: Coroutine[Any, Any, T], choice: str | None = None) -> T:
     """asyncio.run(main) on the chosen loop."""
-    _, factory = loop_factory(choice)
+    name, factory = loop_factory(choice)
+    log.debug("event loop: %s", name)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

@@ -137,8 +137,8 @@ def test_a_probe_answers_with_the_daemons_series(served) -> None:  # type: ignor
     assert status == 200
     names = {n for n, _ in _samples(text)}
     assert "certwatch_cert_expiry_timestamp_seconds" in names
-    assert any(n == "certwatch_cert_hostname_match" and v == 0.0
-               for (n, _), v in _samples(text).items())
+    assert any(n == "certwatch_cert_verify_problem" and dict(k)["problem"] == "hostname_mismatch"
+               and v == 1.0 for (n, k), v in _samples(text).items())
 
 
 def test_a_module_chooses_the_protocol(served) -> None:  # type: ignore[no-untyped-def]
@@ -147,7 +147,8 @@ def test_a_module_chooses_the_protocol(served) -> None:  # type: ignore[no-untyp
     assert status == 200
     errors = [dict(k) for (n, k) in _samples(text) if n == "certwatch_probe_error_info"]
     assert errors and errors[0]["kind"] in ("starttls_unsupported", "timeout", "closed"), errors
-    assert errors[0]["protocol"] == "smtp"
+    (info,) = [dict(k) for (n, k) in _samples(text) if n == "certwatch_target_info"]
+    assert info["protocol"] == "smtp" and info["name"] == errors[0]["name"]
 
 
 def test_what_is_not_allowed_is_refused(served) -> None:  # type: ignore[no-untyped-def]

@@ -93,8 +93,11 @@ def test_hashmod_sends_each_target_to_exactly_one_replica(pki: tuple[Issued, Pat
         assert not first & second, first & second  # exactly one replica per target
         assert first and second  # and the hash did split them
         stored = _query(base, 'certwatch_cert_expiry_timestamp_seconds{job="certwatch-probe"}')
-        for sample in stored:  # the daemon's labels, the target as the instance
+        assert len(stored) == TARGETS and all(  # the target as the instance
+            s["metric"]["instance"] == s["metric"]["name"] for s in stored)
+        described = _query(base, 'certwatch_target_info{job="certwatch-probe"}')
+        for sample in described:  # the daemon's labels, on the info series
             labels = sample["metric"]
             assert labels["instance"] == labels["name"] == f"{labels['host']}:{labels['port']}"
             assert labels["server_name"] == "svc.test" and labels["protocol"] == "tls"
-        assert len(stored) == TARGETS
+        assert len(described) == TARGETS

@@ -46,8 +46,18 @@ _BOUNDARY_MARGIN = timedelta(seconds=1)
 
 
 def _boundaries(certs: Iterable[CertInfo]) -> list[datetime]:
-    return [moment + shift for cert in certs for moment in (cert.not_before, cert.not_after)
+    return [_shifted(moment, shift) for cert in certs
+            for moment in (cert.not_before, cert.not_after)
             for shift in (-_BOUNDARY_MARGIN, _BOUNDARY_MARGIN)]
+
+
+def _shifted(moment: datetime, shift: timedelta) -> datetime:
+    """`moment + shift`, or `moment` at the ends of the calendar (year 1, 9999), where
+    no clock will ever be to cross the boundary."""
+    try:
+        return moment + shift
+    except OverflowError:
+        return moment
 
 
 @dataclass(frozen=True, slots=True, eq=False)

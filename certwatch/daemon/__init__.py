@@ -220,8 +220,6 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self._schedule.start(loop)
-        log.info("event loop: %s", type(loop).__module__.split(".")[0],
-                 extra={"event_loop": type(loop).__module__.split(".")[0]})
         try:
             if not await self.reload("start-up"):
                 return 2

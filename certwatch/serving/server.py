@@ -3,6 +3,7 @@ its connections bounded by :mod:`~certwatch.serving.listener`."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -54,7 +55,9 @@ async def serve(view: DaemonView, listen: str, web_config: WebConfig | None,
     log.info("listening on %s://%s:%s/", scheme, host or "0.0.0.0", bound,
              extra={"port": bound, "scheme": scheme,
                     "basic_auth": bool(web_config and web_config.basic_auth_users),
-                    "max_connections": limits.max_connections})
+                    "max_connections": limits.max_connections,
+                    # uvloop or asyncio (certwatch.eventloop)
+                    "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
     if server_tls is not None:
         log_serving(server_tls)
     elif web_config is not None and web_config.basic_auth_users:
