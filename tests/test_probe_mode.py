@@ -20,7 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from certwatch.config import ConfigError, parse_inventory
-from certwatch.core.probing import AllowList, parse_target, probe_endpoint
+from certwatch.core.inventory import AllowList
+from certwatch.core.probing import parse_target, probe_endpoint
 from tests.pki import Issued
 from tests.servers import TarpitServer, TLSServer
 from tests.test_daemon import RunningDaemon, leaf_files, pki, wait_for  # noqa: F401

@@ -28,7 +28,7 @@ from certwatch.config.alerts import mapping_or_none
 from certwatch.config.kit import Problems, Reader, describe, line_of
 from certwatch.config.yamlfile import Mapping as LineMapping
 from certwatch.core.inventory import Endpoint, SharedState
-from certwatch.core.probing import AllowList, ProbeModule, ProbeSettings
+from certwatch.core.inventory import AllowList, ProbeModule, ProbeSettings
 
 __all__ = ["MODULE_HOST", "read_probe", "read_state"]
 

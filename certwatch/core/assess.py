@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING
 from typing import Mapping
 
 from certwatch.core.atrest import verify_at_rest
+from certwatch.core.findings import Refusals
 from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
 from certwatch.core.renewal import Renewal, RenewalInfo, judge_renewal
@@ -28,9 +28,6 @@ from certwatch.core.verify import (
 )
 from certwatch.core.vocabulary import ErrorKind, Problem, Reason, SourceKind, State
 from certwatch.core.x509 import CertInfo, parse_chain
-
-if TYPE_CHECKING:
-    from certwatch.core.refusals import Refusals
 
 __all__ = ["Assessment", "assess"]
 

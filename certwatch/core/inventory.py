@@ -5,22 +5,21 @@ Nothing here reads a file or the network; paths are kept as paths.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
 from certwatch.core.ctpolicy import CTLogList
 from certwatch.core.rootprograms import DistrustRule
 from certwatch.core.selections import KubernetesAccess, Selection
 
-if TYPE_CHECKING:
-    from certwatch.core.probing import ProbeSettings
-
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_LISTEN", "METRIC_GROUPS", "PROTOCOLS", "RESERVED_LABELS",
     "TLS_ALIASES", "URL_SCHEMES", "AlertSettings", "Defaults", "Endpoint", "Inventory", "Proxy",
-    "RevocationSettings", "SharedState", "Thresholds",
+    "AllowList", "ProbeModule", "ProbeSettings", "RevocationSettings", "SharedState",
+    "Thresholds",
     "is_ip", "split_listen",
     "CRITICAL_FRACTION", "RENEWAL_DUE_FRACTION", "WARN_FRACTION",
 ]
@@ -210,6 +209,50 @@ class SharedState:
 
     url: str  # postgresql://user@host:port/database
     password: str | None = field(default=None, repr=False)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """What `/probe` may connect to. Empty: nothing."""
+
+    networks: tuple[Network, ...] = ()
+    names: tuple[str, ...] = ()  # glob patterns of A-labels, lower case: "*.example.com"
+
+    def allows_address(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def allows_name(self, host: str) -> bool:
+        """`*` matches within and across labels: "*.example.com" allows every name below
+        example.com, not example.com itself."""
+        host = host.lower().rstrip(".")
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.names)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeModule:
+    """A module: the endpoint options as a template (its host is a placeholder)."""
+
+    name: str
+    template: Endpoint
+    fixed_server_name: bool = False  # the module names the SNI; else it is the target's host
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSettings:
+    """The `probe:` section."""
+
+    allow: AllowList = field(default_factory=AllowList)
+    modules: Mapping[str, ProbeModule] = field(default_factory=dict)
+    default: ProbeModule | None = None  # the file's defaults
+    max_concurrency: int = 16  # probes under way at once; more wait (within their deadline)
+    timeout_offset: float = 0.5  # seconds kept back from the scrape's timeout for the answer
 
 
 @dataclass(frozen=True, slots=True)

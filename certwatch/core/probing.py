@@ -1,4 +1,5 @@
-"""`/probe` mode as values: modules, the allow-list, and a scrape's target as an endpoint.
+"""`/probe` mode: a scrape's target as an endpoint (its modules and allow-list are values
+of the inventory, :class:`~certwatch.core.inventory.ProbeSettings`).
 
 Prometheus' multi-target exporter pattern (as blackbox_exporter and ssl_exporter do it):
 Prometheus asks `GET /probe?target=host:port&module=NAME`, certwatch probes that target
@@ -19,59 +20,13 @@ Pure: no look-ups, no I/O.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import ipaddress
-from dataclasses import dataclass, field
-from typing import Mapping
 
-from certwatch.core.inventory import PROTOCOLS, Endpoint, is_ip
+from certwatch.core.inventory import PROTOCOLS, Endpoint, ProbeModule, is_ip
 from certwatch.core.names import a_label
 
-__all__ = ["AllowList", "ProbeModule", "ProbeSettings", "parse_target", "probe_endpoint"]
+__all__ = ["parse_target", "probe_endpoint"]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_TARGET = 300  # characters of a target: a host name is at most 253
-
-
-@dataclass(frozen=True, slots=True)
-class AllowList:
-    """What `/probe` may connect to. Empty: nothing."""
-
-    networks: tuple[Network, ...] = ()
-    names: tuple[str, ...] = ()  # glob patterns of A-labels, lower case: "*.example.com"
-
-    def allows_address(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%")[0])
-        except ValueError:
-            return False
-        return any(ip in network for network in self.networks)
-
-    def allows_name(self, host: str) -> bool:
-        """`*` matches within and across labels: "*.example.com" allows every name below
-        example.com, not example.com itself."""
-        host = host.lower().rstrip(".")
-        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.names)
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeModule:
-    """A module: the endpoint options as a template (its host is a placeholder)."""
-
-    name: str
-    template: Endpoint
-    fixed_server_name: bool = False  # the module names the SNI; else it is the target's host
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeSettings:
-    """The `probe:` section."""
-
-    allow: AllowList = field(default_factory=AllowList)
-    modules: Mapping[str, ProbeModule] = field(default_factory=dict)
-    default: ProbeModule | None = None  # the file's defaults
-    max_concurrency: int = 16  # probes under way at once; more wait (within their deadline)
-    timeout_offset: float = 0.5  # seconds kept back from the scrape's timeout for the answer
 
 
 def parse_target(text: str) -> tuple[str, int | None]:

@@ -24,13 +24,13 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Protocol
 
 from cryptography import x509
 
 from certwatch.core.assess import Assessment
 from certwatch.core.ctpolicy import CTLogList, CTVerdict, embedded_scts, judge_ct
+from certwatch.core.findings import Lint, LintCode, Refusals
 from certwatch.core.inventory import RevocationSettings
 from certwatch.core.revocation import (
     CERTIFICATE_MEMO,
@@ -61,35 +61,8 @@ from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import AlertKind, Reason, Severity, State
 from certwatch.core.x509 import sha256_hex
 
-__all__ = ["Evidence", "Lint", "LintCode", "Policy", "Refusals", "Wanted", "alert_conditions",
-           "alert_details", "judge_refusals", "revocation_summary", "wanted"]
-
-
-class LintCode(StrEnum):
-    """Root-program lints. Bounded: each is a reason and a metric label."""
-
-    CT_NOT_COMPLIANT = "ct_not_compliant"
-    VALIDITY_TOO_LONG = "validity_too_long"
-    DISTRUSTED_CA = "distrusted_ca"
-    DISTRUSTED_AT_RENEWAL = "distrusted_at_renewal"
-
-
-@dataclass(frozen=True, slots=True)
-class Lint:
-    code: LintCode
-    state: State  # WARNING, or CRITICAL when clients already refuse the certificate
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refusals:
-    """What was judged beyond expiry, for one target."""
-
-    revocation: Revocation | None  # None when the target had no readable leaf
-    public: bool  # the chain verified to a publicly trusted root
-    sct_count: int | None  # SCTs embedded in the leaf
-    sct_operators: tuple[str, ...]
-    lints: tuple[Lint, ...]
+__all__ = ["Evidence", "Policy", "Wanted", "alert_conditions", "alert_details",
+           "judge_refusals", "revocation_summary", "wanted"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from certwatch.core.refusals import Refusals
+from certwatch.core.findings import Refusals
 from certwatch.core.revocation import Revocation, RevocationStatus
 from certwatch.core.status import TargetStatus
 

@@ -33,7 +33,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 from certwatch.config.kit import suggest
 from certwatch.core.inventory import Endpoint, Inventory, is_ip
 from certwatch.core.observation import Observation, ProbeError, Target
-from certwatch.core.probing import ProbeSettings, parse_target, probe_endpoint
+from certwatch.core.inventory import ProbeSettings
+from certwatch.core.probing import parse_target, probe_endpoint
 from certwatch.core.status import TargetStatus, merge
 from certwatch.core.vocabulary import ErrorKind, Phase
 from certwatch.render.exposition import target_families
