@@ -124,7 +124,7 @@ class DaemonLog:
         self.lines = 0
 
     WATCHED = ("configuration loaded", "listening on", "first sweep finished",
-               "stopping", "stopped", "event loop")
+               "stopping", "stopped")
 
     def read(self) -> None:
         with open(self.path, "rb") as f:

@@ -296,8 +296,9 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         wait_for_log(process, log, "listening on", START_TIMEOUT)
         port = int(log.first["listening on"]["port"])
         wait_for_log(process, log, "first sweep finished", args.deadline)
-        # The daemon says which loop it runs on (one before issue 15 does not: asyncio's).
-        logged = log.first.get("event loop", {}).get("event_loop")
+        # The daemon says which loop it runs on, on its "listening on" line (one before
+        # issue 15 does not: asyncio's).
+        logged = log.first["listening on"].get("event_loop")
         figures.event_loop = logged or "asyncio (not logged)"
         first.cpu_seconds = sum(cpu_seconds(process.pid)) - cpu0
         first.nginx_cpu_seconds = tree_cpu(nginx_pid) - nginx0
