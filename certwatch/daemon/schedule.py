@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Mapping
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -118,8 +118,10 @@ class Schedule:
 
     # --- due times ------------------------------------------------------------------------
 
-    def schedule(self, name: str, when: datetime) -> None:
-        """The endpoint's next probe at `when`; its job goes on repeating after it."""
+    def schedule(self, name: str, when: datetime, every: float | None = None) -> None:
+        """The endpoint's next probe at `when`; its job goes on repeating after it, every
+        `every` seconds for a new one (the endpoint's interval) until a probe says
+        otherwise."""
         assert self._scheduler is not None
         self._deadline[name] = time.monotonic() + (when - utcnow()).total_seconds()
         self._asked.add(name)
@@ -128,9 +130,11 @@ class Schedule:
                 self._scheduler.modify_job(name, next_run_time=when)
                 return
             del self._every[name]
-        # Not probed yet: one run, then _repeat() gives it its interval.
-        self._scheduler.add_job(self._enqueue, "date", run_date=when, args=[name], id=name,
-                                replace_existing=True, misfire_grace_time=None)
+        if every is None:  # one run, then _repeat() gives it the wait its probe returns
+            self._scheduler.add_job(self._enqueue, "date", run_date=when, args=[name], id=name,
+                                    replace_existing=True, misfire_grace_time=None)
+        else:
+            self._add(name, every, when)
 
     def _repeat(self, name: str, wait: float) -> None:
         """After a probe: the next in `wait` seconds (jittered), and every `wait` after;
@@ -148,24 +152,30 @@ class Schedule:
             else:
                 spread = jitter_of(wait)
                 when = utcnow() + timedelta(seconds=wait + random.uniform(-spread, spread))
-            trigger = self._triggers.get(wait) or self._triggers.setdefault(wait, repeating(wait))
-            self._scheduler.add_job(self._enqueue, trigger, args=[name], id=name,
-                                    next_run_time=when, replace_existing=True,
-                                    misfire_grace_time=None)
-            self._every[name] = wait
+            self._add(name, wait, when)
         self._deadline[name] = time.monotonic() + (when - utcnow()).total_seconds()
 
-    async def schedule_soon(self, names: Sequence[str], spread: float) -> None:
-        """Each of `names` due at a random moment within `spread` seconds of its batch,
+    def _add(self, name: str, every: float, when: datetime) -> None:
+        assert self._scheduler is not None
+        trigger = self._triggers.get(every) or self._triggers.setdefault(every, repeating(every))
+        self._scheduler.add_job(self._enqueue, trigger, args=[name], id=name, next_run_time=when,
+                                replace_existing=True, misfire_grace_time=None)
+        self._every[name] = every
+
+    async def schedule_soon(self, intervals: Mapping[str, float], spread: float) -> None:
+        """Each endpoint of `intervals` (name: interval) due at a random moment within
+        `spread` seconds of its batch,
         or more when there are many: no faster than SOON_RATE a second. 10,000 of them
         took seconds of the event loop, the scheduler looking for due jobs after each: it
         looks once a batch of SCHEDULE_BATCH, and the loop gets a turn between batches."""
+        names = list(intervals)
         spread = max(spread, len(names) / SOON_RATE)
         for start in range(0, len(names), SCHEDULE_BATCH):
             with self._batch():
                 now = utcnow()
                 for name in names[start:start + SCHEDULE_BATCH]:
-                    self.schedule(name, now + timedelta(seconds=random.uniform(0, spread)))
+                    self.schedule(name, now + timedelta(seconds=random.uniform(0, spread)),
+                                  intervals[name])
             await asyncio.sleep(0)  # /healthz, scrapes and probes between batches
 
     @contextlib.contextmanager

@@ -65,6 +65,6 @@ async def swap_endpoints(old: Mapping[str, Endpoint], new: Mapping[str, Endpoint
     if notifier is not None:
         notifier.observe([], gone)
     now = utcnow()
-    await schedule.schedule_soon([name for name, endpoint in new.items()
-                                  if old.get(name) != endpoint], FIRST_SWEEP_SPREAD)
+    await schedule.schedule_soon({name: endpoint.interval for name, endpoint in new.items()
+                                  if old.get(name) != endpoint}, FIRST_SWEEP_SPREAD)
     return now
