@@ -66,6 +66,20 @@ def repeating(seconds: float) -> IntervalTrigger:
     return IntervalTrigger(seconds=seconds - spread, jitter=2 * spread, timezone=timezone.utc)
 
 
+async def wall_clock_jumps(stop: asyncio.Event, jumped: Callable[[float], None]) -> None:
+    """Until `stop`: every CLOCK_CHECK seconds, compares how far the wall clock and the
+    monotonic one went; a difference of CLOCK_JUMP or more is a jump, told to `jumped`."""
+    wall, mono = time.time(), time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CLOCK_CHECK)
+        now_wall, now_mono = time.time(), time.monotonic()
+        jump = (now_wall - wall) - (now_mono - mono)
+        wall, mono = now_wall, now_mono
+        if abs(jump) >= CLOCK_JUMP:
+            jumped(jump)
+
+
 class Schedule:
     """The endpoints' due times, the queue of due endpoints and its workers."""
 
@@ -144,14 +158,12 @@ class Schedule:
         assert self._scheduler is not None
         job = self._scheduler.get_job(name)
         pending = job.next_run_time if job is not None else None
-        if pending is not None and self._every.get(name) == wait:
+        if pending is not None and (self._every.get(name) == wait or name in self._asked):
             when = pending
         else:
-            if pending is not None and name in self._asked:
-                when = pending
-            else:
-                spread = jitter_of(wait)
-                when = utcnow() + timedelta(seconds=wait + random.uniform(-spread, spread))
+            spread = jitter_of(wait)
+            when = utcnow() + timedelta(seconds=wait + random.uniform(-spread, spread))
+        if pending is None or self._every.get(name) != wait:
             self._add(name, wait, when)
         self._deadline[name] = time.monotonic() + (when - utcnow()).total_seconds()
 
@@ -251,25 +263,19 @@ class Schedule:
         delay every probe by an hour (and one set forward would fire them all at once),
         so every due time moves by the same amount and each probe keeps the wait it had
         left."""
-        wall, mono = time.time(), time.monotonic()
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), CLOCK_CHECK)
-            now_wall, now_mono = time.time(), time.monotonic()
-            jump = (now_wall - wall) - (now_mono - mono)
-            wall, mono = now_wall, now_mono
-            if abs(jump) < CLOCK_JUMP:
-                continue
-            log.warning("the wall clock jumped by %+.0f s; moving every scheduled probe with it",
-                        jump, extra={"jump_seconds": round(jump, 1)})
-            self._on_clock_jump()
-            # Each probe keeps the wait it had left on the monotonic clock. (Moving the
-            # wall-clock due times by the jump is wrong for the probes that already ran,
-            # and were rescheduled, between the jump and its detection.)
-            now, mono = utcnow(), time.monotonic()
-            for name, deadline in list(self._deadline.items()):
-                if name not in self._running and name not in self._queued:
-                    self.schedule(name, now + timedelta(seconds=max(0.0, deadline - mono)))
+        await wall_clock_jumps(self._stop, self._clock_jumped)
+
+    def _clock_jumped(self, jump: float) -> None:
+        log.warning("the wall clock jumped by %+.0f s; moving every scheduled probe with it",
+                    jump, extra={"jump_seconds": round(jump, 1)})
+        self._on_clock_jump()
+        # Each probe keeps the wait it had left on the monotonic clock. (Moving the
+        # wall-clock due times by the jump is wrong for the probes that already ran,
+        # and were rescheduled, between the jump and its detection.)
+        now, mono = utcnow(), time.monotonic()
+        for name, deadline in list(self._deadline.items()):
+            if name not in self._running and name not in self._queued:
+                self.schedule(name, now + timedelta(seconds=max(0.0, deadline - mono)))
 
     # --- shutdown ---------------------------------------------------------------------------
 
