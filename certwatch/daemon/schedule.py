@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -58,10 +59,11 @@ def jitter_of(seconds: float) -> float:
     return min(seconds * 0.1, MAX_JITTER)
 
 
+@functools.lru_cache(maxsize=256)
 def repeating(seconds: float) -> IntervalTrigger:
-    """A trigger that fires every `seconds` ± its jitter. APScheduler adds a jitter of 0
-    to J after each fire time, so the interval is shortened by half of it: on average
-    the wait is `seconds` and does not drift."""
+    """A trigger that fires every `seconds` ± its jitter, one shared by every job of that
+    wait. APScheduler adds a jitter of 0 to J after each fire time, so the interval is
+    shortened by half of it: on average the wait is `seconds` and does not drift."""
     spread = jitter_of(seconds)
     return IntervalTrigger(seconds=seconds - spread, jitter=2 * spread, timezone=timezone.utc)
 
@@ -90,7 +92,6 @@ class Schedule:
         self._scheduler: AsyncIOScheduler | None = None
         self._deadline: dict[str, float] = {}  # next probe per endpoint, on time.monotonic()
         self._every: dict[str, float] = {}  # the wait each endpoint's job repeats at
-        self._triggers: dict[float, IntervalTrigger] = {}  # shared by the jobs of one wait
         self._asked: set[str] = set()  # whose next run schedule() set, not the interval
         self._lag: dict[str, float] = {}
         self._due: asyncio.Queue[str] = asyncio.Queue()  # endpoints whose probe is due, in order
@@ -158,20 +159,22 @@ class Schedule:
         assert self._scheduler is not None
         job = self._scheduler.get_job(name)
         pending = job.next_run_time if job is not None else None
-        if pending is not None and (self._every.get(name) == wait or name in self._asked):
-            when = pending
+        if pending is not None and self._every.get(name) == wait:
+            when = pending  # the steady state
         else:
-            spread = jitter_of(wait)
-            when = utcnow() + timedelta(seconds=wait + random.uniform(-spread, spread))
-        if pending is None or self._every.get(name) != wait:
+            if pending is None or name not in self._asked:
+                spread = jitter_of(wait)
+                when = utcnow() + timedelta(seconds=wait + random.uniform(-spread, spread))
+            else:
+                when = pending  # asked for during the probe: it stays
             self._add(name, wait, when)
         self._deadline[name] = time.monotonic() + (when - utcnow()).total_seconds()
 
     def _add(self, name: str, every: float, when: datetime) -> None:
         assert self._scheduler is not None
-        trigger = self._triggers.get(every) or self._triggers.setdefault(every, repeating(every))
-        self._scheduler.add_job(self._enqueue, trigger, args=[name], id=name, next_run_time=when,
-                                replace_existing=True, misfire_grace_time=None)
+        self._scheduler.add_job(self._enqueue, repeating(every), args=[name], id=name,
+                                next_run_time=when, replace_existing=True,
+                                misfire_grace_time=None)
         self._every[name] = every
 
     async def schedule_soon(self, intervals: Mapping[str, float], spread: float) -> None:

@@ -75,6 +75,7 @@ def stream_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
     check: uvloop's transports have asyncio.Transport's methods without subclassing it."""
     return cast(asyncio.Transport, transport)
 
+
 class _Slot:
     """One open connection, as the guard sees it."""
 
