@@ -293,6 +293,10 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         wait_for_log(process, log, "configuration loaded", START_TIMEOUT)
         cpu0, nginx0 = sum(cpu_seconds(process.pid)), tree_cpu(nginx_pid)
         loaded_at = log.time_of("configuration loaded")
+        first_profiler = None
+        if args.profile:  # the first sweep's samples beside the steady state's
+            from daemon import start_profiler
+            first_profiler = start_profiler(process.pid, args.profile.with_suffix(".first.txt"))
         wait_for_log(process, log, "listening on", START_TIMEOUT)
         port = int(log.first["listening on"]["port"])
         wait_for_log(process, log, "first sweep finished", args.deadline)
@@ -305,6 +309,9 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         finished_at = log.time_of("first sweep finished")
         assert loaded_at is not None and finished_at is not None
         first.seconds = finished_at - loaded_at
+        if first_profiler is not None:
+            from daemon import stop_profiler
+            stop_profiler(first_profiler, args.profile.with_suffix(".first.txt"))
         first.peak_rss_mb = memory_mb(process.pid)["VmHWM"]
 
         time.sleep(args.interval)  # the second round of probes under way: the steady state

@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
-from certwatch.daemon.schedule import Schedule, utcnow
+from certwatch.daemon.schedule import Schedule, repeating, tick_of, utcnow
 
 
 def _run_schedule(body: Callable[[Schedule, dict[str, Any]], Awaitable[None]],
@@ -136,3 +136,40 @@ def test_a_probe_asked_for_during_a_probe_runs_soon_after_it() -> None:
     seen = _run_schedule(body, run)
     starts, ends = seen["starts"]["a"], seen["ends"]["a"]
     assert len(starts) == 2 and 0 < starts[1] - ends[0] < 1.6, (starts, ends)
+
+
+def test_due_times_lie_on_their_waits_grid_and_do_not_drift() -> None:
+    """Probes due within one tick start together (one wake-up for a batch, not one a
+    probe); rounding to the nearest tick keeps the average wait what it was."""
+    assert tick_of(5) == 0.0 and tick_of(20) == 0.2 and tick_of(3600) == 10.0
+    assert tick_of(300) == 2.0  # a tenth of its 30 s jitter, on the ladder
+    trigger = repeating(3600.0)
+    start = utcnow()
+    fires = [trigger.get_next_fire_time(None, start)]
+    for _ in range(2000):
+        fires.append(trigger.get_next_fire_time(fires[-1], fires[-1]))
+    stamps = [fire.timestamp() for fire in fires]
+    assert all(abs(stamp - round(stamp / 10) * 10) < 1e-5 for stamp in stamps[1:]), stamps[:5]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert all(3230 <= gap <= 3970 for gap in gaps)  # 3600 s ± 10%, ± half a tick
+    assert abs(sum(gaps) / len(gaps) - 3600) < 15  # 2,000 draws of ±360 s: no drift
+
+
+def test_a_steady_job_is_due_on_the_grid() -> None:
+    async def run(name: str, seen: dict[str, Any]) -> float:
+        return 20.0
+
+    async def body(schedule: Schedule, seen: dict[str, Any]) -> None:
+        await schedule.schedule_soon({name: 20.0 for name in "abcdef"}, 0.1)
+        deadline = time.monotonic() + 5
+        while len(seen["ends"]) < 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert schedule._scheduler is not None
+        for name in "abcdef":
+            due = schedule._scheduler.get_job(name).next_run_time.timestamp()
+            assert abs(due - round(due / 0.2) * 0.2) < 1e-5, (name, due)  # datetimes hold µs
+            next_at = schedule.next_probe_at(name)
+            assert next_at is not None and 17.8 < (next_at - utcnow()).total_seconds() < 22.2
+
+    seen = _run_schedule(body, run)
+    assert all(len(seen["starts"][name]) == 1 for name in "abcdef")
