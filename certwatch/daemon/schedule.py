@@ -37,6 +37,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterator, Mapping
 
+from apscheduler.executors.debug import DebugExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -150,7 +151,11 @@ class Schedule:
         self._released = asyncio.Event()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc)
+        # A job only puts a name on the queue: it runs where it fires, in the loop, as
+        # APScheduler's DebugExecutor runs jobs (its default executor would make a task
+        # of each run: a tenth of a millisecond a probe).
+        self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc,
+                                           executors={"default": DebugExecutor()})
         self._scheduler.start()
 
     def release(self) -> None:
@@ -255,13 +260,15 @@ class Schedule:
             with contextlib.suppress(JobLookupError):
                 self._scheduler.remove_job(name)
 
-    async def _enqueue(self, name: str) -> None:
-        """The scheduler's job (a coroutine: APScheduler runs plain functions in threads)."""
+    def _enqueue(self, name: str) -> None:
+        """The scheduler's job: the endpoint's probe is due."""
         if self._stop.is_set() or name in self._queued or not self.wanted(name):
             return  # a queued name is probed with the definition current when it runs
         if name in self._running:
             if name in self._asked:  # a reload asked for a probe while one is under way
-                self.schedule(name, utcnow() + timedelta(seconds=1))
+                # once APScheduler has set this run's successor, which would replace it
+                asyncio.get_running_loop().call_soon(
+                    self.schedule, name, utcnow() + timedelta(seconds=1))
             return  # else the interval came round during a slow probe: the next one will
         self._asked.discard(name)
         self._queued.add(name)
@@ -328,9 +335,7 @@ class Schedule:
     async def drain(self, grace: float) -> None:
         """Stops scheduling; probes in flight get `grace` seconds to finish."""
         assert self._scheduler is not None
-        # pause(), not shutdown(): APScheduler's AsyncIOExecutor.shutdown cancels every job
-        # still running, which would cut the probes in flight short of their grace time.
-        self._scheduler.pause()
+        self._scheduler.pause()  # no more names queued; the workers' probes go on
         for worker in self._workers - self.in_flight:
             worker.cancel()  # idle: waiting for a name
         if self.in_flight:
