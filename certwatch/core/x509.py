@@ -37,6 +37,7 @@ __all__ = [
 
 _SHA256 = SHA256()
 SHARED_CA_CERTIFICATES = 1024  # distinct CA certificates parsed once and shared
+SHARED_LEAVES = 256  # the leaves seen last, parsed once for every target that serves them
 _SIGNATURE_NAMES = {
     oid: name.lower() for name, oid in vars(SignatureAlgorithmOID).items() if name.isupper()
 }
@@ -288,21 +289,25 @@ def _shared(der: bytes, position: int) -> tuple[bytes, CertInfo, x509.Certificat
     return (der, *_parse(der, position))
 
 
+@functools.lru_cache(maxsize=SHARED_LEAVES)
+def _shared_leaf(der: bytes) -> tuple[bytes, CertInfo, x509.Certificate]:
+    return (der, *_parse(der, 0))  # apart from the CAs': leaves come and go faster
+
+
 def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
     """Parses what it can of a chain; unreadable certificates become messages.
 
     The certificates after the leaf are a CA's, the same for every server it issued
     for: they are parsed once and their DER, CertInfo and x509 object shared (bounded
     by SHARED_CA_CERTIFICATES), so 10,000 targets behind one CA do not keep 10,000
-    copies of its intermediate.
+    copies of its intermediate. So is a leaf that several targets serve (a wildcard
+    behind many names, an endpoint at several addresses) while it is among the last
+    SHARED_LEAVES seen: a sweep parses it once.
     """
     infos, certificates, problems, kept = [], [], [], []
     for position, der in enumerate(ders):
         try:
-            if position:
-                der, info, certificate = _shared(der, position)
-            else:
-                info, certificate = _parse(der, position)
+            der, info, certificate = _shared(der, position) if position else _shared_leaf(der)
         except ValueError as exc:
             problems.append(str(exc))
             continue
