@@ -169,6 +169,8 @@ class Handshake:
             if not data or writer.is_closing():
                 return
             writer.write(data)
+            if len(data) < READ_SIZE:
+                return  # the BIO is empty: no exception raised to learn it
 
     @property
     def chain(self) -> tuple[bytes, ...]:

@@ -182,6 +182,8 @@ class Prober:
             error = classify(exc, Phase.DNS, endpoint.timeout)
             return (Observation(Target(endpoint, None), started_at,
                                 time.monotonic() - start, error=error),)
+        if len(selected) == 1:  # most endpoints: no task and gathering future for one probe
+            return (await self.probe_address(endpoint, selected[0]),)
         return tuple(await asyncio.gather(*(self.probe_address(endpoint, a) for a in selected)))
 
     async def _resolve(self, endpoint: Endpoint) -> list[str]:
