@@ -20,7 +20,8 @@ batches over the interval, and a tick is small beside it.
 A due job only puts the endpoint's name in a queue that `max_concurrency` workers take
 from, so 10,000 endpoints due at once are 10,000 names waiting, not 10,000 suspended
 probes (each holding its coroutine, task and buffers). An endpoint is never queued or
-probed twice at once.
+probed twice at once. A job runs where it fires, as APScheduler's DebugExecutor runs
+them: its asyncio executor made a task of each run, a tenth of a millisecond a probe.
 
 APScheduler runs jobs at wall-clock times, so a watchdog compares the wall clock with
 the monotonic one and moves every due time with a jump (:meth:`Schedule.watch_clock`).
@@ -54,6 +55,7 @@ SCHEDULE_BATCH = 50  # endpoints scheduled between two turns of the event loop
 # About what two cores probe a second: 10,000 new endpoints all due within two seconds
 # held the event loop for tenths of a second at a time, and finished no sooner.
 SOON_RATE = 500.0
+ONE_SECOND = timedelta(seconds=1)  # how soon a probe asked for during a probe follows it
 
 # Probes one endpoint; returns the seconds until its next probe, or None for none.
 Run = Callable[[str], Awaitable["float | None"]]
@@ -151,9 +153,6 @@ class Schedule:
         self._released = asyncio.Event()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A job only puts a name on the queue: it runs where it fires, in the loop, as
-        # APScheduler's DebugExecutor runs jobs (its default executor would make a task
-        # of each run: a tenth of a millisecond a probe).
         self._scheduler = AsyncIOScheduler(event_loop=loop, timezone=timezone.utc,
                                            executors={"default": DebugExecutor()})
         self._scheduler.start()
@@ -266,9 +265,8 @@ class Schedule:
             return  # a queued name is probed with the definition current when it runs
         if name in self._running:
             if name in self._asked:  # a reload asked for a probe while one is under way
-                # once APScheduler has set this run's successor, which would replace it
-                asyncio.get_running_loop().call_soon(
-                    self.schedule, name, utcnow() + timedelta(seconds=1))
+                # (once APScheduler has set this run's successor, which would replace it)
+                asyncio.get_running_loop().call_soon(self.schedule, name, utcnow() + ONE_SECOND)
             return  # else the interval came round during a slow probe: the next one will
         self._asked.discard(name)
         self._queued.add(name)
