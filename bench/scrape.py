@@ -11,8 +11,9 @@ are: one leaf per target under one intermediate of a private root, every target 
 fingerprint and times, so the text (about 1.2 KB a target) and its gzip look like the
 daemon's. They sit in a real `Store`; the app is the daemon's own
 (`certwatch.serving.web.create_app`, the daemon's own registry of health metrics beside
-the targets) served by aiohttp on 127.0.0.1 (port 0) in this process; the client is
-another process, as Prometheus is.
+the targets) served by aiohttp on 127.0.0.1 (port 0) in this process, on the daemon's
+event loop (uvloop when installed: certwatch.eventloop); the client is another process,
+as Prometheus is.
 
 For /metrics, plain and gzipped: wall time (min / median / max), this process's CPU per
 request, the response's size on the wire and its series; how long /healthz waits when
@@ -23,7 +24,8 @@ importable, so the same script measures before and after a change:
     git archive <base> | tar -x -C /tmp/base && PYTHONPATH=/tmp/base python bench/scrape.py
 
 The figures are printed and written as one JSON line to bench/results/scrape-<N>.json.
-Every wait is bounded (each request by HTTP_TIMEOUT, the client process by its joins).
+Every wait is bounded (each request by bench/daemon.py's HTTP_TIMEOUT, the client
+process by a deadline and its joins).
 """
 
 from __future__ import annotations
@@ -31,27 +33,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import http.client
 import json
 import multiprocessing
 import random
 import resource
 import statistics
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO))  # tests/pki.py; after PYTHONPATH, which may name another certwatch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benches, reused
 
 from aiohttp import web  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 import certwatch  # noqa: E402
+from certwatch import eventloop  # noqa: E402
 from certwatch.config.refusals import shipped_policy  # noqa: E402
 from certwatch.core.assess import Assessment, assess  # noqa: E402
 from certwatch.core.inventory import Endpoint  # noqa: E402
@@ -65,7 +67,11 @@ from certwatch.serving.metrics import DaemonMetrics  # noqa: E402
 from certwatch.serving.web import create_app  # noqa: E402
 from tests import pki  # noqa: E402
 
-HTTP_TIMEOUT = 120.0  # seconds for any one request
+import daemon  # noqa: E402 - its requests, as bench/daemon.py makes them
+from daemon import get, healthz_during_scrape  # noqa: E402
+from statuspage import View as PageView  # noqa: E402 - the daemon's view over a store
+
+
 CLIENT_MARGIN = 60.0  # seconds beyond the requests' own bounds before the client is given up
 SCRAPE_TARGET_SECONDS = 3.0  # the issue's: a scrape of 100,000 targets within 3 s
 
@@ -132,61 +138,20 @@ def build_store(count: int, distinct: int, now: datetime) -> Store:
     return store
 
 
-class View:
-    """The daemon's view (certwatch.serving.web.DaemonView) over a filled store."""
+class View(PageView):
+    """The daemon's view (certwatch.serving.web.DaemonView) over a filled store, with the
+    daemon's registry and its exposition of the targets."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, now: datetime) -> None:
+        super().__init__(store, now)
         self.registry = DaemonMetrics().registry
-        self.store = store
         self.exposition = TargetExposition(store.statuses, lambda: 0.0)
-
-    def snapshot(self) -> Mapping[str, TargetStatus]:
-        return self.store.snapshot()
 
     def target_metrics(self) -> Iterator[str]:
         return self.exposition.pieces()
 
-    def next_probe_at(self, endpoint_name: str) -> datetime | None:
-        return None
 
-    def ready(self) -> bool:
-        return True
-
-    def notices(self) -> list[str]:
-        return []
-
-    def alerts_by_target(self) -> dict[str, list[dict[str, Any]]]:
-        return {}
-
-
-# --- the client, in a process of its own ---------------------------------------------------
-
-
-def get(port: int, path: str, gzipped: bool = False) -> tuple[int, bytes, float]:
-    """One GET on a fresh connection: status, body as sent, wall seconds until read."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=HTTP_TIMEOUT)
-    try:
-        start = time.perf_counter()
-        connection.request("GET", path, headers={"Accept-Encoding": "gzip"} if gzipped else {})
-        response = connection.getresponse()
-        body = response.read()
-        if gzipped and response.getheader("Content-Encoding") != "gzip":
-            raise SystemExit(f"FAIL: asked for gzip, got {response.getheader('Content-Encoding')!r}")
-        return response.status, body, time.perf_counter() - start
-    finally:
-        connection.close()
-
-
-def healthz_during_scrape(port: int) -> float:
-    """Seconds /healthz takes when asked just after a /metrics scrape has started."""
-    scrape = threading.Thread(target=get, args=(port, "/metrics"), daemon=True)
-    scrape.start()
-    time.sleep(0.1)
-    status, _, wall = get(port, "/healthz")
-    scrape.join(HTTP_TIMEOUT)
-    if status != 200:
-        raise SystemExit(f"FAIL: /healthz answered {status}")
-    return wall
+# --- the client, in a process of its own (bench/daemon.py's requests) ----------------------
 
 
 def client(port: int, requests: int, conn: Any) -> None:
@@ -209,8 +174,8 @@ def client(port: int, requests: int, conn: Any) -> None:
             series[kind] = sum(1 for line in text.split(b"\n") if line and not line.startswith(b"#"))
             conn.send(("done", kind))
             conn.recv()
-        healthz = healthz_during_scrape(port)
-        conn.send(("times", walls, healthz, sizes, series))
+        healthz_ms = healthz_during_scrape(port)
+        conn.send(("times", walls, healthz_ms, sizes, series))
     except BaseException as error:  # reported, then the process ends
         conn.send(("failed", repr(error)))
 
@@ -237,7 +202,8 @@ def peak_rss_mb() -> float:
 
 
 async def serve_and_measure(view: View, requests: int) -> tuple[list[Scrape], float]:
-    runner = web.AppRunner(create_app(view), access_log=None)  # type: ignore[arg-type]
+    """The scrapes' figures, and how long /healthz took during one (ms)."""
+    runner = web.AppRunner(create_app(view), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -246,7 +212,7 @@ async def serve_and_measure(view: View, requests: int) -> tuple[list[Scrape], fl
     process = multiprocessing.get_context("spawn").Process(target=client,
                                                           args=(port, requests, theirs))
     process.start()
-    deadline = time.monotonic() + (2 * requests + 2) * HTTP_TIMEOUT + CLIENT_MARGIN
+    deadline = time.monotonic() + (2 * requests + 2) * daemon.HTTP_TIMEOUT + CLIENT_MARGIN
     cpu: dict[str, float] = {}
     try:
         while True:
@@ -271,11 +237,11 @@ async def serve_and_measure(view: View, requests: int) -> tuple[list[Scrape], fl
             process.kill()
             process.join(5)
         await runner.cleanup()
-    _, walls, healthz, sizes, series = message
+    _, walls, healthz_ms, sizes, series = message
     scrapes = [Scrape(kind, requests, min(w) * 1000, statistics.median(w) * 1000, max(w) * 1000,
                       cpu[kind] * 1000 / requests, sizes[kind], series[kind])
                for kind, w in walls.items()]
-    return scrapes, healthz * 1000
+    return scrapes, healthz_ms
 
 
 def main() -> int:
@@ -293,11 +259,12 @@ def main() -> int:
     store = build_store(args.targets, args.distinct, now)
     built = time.perf_counter() - start
     rss_before = peak_rss_mb()
-    scrapes, healthz_ms = asyncio.run(serve_and_measure(View(store), args.requests))
+    loop, _ = eventloop.loop_factory()
+    scrapes, healthz_ms = eventloop.run(serve_and_measure(View(store, now), args.requests))
     rss_after = peak_rss_mb()
     source = Path(certwatch.__file__).resolve().parents[1]
     print(f"/metrics: {args.targets} targets (copies of {args.distinct}), certwatch from "
-          f"{source}; built in {built:.1f} s")
+          f"{source}, event loop {loop}; built in {built:.1f} s")
     for s in scrapes:
         verdict = "PASS" if s.wall_max_ms <= SCRAPE_TARGET_SECONDS * 1000 else "MISS"
         print(f"  {s.kind:6} {s.wall_median_ms:8.1f} ms median (min {s.wall_min_ms:.1f}, max "
@@ -309,7 +276,8 @@ def main() -> int:
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     record = {"at": now.isoformat(timespec="seconds"), "targets": args.targets,
-              "distinct": args.distinct, "source": str(source), "built_seconds": built,
+              "distinct": args.distinct, "source": str(source), "event_loop": loop,
+              "built_seconds": built,
               "scrapes": [asdict(s) for s in scrapes], "healthz_during_scrape_ms": healthz_ms,
               "peak_rss_mb_before": rss_before, "peak_rss_mb_after": rss_after}
     (results_dir / f"scrape-{args.targets}.json").write_text(json.dumps(record) + "\n")

@@ -89,10 +89,6 @@ def _escaped(*values: str) -> Sequence[str]:
     return values if _SPECIAL.search("".join(values)) is None else [_escape(v) for v in values]
 
 
-def _labels(pairs: Sequence[tuple[str, str]]) -> str:
-    return ",".join([f'{name}="{_escape(value)}"' for name, value in pairs])
-
-
 def _number(value: float) -> str:
     return repr(float(value))
 
