@@ -36,9 +36,10 @@ def _revoked(status: TargetStatus) -> float | None:
 def revocation_worth_a_look(status: TargetStatus) -> bool:
     """Whether the revocation status says something: revoked, or unknown for a reason
     other than that there was nothing to check."""
-    revocation = _revocation(status)
-    return revocation is not None and revocation.status is not RevocationStatus.GOOD \
-        and revocation.reason is not Unknown.NOT_CHECKED
+    a = status.assessment  # the leaf is looked at last: most statuses say nothing
+    revocation = a.refusals.revocation if a.refusals is not None else None
+    return (revocation is not None and revocation.status is not RevocationStatus.GOOD
+            and revocation.reason is not Unknown.NOT_CHECKED and a.leaf is not None)
 
 
 def _status(family: str, statuses: Sequence[TargetStatus], labels: Sequence[str]) -> list[str]:
@@ -66,8 +67,9 @@ def _sct_count(status: TargetStatus) -> float | None:
 
 def _lints(family: str, statuses: Sequence[TargetStatus], labels: Sequence[str]) -> list[str]:
     return [f'{family}{{{label},lint="{lint.code.value}",severity="{lint.state.value}"}} 1.0\n'
-            for status, label in zip(statuses, labels)
-            if (refusals := _refusals(status)) is not None for lint in refusals.lints]
+            for status, label in zip(statuses, labels)  # (most have no lint: asked first)
+            if (refusals := status.assessment.refusals) is not None and refusals.lints
+            and status.assessment.leaf is not None for lint in refusals.lints]
 
 
 def refusal_families(gauge: Callable[[Value], Samples]) -> dict[str, tuple[str, Samples]]:
