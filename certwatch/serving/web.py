@@ -3,9 +3,9 @@ and each target's page.
 
 aiohttp serves in the daemon's own event loop; handlers only read the store's snapshot,
 so a scrape never waits for a probe. The two large responses (with 10,000 targets:
-~40 MB of metrics, ~26 MB of JSON) are streamed in chunks made one target at a time
-from one snapshot, so neither is ever held whole in memory, and the loop serves other
-requests (and probes) between chunks. The status page shows one page of rows: it
+~12 MB of metrics, ~40 MB of JSON) are streamed in chunks made from one snapshot, a
+few hundred targets at a time, so neither is ever held whole in memory, and the loop
+serves other requests (and probes) between chunks. The status page shows one page of rows: it
 selects over a small dict of each target (:func:`status_facts`) and builds the API's
 whole dict only for the rows it shows.
 """
