@@ -69,15 +69,19 @@ def _role(position: int, last: int, self_issued: bool) -> str:
 # Control characters a terminal acts on (ESC, BEL, CR, BS, C1 ...), as certificate
 # fields may carry them; the newline is escaped by the format itself.
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
-# Whatever _escape changes: most values hold none of it, and are written as they are.
-_SPECIAL = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
+
+
+def _plain(text: str) -> bool:
+    """Whether _escape leaves the text as it is, as it does most values: no control
+    character (those are not printable), quote nor backslash. (Quicker than a regex.)"""
+    return text.isprintable() and '"' not in text and "\\" not in text
 
 
 def _escape(value: str) -> str:
     """A label value as the exposition format wants it, its control characters written
     out (ESC as the four characters \\x1b), so `curl /metrics` in a terminal shows them
     rather than obeys them."""
-    if _SPECIAL.search(value) is None:
+    if _plain(value):
         return value
     if _CONTROL.search(value):
         value = _CONTROL.sub(lambda match: repr(match.group())[1:-1], value)
@@ -86,7 +90,7 @@ def _escape(value: str) -> str:
 
 def _escaped(*values: str) -> Sequence[str]:
     """The values escaped, tested at once: most need nothing."""
-    return values if _SPECIAL.search("".join(values)) is None else [_escape(v) for v in values]
+    return values if _plain("".join(values)) else [_escape(v) for v in values]
 
 
 def _number(value: float) -> str:
@@ -108,11 +112,13 @@ def _info_labels(status: TargetStatus, user_labels: tuple[str, ...]) -> str:
     endpoint = status.target.endpoint
     host, server_name, protocol, source = _escaped(endpoint.host, endpoint.server_name or "",
                                                    endpoint.protocol, endpoint.source)
-    own = dict(endpoint.labels) if user_labels else {}
-    return "".join([
-        f'host="{host}",port="{endpoint.port or ""}",server_name="{server_name}",'
-        f'protocol="{protocol}",source="{source}"',
-        *[f',{label}="{_escape(own[label])}"' for label in user_labels if own.get(label)]])
+    text = (f'host="{host}",port="{endpoint.port or ""}",server_name="{server_name}",'
+            f'protocol="{protocol}",source="{source}"')
+    if not user_labels:
+        return text
+    own = dict(endpoint.labels)
+    return "".join([text, *[f',{label}="{_escape(own[label])}"'
+                            for label in user_labels if own.get(label)]])
 
 
 # A family's sample lines for a piece of the targets: given the family's name, their
