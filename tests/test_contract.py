@@ -30,7 +30,7 @@ from certwatch.core.revocation import index_crl
 from certwatch.core.x509 import sha256_hex
 from certwatch.core.verify import TrustStore
 from certwatch.config import build_inventory
-from certwatch.render.exposition import TargetExposition
+from certwatch.render.exposition import EXTRA_GROUPS, TargetExposition
 from certwatch.core.observation import Observation, ProbeError, Target
 from certwatch.render.report import assessment_to_dict, open_alerts_by_target, status_to_dict
 from certwatch.core.status import TargetStatus, merge
@@ -236,9 +236,11 @@ def _outputs() -> dict[str, str]:
     api = json.dumps([status_to_dict(s, NOW + timedelta(minutes=55), alerts.get(s.target.key))
                       for s in statuses], indent=1) + "\n"
     metrics = TargetExposition(lambda: statuses, lambda: 1.25).render()
+    every_group = TargetExposition(lambda: statuses, lambda: 1.25,
+                                   lambda: frozenset(EXTRA_GROUPS)).render()
     notifications = json.dumps([n.to_dict() for n in notices], indent=1) + "\n"
     return {"check.json": check, "api.json": api, "metrics.txt": metrics,
-            "notifications.json": notifications}
+            "metrics-every-group.txt": every_group, "notifications.json": notifications}
 
 
 def test_every_state_is_covered() -> None:
@@ -246,7 +248,8 @@ def test_every_state_is_covered() -> None:
     assert states == {"ok", "warning", "critical", "expired", "error"}
 
 
-@pytest.mark.parametrize("name", ["check.json", "api.json", "metrics.txt", "notifications.json"])
+@pytest.mark.parametrize("name", ["check.json", "api.json", "metrics.txt",
+                                  "metrics-every-group.txt", "notifications.json"])
 def test_output_is_unchanged(name: str) -> None:
     produced = _outputs()[name]
     path = HERE / name

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import sys
+
 import pytest
 
-from certwatch.serving.web import accepts_gzip
+from certwatch.serving.web import accepts_gzip, gzip_compressor
 
 
 @pytest.mark.parametrize(("header", "gzip"), [
@@ -24,3 +28,21 @@ from certwatch.serving.web import accepts_gzip
 ])
 def test_accepts_gzip(header: str, gzip: bool) -> None:
     assert accepts_gzip(header) is gzip
+
+
+@pytest.mark.parametrize("isal", [True, False], ids=["isal", "zlib"])
+def test_gzip_with_isal_and_without(isal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ISA-L's deflate is an optional accelerator: without it, zlib's makes the same
+    stream (as gzip reads it)."""
+    if not isal:
+        monkeypatch.setitem(sys.modules, "isal", None)  # import isal now raises ImportError
+    elif importlib.util.find_spec("isal") is None:
+        pytest.skip("isal is not installed")
+    text = "".join(f'certwatch_probe_success{{name="t{i}",address="127.0.0.{i % 250}"}} 1.0\n'
+                   for i in range(20000)).encode()
+    compressor = gzip_compressor()
+    assert type(compressor).__module__.startswith("isal" if isal else "zlib")
+    chunks = [compressor.compress(text[start:start + 65536]) for start in range(0, len(text), 65536)]
+    body = b"".join(chunks) + compressor.flush()
+    assert gzip.decompress(body) == text
+    assert len(body) < len(text) / 10

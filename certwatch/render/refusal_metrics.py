@@ -4,15 +4,15 @@ status, method and reason of the revocation status, lint code and severity."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from certwatch.core.findings import Refusals
-from certwatch.core.revocation import Revocation, RevocationStatus
+from certwatch.core.revocation import Revocation, RevocationStatus, Unknown
 from certwatch.core.status import TargetStatus
 
-__all__ = ["refusal_families"]
+__all__ = ["refusal_families", "revocation_worth_a_look"]
 
-Samples = Callable[[TargetStatus, str], str]
+Samples = Callable[[str, Sequence[TargetStatus], Sequence[str]], list[str]]
 Value = Callable[[TargetStatus], "float | None"]
 
 
@@ -33,14 +33,21 @@ def _revoked(status: TargetStatus) -> float | None:
     return 1.0 if revocation.status is RevocationStatus.REVOKED else 0.0
 
 
-def _status(status: TargetStatus, head: str) -> str:
-    revocation = _revocation(status)
-    if revocation is None:
-        return ""
-    source = revocation.source.value if revocation.source else ""
-    reason = revocation.reason.value if revocation.reason else ""
-    return (f'{head},status="{revocation.status.value}",method="{source}",'
-            f'reason="{reason}"}} 1.0\n')
+def revocation_worth_a_look(status: TargetStatus) -> bool:
+    """Whether the revocation status says something: revoked, or unknown for a reason
+    other than that there was nothing to check."""
+    a = status.assessment  # the leaf is looked at last: most statuses say nothing
+    revocation = a.refusals.revocation if a.refusals is not None else None
+    return (revocation is not None and revocation.status is not RevocationStatus.GOOD
+            and revocation.reason is not Unknown.NOT_CHECKED and a.leaf is not None)
+
+
+def _status(family: str, statuses: Sequence[TargetStatus], labels: Sequence[str]) -> list[str]:
+    return [f'{family}{{{label},status="{revocation.status.value}",'
+            f'method="{revocation.source.value if revocation.source else ""}",'
+            f'reason="{revocation.reason.value if revocation.reason else ""}"}} 1.0\n'
+            for status, label in zip(statuses, labels)
+            if (revocation := _revocation(status)) is not None]
 
 
 def _checked(status: TargetStatus) -> float | None:
@@ -58,12 +65,11 @@ def _sct_count(status: TargetStatus) -> float | None:
     return None if refusals is None or refusals.sct_count is None else float(refusals.sct_count)
 
 
-def _lints(status: TargetStatus, head: str) -> str:
-    refusals = _refusals(status)
-    if refusals is None:
-        return ""
-    return "".join(f'{head},lint="{lint.code.value}",severity="{lint.state.value}"}} 1.0\n'
-                   for lint in refusals.lints)
+def _lints(family: str, statuses: Sequence[TargetStatus], labels: Sequence[str]) -> list[str]:
+    return [f'{family}{{{label},lint="{lint.code.value}",severity="{lint.state.value}"}} 1.0\n'
+            for status, label in zip(statuses, labels)  # (most have no lint: asked first)
+            if (refusals := status.assessment.refusals) is not None and refusals.lints
+            and status.assessment.leaf is not None for lint in refusals.lints]
 
 
 def refusal_families(gauge: Callable[[Value], Samples]) -> dict[str, tuple[str, Samples]]:

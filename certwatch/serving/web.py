@@ -3,11 +3,11 @@ and each target's page.
 
 aiohttp serves in the daemon's own event loop; handlers only read the store's snapshot,
 so a scrape never waits for a probe. The two large responses (with 10,000 targets:
-~40 MB of metrics, ~26 MB of JSON) are streamed in chunks made one target at a time
-from one snapshot, so neither is ever held whole in memory, and the loop serves other
-requests (and probes) between chunks. The status page shows one page of rows: it
-selects over a small dict of each target (:func:`status_facts`) and builds the API's
-whole dict only for the rows it shows.
+~12 MB of metrics, ~40 MB of JSON) are streamed in chunks made from one snapshot, a
+few hundred targets at a time, so neither is ever held whole in memory, and the loop
+serves other requests (and probes) between chunks. The status page shows one page of
+rows: it selects over a small dict of each target (:func:`status_facts`) and builds the
+API's whole dict only for the rows it shows.
 """
 
 from __future__ import annotations
@@ -91,6 +91,23 @@ def batched(pieces: Iterable[str], size: int) -> Iterator[bytes]:
         yield "".join(pending).encode()
 
 
+class Compressor(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+def gzip_compressor() -> Compressor:
+    """A compressor of one gzip stream, at the fastest level: ISA-L's deflate when
+    installed (isal, in certwatch[fast]; at 100,000 targets it compresses 120 MB of
+    metrics in 0.12 s rather than zlib's 0.6 s, and a tenth smaller), else zlib's."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    compressor: Compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 16 + isal_zlib.MAX_WBITS)
+    return compressor  # (typed, also where mypy runs without isal)
+
+
 def accepts_gzip(accept_encoding: str) -> bool:
     """Whether an Accept-Encoding header allows gzip (RFC 9110 section 12.5.3: a q of 0
     refuses a coding, and "*" stands for any coding not named)."""
@@ -113,13 +130,13 @@ async def _stream(request: web.Request, pieces: Iterable[str], content_type: str
                   headers: Mapping[str, str] | None = None, head: bytes = b"") -> web.StreamResponse:
     response = web.StreamResponse(headers={**(headers or {}), "Content-Type": content_type,
                                            "Vary": "Accept-Encoding"})
-    # Gzipped when the client asks (Prometheus does): with 10,000 targets 41 MB of metrics
-    # become ~3 MB. At level 1, in the loop a chunk at a time: aiohttp's own compression
-    # (level 6, in threads) cost 2.5 times the CPU for a tenth less on the wire.
+    # Gzipped when the client asks (Prometheus does): with 10,000 targets 12 MB of metrics
+    # become ~1.5 MB. In the loop, a chunk at a time: aiohttp's own compression (zlib's
+    # level 6, in threads) cost 2.5 times the CPU for a tenth less on the wire.
     compressor = None
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         response.headers["Content-Encoding"] = "gzip"
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        compressor = gzip_compressor()
     await response.prepare(request)
     for chunk in itertools.chain([head] if head else [], batched(pieces, STREAM_CHUNK)):
         await response.write(compressor.compress(chunk) if compressor else chunk)
