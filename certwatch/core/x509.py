@@ -37,6 +37,7 @@ __all__ = [
 
 _SHA256 = SHA256()
 SHARED_CA_CERTIFICATES = 1024  # distinct CA certificates parsed once and shared
+SHARED_LEAVES = 1024  # distinct leaves parsed once and shared by the targets serving them
 _SIGNATURE_NAMES = {
     oid: name.lower() for name, oid in vars(SignatureAlgorithmOID).items() if name.isupper()
 }
@@ -288,13 +289,28 @@ def _shared(der: bytes, position: int) -> tuple[bytes, CertInfo, x509.Certificat
     return (der, *_parse(der, position))
 
 
+@functools.lru_cache(maxsize=SHARED_LEAVES)
+def _shared_leaf(der: bytes) -> tuple[bytes, CertInfo]:
+    return der, _parse(der, 0)[0]
+
+
+def _load(der: bytes) -> x509.Certificate:
+    """The x509 object of a DER certificate already parsed once (so it loads)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(der)
+
+
 def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
     """Parses what it can of a chain; unreadable certificates become messages.
 
     The certificates after the leaf are a CA's, the same for every server it issued
     for: they are parsed once and their DER, CertInfo and x509 object shared (bounded
     by SHARED_CA_CERTIFICATES), so 10,000 targets behind one CA do not keep 10,000
-    copies of its intermediate.
+    copies of its intermediate. A leaf served by several targets (a wildcard, every
+    address behind one name) keeps one DER and one CertInfo too (SHARED_LEAVES); its
+    x509 object, needed only to verify, is loaded again each time (microseconds) rather
+    than kept.
     """
     infos, certificates, problems, kept = [], [], [], []
     for position, der in enumerate(ders):
@@ -302,7 +318,8 @@ def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
             if position:
                 der, info, certificate = _shared(der, position)
             else:
-                info, certificate = _parse(der, position)
+                der, info = _shared_leaf(der)
+                certificate = _load(der)
         except ValueError as exc:
             problems.append(str(exc))
             continue
