@@ -101,7 +101,11 @@ def test_a_leaf_served_by_several_targets_is_kept_once(intermediate: Issued,
     assert first.chain[0] is second.chain[0] and first.earliest is second.earliest
     assert first.observation.tls_version is second.observation.tls_version == "TLSv1.3"
     assert first.observation.cipher is second.observation.cipher == "TLS_AES_128_GCM_SHA256"
-    # The verification is each target's own: the name is part of it.
+    # Both are judged alike, and the equal judgements are one object each...
+    assert first.verification is second.verification is not None
+    assert first.renewal is second.renewal is not None
+    assert first.summary is second.summary
+    # ...but what may be reused is each target's own: the name is part of it.
     assert first.verification_key is not None and second.verification_key is not None
     assert (first.verification_key.name, second.verification_key.name) == ("a.svc.test",
                                                                             "b.svc.test")

@@ -17,6 +17,7 @@ from certwatch.core.findings import Refusals
 from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
 from certwatch.core.renewal import Renewal, RenewalInfo, judge_renewal
+from certwatch.core.sharing import shared
 from certwatch.core.timestamps import SECONDS_PER_DAY
 from certwatch.core.verify import (
     WEB_PKI,
@@ -186,5 +187,5 @@ def _judged(observation: Observation, now: datetime, chain: tuple[CertInfo, ...]
         summary += f"; {observation.error}"
     if key_check is not None and key_check.problem is not None:
         summary += f"; {key_check.detail}"
-    return Assessment(target, observation, now, state, tuple(reasons), summary, chain,
+    return Assessment(target, observation, now, state, tuple(reasons), shared(summary), chain,
                       verification, earliest, expiry, renewal=renewal, verification_key=key)

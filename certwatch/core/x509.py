@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
+from certwatch.core.sharing import shared
+
 __all__ = [
     "CertInfo",
     "ParsedChain",
@@ -327,7 +329,9 @@ def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
             kept.append(der)
         infos.append(info)
         certificates.append(certificate)
-    return ParsedChain(tuple(infos), tuple(certificates), tuple(problems), tuple(kept))
+    # The same chain served by several targets: one tuple of its CertInfos, one of its DER.
+    return ParsedChain(shared(tuple(infos)), tuple(certificates), tuple(problems),
+                       shared(tuple(kept)))
 
 
 def sha256_hex(cert: x509.Certificate) -> str:
