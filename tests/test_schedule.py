@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
-from certwatch.daemon.schedule import Schedule, utcnow
+from certwatch.daemon.schedule import Schedule, utcnow, without
 
 
 def _run_schedule(body: Callable[[Schedule, dict[str, Any]], Awaitable[None]],
@@ -154,3 +155,11 @@ def test_a_probe_asked_for_during_a_probe_runs_soon_after_it() -> None:
     seen = _run_schedule(body, run)
     starts, ends = seen["starts"]["a"], seen["ends"]["a"]
     assert len(starts) == 2 and 0 < starts[1] - ends[0] < 1.6, (starts, ends)
+
+
+def test_a_set_emptied_by_a_sweep_does_not_keep_its_table() -> None:
+    names = {f"endpoint-{i}" for i in range(10_000)}
+    big = sys.getsizeof(names)
+    for name in sorted(names):
+        names = without(names, name)
+    assert names == set() and sys.getsizeof(names) < big / 100
