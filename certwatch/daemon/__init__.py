@@ -19,9 +19,8 @@ import signal
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from certwatch.alerting.notifier import AlertsConfig, Notifier
 from certwatch.config import ConfigError
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
@@ -43,6 +42,9 @@ from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
 from certwatch.sources import Listener
 from certwatch.sources.registry import Sources
 from certwatch.sources.trust import TrustStores
+
+if TYPE_CHECKING:  # imported when alerts are configured (daemon.startup)
+    from certwatch.alerting.notifier import AlertsConfig, Notifier
 
 __all__ = ["Daemon"]
 
@@ -235,21 +237,19 @@ class Daemon:
         if serving is None:
             return 2
         self.bound_port = serving.port
-        state = open_state(self._running.inventory, self._running.alerts)
+        state = open_state(self._running.inventory, self._running.alerts, self.registry)
         if state is None:
             await serving.close()
             return 2
-        self._pipeline.history, outbox = state
+        self._pipeline.history, self._notifier = state
         self._schedule.release()  # probes record history, and may watch our own port
         notifier_task = None
-        if self._running.alerts is not None and outbox is not None:
-            self._notifier = Notifier(self._running.alerts, outbox, self.registry)
+        if self._notifier is not None:
             self._notifier.release(self.shard.owns)
             notifier_task = asyncio.create_task(self._notifier.run(self._stop))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
-                                                          self.reload,
-                                                          self._config_missing)),
+                                                          self.reload, self._config_missing)),
                     asyncio.create_task(self._schedule.watch_clock())]
         await self._stop.wait()
         log.info("stopping: letting probes in flight finish",
