@@ -27,6 +27,7 @@ from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.status import TargetStatus
 from certwatch.daemon.loading import Loaded, Loader
+from certwatch.daemon.memory import Trimmer
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus, FirstSweep
 from certwatch.daemon.schedule import Schedule, utcnow
@@ -87,6 +88,7 @@ class Daemon:
         self._schedule.wanted = lambda name: self._endpoint(name) is not None
         self._pipeline = Pipeline(self.store, self.metrics)
         self._first_sweep = FirstSweep(self.metrics)
+        self._memory = Trimmer()  # hands freed memory back after bursts of probes
         self._config = ConfigStatus(self.metrics)
         self._reloading = asyncio.Lock()
         self._pending: set[asyncio.Future[Any]] = set()  # rediscoveries under way
@@ -206,6 +208,7 @@ class Daemon:
             endpoint, running.sources, running.trust, self._notifier,
             deadline if deadline is not None else 0.0, lambda: self._endpoint(name),
             running.refusals)
+        self._memory.worked()
         if outcome.lag is not None:
             self._schedule.record_lag(name, outcome.lag)
             self._first_probe_done(name)
@@ -250,7 +253,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
                                                           self.reload, self._config_missing)),
-                    asyncio.create_task(self._schedule.watch_clock())]
+                    asyncio.create_task(self._schedule.watch_clock()),
+                    asyncio.create_task(self._memory.run(self._stop))]
         await self._stop.wait()
         log.info("stopping: letting probes in flight finish",
                  extra={"in_flight": len(self._schedule.in_flight)})
