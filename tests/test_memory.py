@@ -1,4 +1,4 @@
-"""Freed memory handed back after bursts of work (certwatch.daemon.memory)."""
+"""Freed memory handed back after bursts of work (certwatch.memory)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from certwatch.daemon.memory import Trimmer, malloc_trim
+from certwatch.memory import Trimmer, malloc_trim
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")

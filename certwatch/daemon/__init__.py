@@ -27,13 +27,13 @@ from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.status import TargetStatus
 from certwatch.daemon.loading import Loaded, Loader
-from certwatch.daemon.memory import Trimmer
 from certwatch.daemon.pipeline import Pipeline
 from certwatch.daemon.reloads import ConfigStatus, FirstSweep
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.sourcing import endpoint_map, invalid_entries, swap_endpoints
 from certwatch.daemon.startup import open_server, open_state
 from certwatch.daemon.store import Store
+from certwatch.memory import Trimmer
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
 from certwatch.serving.probe import ProbeService

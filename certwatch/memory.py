@@ -4,12 +4,14 @@ CPython keeps small objects in arenas of its own and asks the C allocator for th
 on most Linux systems glibc's malloc, which gives back what is freed at the top of its
 heap but keeps the free pages between blocks still in use, resident. A burst of work
 leaves many: the first sweep (`max_concurrency` TLS connections at a time, each with its
-OpenSSL buffers, among the statuses that stay), a configuration parsed in a worker
-thread (whose malloc arena only that thread uses). At 10,000 targets that was ~5 MB of
-a 105 MB peak. glibc's malloc_trim(0) releases those pages; it walks the heap (~15 ms at
-that size), so it runs in a worker thread, and only after work: once TRIM_AFTER probes
-have finished since the last time, at most every TRIM_INTERVAL. Where the C library has
-no malloc_trim (musl, macOS) nothing is done.
+OpenSSL buffers, freed among the statuses that stay), a flood of HTTP connections, a
+configuration parsed in a worker thread (whose malloc arena only that thread uses).
+After the first sweep of 10,000 targets the main arena held ~11 MB free, most of it
+resident. glibc's :data:`malloc_trim` releases those pages: the HTTP listener calls it
+once a flood of connections has gone, and :class:`Trimmer` once TRIM_AFTER probes have
+finished since the last time, at most every TRIM_INTERVAL. It walks the heap (~15 ms at
+that size), so the Trimmer runs it in a worker thread. Where the C library has no
+malloc_trim (musl, macOS) nothing is done.
 """
 
 from __future__ import annotations
