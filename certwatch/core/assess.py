@@ -121,12 +121,12 @@ def _kept(observation: Observation, ders: tuple[bytes, ...]) -> Observation:
     string each that every target shares (a few dozen names; one copy a target was
     ~130 bytes)."""
     version, cipher = observation.tls_version, observation.cipher
-    shared = (sys.intern(version) if version is not None else None,
-              sys.intern(cipher) if cipher is not None else None)
-    if shared[0] is version and shared[1] is cipher and all(
+    interned = (sys.intern(version) if version is not None else None,
+                sys.intern(cipher) if cipher is not None else None)
+    if interned[0] is version and interned[1] is cipher and all(
             kept is given for kept, given in zip(ders, observation.chain)):
         return observation
-    return replace(observation, chain=ders, tls_version=shared[0], cipher=shared[1])
+    return replace(observation, chain=ders, tls_version=interned[0], cipher=interned[1])
 
 
 def _judged(observation: Observation, now: datetime, chain: tuple[CertInfo, ...],

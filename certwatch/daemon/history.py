@@ -6,9 +6,9 @@ validity), at most HISTORY_PER_TARGET of them; the rules are pure
 same state database as the alert state (`state_dir`/certwatch.db, or the PostgreSQL
 database of `state:`), so a restart keeps it; without either it is kept in memory only
 (no database is opened: SQLite's code alone was ~1.2 MB of memory), and a restart
-forgets it. In a shared database another replica may have
-recorded a target this one has not seen yet (a shard that took it over): its history is
-read the first time it is asked for.
+forgets it. In a shared database another replica may have recorded a target this one
+has not seen yet (a shard that took it over): its history is read the first time it is
+asked for.
 
 A write that fails is logged and the history goes on in memory: it informs (renewals,
 first seen), it never decides whether a certificate expires.

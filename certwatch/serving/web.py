@@ -8,8 +8,8 @@ from one snapshot, so neither is ever held whole in memory, and the loop serves 
 requests (and probes) between chunks. The status page shows one page of rows: it
 selects over a small dict of each target (:func:`status_facts`) and builds the API's
 whole dict only for the rows it shows. The pages' renderers are imported with the first
-page asked for, and bcrypt with a basic-auth configuration: a daemon only scraped never
-holds them.
+page asked for, and the basic-auth checker with a basic-auth configuration: a daemon
+that is only scraped never holds them.
 """
 
 from __future__ import annotations
