@@ -86,6 +86,33 @@ def test_ca_certificates_are_shared_between_targets(intermediate: Issued, trust:
     assert first.chain[0].dns_names == ("a.test",) and second.chain[0].dns_names == ("b.test",)
 
 
+def test_a_leaf_served_by_several_targets_is_kept_once(intermediate: Issued,
+                                                       trust: TrustStore) -> None:
+    # A wildcard on two hosts: each probe reads its own bytes (and its own strings from
+    # the handshake); what is kept is one DER, one CertInfo and one string of each name.
+    wildcard = leaf(intermediate, names=("*.svc.test",))
+    first, second = (
+        assess(dataclasses.replace(observe(der(*wildcard.chain()), host=host),
+                                   tls_version="".join(["TLS", "v1.3"]),
+                                   cipher="".join(["TLS_AES_", "128_GCM_SHA256"])), NOW, trust)
+        for host in ("a.svc.test", "b.svc.test"))
+    assert first.state is second.state is State.OK
+    assert first.observation.chain[0] is second.observation.chain[0]
+    assert first.chain[0] is second.chain[0] and first.earliest is second.earliest
+    assert first.observation.tls_version is second.observation.tls_version == "TLSv1.3"
+    assert first.observation.cipher is second.observation.cipher == "TLS_AES_128_GCM_SHA256"
+    # Both are judged alike, and the equal judgements are one object each...
+    assert first.verification is second.verification is not None
+    assert first.renewal is second.renewal is not None
+    assert first.summary is second.summary
+    # ...but what may be reused is each target's own: the name is part of it.
+    assert first.verification_key is not None and second.verification_key is not None
+    assert (first.verification_key.name, second.verification_key.name) == ("a.svc.test",
+                                                                            "b.svc.test")
+    mismatch = assess(observe(der(*wildcard.chain()), host="svc.other"), NOW, trust)
+    assert mismatch.state is State.CRITICAL and mismatch.chain[0] is first.chain[0]
+
+
 @pytest.mark.parametrize(
     ("left", "state", "reasons"),
     # Below 30% of a 90-day certificate's life (27 days) its renewal is overdue as well.

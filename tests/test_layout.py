@@ -30,6 +30,7 @@ FLOORS = {
     "certwatch.core": 0,
     "certwatch.config": 1, "certwatch.render": 1, "certwatch.logs": 1,
     "certwatch.sources": 2, "certwatch.state": 2, "certwatch.eventloop": 2,
+    "certwatch.memory": 2,
     "certwatch.sweep": 3, "certwatch.alerting": 3,
     "certwatch.serving": 4,
     "certwatch.daemon": 5,

@@ -193,7 +193,12 @@ def test_the_history_survives_a_restart_and_forgets_removed_targets(tmp_path: Pa
     reopened.close()
 
 
-def test_without_a_state_dir_the_history_lives_in_memory() -> None:
+def test_without_a_state_dir_the_history_lives_in_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_database(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a history kept in memory opens no database")
+
+    monkeypatch.setattr("certwatch.daemon.history.open_database", no_database)
     store = CertificateHistory(None)
     assert not store.persistent
     store.record("web@127.0.0.1", seen("a" * 64, NOW, NOW + DAY), NOW)

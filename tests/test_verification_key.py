@@ -57,8 +57,11 @@ def observe(chain: tuple[bytes, ...], name: str = "svc.test", at: datetime = NOW
 
 
 def reused(first: Assessment, second: Assessment) -> bool:
-    """Whether `second` took `first`'s parsed chain and verification (the same objects)."""
-    return second.chain is first.chain and second.verification is first.verification
+    """Whether `second` took `first`'s parsed chain and verification, under its key (a
+    verification made again has a key of its own; its result, when equal, may be the
+    same shared object: certwatch.core.sharing)."""
+    return (second.verification_key is first.verification_key is not None
+            and second.chain is first.chain and second.verification is first.verification)
 
 
 def same_judgement(a: Assessment, b: Assessment) -> bool:

@@ -7,6 +7,7 @@ expires first on the path clients build, made worse by what clients would refuse
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Mapping
@@ -16,6 +17,7 @@ from certwatch.core.findings import Refusals
 from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
 from certwatch.core.renewal import Renewal, RenewalInfo, judge_renewal
+from certwatch.core.sharing import shared
 from certwatch.core.timestamps import SECONDS_PER_DAY
 from certwatch.core.verify import (
     WEB_PKI,
@@ -85,13 +87,11 @@ def assess(observation: Observation, now: datetime, trust: TrustStore,
     if key is not None and endpoint.source == SourceKind.TLS and key.admits(
             observation.chain, trust, endpoint.verify_name, policy, now):
         assert previous is not None and previous.verification is not None
-        observation = replace(observation, chain=key.ders)  # the copies already kept
+        observation = _kept(observation, key.ders)
         return _judged(observation, now, previous.chain, (), previous.verification, key,
                        renewal_info)
     parsed = parse_chain(observation.chain)
-    if any(kept is not given for kept, given in zip(parsed.ders, observation.chain)):
-        # Keep the shared copies of the CA certificates, not this probe's own.
-        observation = replace(observation, chain=parsed.ders)
+    observation = _kept(observation, parsed.ders)
     chain, parse_problems = parsed.infos, parsed.problems
     leaf_readable = bool(chain) and chain[0].position == 0
 
@@ -113,6 +113,20 @@ def assess(observation: Observation, now: datetime, trust: TrustStore,
     else:  # at rest: the chain and the dates, no host name
         verification = verify_at_rest(parsed, trust, now)
     return _judged(observation, now, chain, parse_problems, verification, key, renewal_info)
+
+
+def _kept(observation: Observation, ders: tuple[bytes, ...]) -> Observation:
+    """The observation as it is kept: with `ders`, the shared copies of its certificates
+    (see parse_chain), not this probe's own, and its TLS version and cipher as the one
+    string each that every target shares (a few dozen names; one copy a target was
+    ~130 bytes)."""
+    version, cipher = observation.tls_version, observation.cipher
+    interned = (sys.intern(version) if version is not None else None,
+                sys.intern(cipher) if cipher is not None else None)
+    if interned[0] is version and interned[1] is cipher and all(
+            kept is given for kept, given in zip(ders, observation.chain)):
+        return observation
+    return replace(observation, chain=ders, tls_version=interned[0], cipher=interned[1])
 
 
 def _judged(observation: Observation, now: datetime, chain: tuple[CertInfo, ...],
@@ -173,5 +187,5 @@ def _judged(observation: Observation, now: datetime, chain: tuple[CertInfo, ...]
         summary += f"; {observation.error}"
     if key_check is not None and key_check.problem is not None:
         summary += f"; {key_check.detail}"
-    return Assessment(target, observation, now, state, tuple(reasons), summary, chain,
+    return Assessment(target, observation, now, state, tuple(reasons), shared(summary), chain,
                       verification, earliest, expiry, renewal=renewal, verification_key=key)

@@ -50,6 +50,7 @@ from certwatch.core.revocation import (
     ocsp_request,
     ocsp_urls,
 )
+from certwatch.core.sharing import shared
 from certwatch.core.rootprograms import (
     DistrustRule,
     distrust_findings,
@@ -227,7 +228,8 @@ def judge_refusals(a: Assessment, trust: TrustStore, settings: RevocationSetting
     public = bool(path) and path[-1].fingerprint_sha256 in public_roots
     ct = judge_ct(scts, validity_of(a.leaf), policy.logs)
     lints = tuple(_lints(a, ct, policy, now)) if public else ()
-    refusals = Refusals(revocation, public, len(scts), ct.operators if public else (), lints)
+    refusals = shared(Refusals(revocation, public, len(scts), ct.operators if public else (),
+                               lints))
 
     state, reasons, summary = a.state, list(a.reasons), a.summary
     if revocation.status is RevocationStatus.REVOKED:
@@ -244,7 +246,7 @@ def judge_refusals(a: Assessment, trust: TrustStore, settings: RevocationSetting
         state = state.worse(lint.state)
     if any(lint.state is State.CRITICAL for lint in lints):
         summary += "; " + "; ".join(lint.detail for lint in lints if lint.state is State.CRITICAL)
-    return dataclasses.replace(a, state=state, reasons=tuple(reasons), summary=summary,
+    return dataclasses.replace(a, state=state, reasons=tuple(reasons), summary=shared(summary),
                                refusals=refusals)
 
 

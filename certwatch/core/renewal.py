@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Sequence
 
 from certwatch.core.inventory import RENEWAL_DUE_FRACTION
+from certwatch.core.sharing import shared
 from certwatch.core.timestamps import SECONDS_PER_DAY, rfc3339
 from certwatch.core.x509 import CertInfo
 
@@ -90,7 +91,7 @@ def judge_renewal(leaf: CertInfo, now: datetime, info: RenewalInfo | None = None
         due_at, basis = leaf.not_before + timedelta(seconds=lifetime * due_fraction), "lifetime"
     moved = bool(window and info and info.planned
                  and window.start < info.planned.start - MOVED_EARLIER)
-    return Renewal(due_at, basis, due_at <= now < leaf.not_after, moved, info)
+    return shared(Renewal(due_at, basis, due_at <= now < leaf.not_after, moved, info))
 
 
 def certificate_id(authority_key_id: str, serial: str) -> str:

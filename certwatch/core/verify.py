@@ -33,6 +33,7 @@ from cryptography.x509.verification import (
 )
 
 from certwatch.core.names import match_form
+from certwatch.core.sharing import shared
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
 from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
@@ -161,8 +162,8 @@ def verification_key(ders: tuple[bytes, ...], chain: Iterable[CertInfo], trust: 
               if m is not None]
     if now in moments or now in trust.boundaries:
         return None
-    return VerificationKey(ders, trust, name, policy, max(after, default=None),
-                           min(before, default=None))
+    return VerificationKey(ders, trust, name, policy, shared(max(after, default=None)),
+                           shared(min(before, default=None)))
 
 
 def _last_before(moments: Sequence[datetime], now: datetime) -> datetime | None:
@@ -375,13 +376,13 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
     for problem in timing:
         problems.append(problem)
         details.append(_time_detail(problem, infos or chain.infos, now))
-    return Verification(
+    return shared(Verification(
         trusted=path is not None,
         hostname_match=hostname_ok,
         problems=tuple(problems),
         detail="; ".join(details),
         path=infos,
-    )
+    ))
 
 
 def _time_detail(problem: Problem, certs: Iterable[CertInfo], now: datetime) -> str:

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
+from certwatch.core.sharing import shared
+
 __all__ = [
     "CertInfo",
     "ParsedChain",
@@ -37,7 +39,7 @@ __all__ = [
 
 _SHA256 = SHA256()
 SHARED_CA_CERTIFICATES = 1024  # distinct CA certificates parsed once and shared
-SHARED_LEAVES = 256  # the leaves seen last, parsed once for every target that serves them
+SHARED_LEAVES = 1024  # distinct leaves parsed once and shared by the targets serving them
 _SIGNATURE_NAMES = {
     oid: name.lower() for name, oid in vars(SignatureAlgorithmOID).items() if name.isupper()
 }
@@ -290,8 +292,15 @@ def _shared(der: bytes, position: int) -> tuple[bytes, CertInfo, x509.Certificat
 
 
 @functools.lru_cache(maxsize=SHARED_LEAVES)
-def _shared_leaf(der: bytes) -> tuple[bytes, CertInfo, x509.Certificate]:
-    return (der, *_parse(der, 0))  # apart from the CAs': leaves come and go faster
+def _shared_leaf(der: bytes) -> tuple[bytes, CertInfo]:
+    return der, _parse(der, 0)[0]
+
+
+def _load(der: bytes) -> x509.Certificate:
+    """The x509 object of a DER certificate already parsed once (so it loads)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(der)
 
 
 def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
@@ -300,14 +309,19 @@ def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
     The certificates after the leaf are a CA's, the same for every server it issued
     for: they are parsed once and their DER, CertInfo and x509 object shared (bounded
     by SHARED_CA_CERTIFICATES), so 10,000 targets behind one CA do not keep 10,000
-    copies of its intermediate. So is a leaf that several targets serve (a wildcard
-    behind many names, an endpoint at several addresses) while it is among the last
-    SHARED_LEAVES seen: a sweep parses it once.
+    copies of its intermediate. A leaf served by several targets (a wildcard, every
+    address behind one name) keeps one DER and one CertInfo too (SHARED_LEAVES); its
+    x509 object, needed only to verify, is loaded again each time (microseconds) rather
+    than kept.
     """
     infos, certificates, problems, kept = [], [], [], []
     for position, der in enumerate(ders):
         try:
-            der, info, certificate = _shared(der, position) if position else _shared_leaf(der)
+            if position:
+                der, info, certificate = _shared(der, position)
+            else:
+                der, info = _shared_leaf(der)
+                certificate = _load(der)
         except ValueError as exc:
             problems.append(str(exc))
             continue
@@ -315,7 +329,9 @@ def parse_chain(ders: Sequence[bytes]) -> ParsedChain:
             kept.append(der)
         infos.append(info)
         certificates.append(certificate)
-    return ParsedChain(tuple(infos), tuple(certificates), tuple(problems), tuple(kept))
+    # The same chain served by several targets: one tuple of its CertInfos, one of its DER.
+    return ParsedChain(shared(tuple(infos)), tuple(certificates), tuple(problems),
+                       shared(tuple(kept)))
 
 
 def sha256_hex(cert: x509.Certificate) -> str:

@@ -19,9 +19,8 @@ import signal
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from certwatch.alerting.notifier import AlertsConfig, Notifier
 from certwatch.config import ConfigError
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Endpoint, Inventory
@@ -34,6 +33,7 @@ from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.sourcing import endpoint_map, invalid_entries, swap_endpoints
 from certwatch.daemon.startup import open_server, open_state
 from certwatch.daemon.store import Store
+from certwatch.memory import Trimmer
 from certwatch.render.exposition import TargetExposition
 from certwatch.serving.metrics import DaemonMetrics
 from certwatch.serving.probe import ProbeService
@@ -43,6 +43,9 @@ from certwatch.sources.revocation import RefusalChecks, RevocationFetcher
 from certwatch.sources import Listener
 from certwatch.sources.registry import Sources
 from certwatch.sources.trust import TrustStores
+
+if TYPE_CHECKING:  # imported when alerts are configured (daemon.startup)
+    from certwatch.alerting.notifier import AlertsConfig, Notifier
 
 __all__ = ["Daemon"]
 
@@ -85,6 +88,7 @@ class Daemon:
         self._schedule.wanted = lambda name: self._endpoint(name) is not None
         self._pipeline = Pipeline(self.store, self.metrics)
         self._first_sweep = FirstSweep(self.metrics)
+        self._memory = Trimmer()  # hands freed memory back after bursts of probes
         self._config = ConfigStatus(self.metrics)
         self._reloading = asyncio.Lock()
         self._pending: set[asyncio.Future[Any]] = set()  # rediscoveries under way
@@ -204,6 +208,7 @@ class Daemon:
             endpoint, running.sources, running.trust, self._notifier,
             deadline if deadline is not None else 0.0, lambda: self._endpoint(name),
             running.refusals)
+        self._memory.worked()
         if outcome.lag is not None:
             self._schedule.record_lag(name, outcome.lag)
             self._first_probe_done(name)
@@ -235,22 +240,21 @@ class Daemon:
         if serving is None:
             return 2
         self.bound_port = serving.port
-        state = open_state(self._running.inventory, self._running.alerts)
+        state = open_state(self._running.inventory, self._running.alerts, self.registry)
         if state is None:
             await serving.close()
             return 2
-        self._pipeline.history, outbox = state
+        self._pipeline.history, self._notifier = state
         self._schedule.release()  # probes record history, and may watch our own port
         notifier_task = None
-        if self._running.alerts is not None and outbox is not None:
-            self._notifier = Notifier(self._running.alerts, outbox, self.registry)
+        if self._notifier is not None:
             self._notifier.release(self.shard.owns)
             notifier_task = asyncio.create_task(self._notifier.run(self._stop))
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
-                                                          self.reload,
-                                                          self._config_missing)),
-                    asyncio.create_task(self._schedule.watch_clock())]
+                                                          self.reload, self._config_missing)),
+                    asyncio.create_task(self._schedule.watch_clock()),
+                    asyncio.create_task(self._memory.run(self._stop))]
         await self._stop.wait()
         log.info("stopping: letting probes in flight finish",
                  extra={"in_flight": len(self._schedule.in_flight)})

@@ -4,10 +4,11 @@ Each target remembers the leaves it has served (fingerprint, first and last seen
 validity), at most HISTORY_PER_TARGET of them; the rules are pure
 (:func:`certwatch.core.renewal.record_seen`), this module only stores. It lives in the
 same state database as the alert state (`state_dir`/certwatch.db, or the PostgreSQL
-database of `state:`), so a restart keeps it; without either it is an in-memory
-database, and a restart forgets it. In a shared database another replica may have
-recorded a target this one has not seen yet (a shard that took it over): its history is
-read the first time it is asked for.
+database of `state:`), so a restart keeps it; without either it is kept in memory only
+(no database is opened: SQLite's code alone was ~1.2 MB of memory), and a restart
+forgets it. In a shared database another replica may have recorded a target this one
+has not seen yet (a shard that took it over): its history is read the first time it is
+asked for.
 
 A write that fails is logged and the history goes on in memory: it informs (renewals,
 first seen), it never decides whether a certificate expires.
@@ -57,15 +58,15 @@ class CertificateHistory:
             log.info("certificate history kept in memory only: set 'state_dir' to keep it "
                      "across restarts")
         # NORMAL: a power cut may lose the latest last_seen, which is harmless.
-        self._db = where if isinstance(where, Database) else open_database(
+        self._db = where if isinstance(where, Database) or where is None else open_database(
             where, SCHEMA, durable=False, busy_timeout=BUSY_TIMEOUT)
-        self.path = None if where is None else self._db.where
+        self.path = None if self._db is None else self._db.where
         self._by_target: dict[str, tuple[SeenCertificate, ...]] = {}
         try:
-            rows = self._db.execute(
+            rows = [] if self._db is None else self._db.execute(
                 f"SELECT {_COLUMNS} FROM certificate_history ORDER BY target, last_seen")
         except DatabaseError as exc:
-            raise StateError(f"state database {self._db.where} cannot be used: {exc}") from None
+            raise StateError(f"state database {self.path} cannot be used: {exc}") from None
         for target, seen in _rows(rows):
             self._by_target[target] = (*self._by_target.get(target, ()), seen)
         self._failing = False
@@ -84,7 +85,7 @@ class CertificateHistory:
 
     def _read(self, target: str) -> tuple[SeenCertificate, ...]:
         """A target not seen since start-up: what another replica recorded, if any."""
-        if not self._db.shared:
+        if self._db is None or not self._db.shared:
             return ()
         try:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM certificate_history "
@@ -120,8 +121,8 @@ class CertificateHistory:
             return
 
         def write() -> None:
-            with self._db.transaction():
-                self._db.executemany(
+            with self._database.transaction():
+                self._database.executemany(
                     "UPDATE certificate_history SET last_seen = ? "
                     "WHERE target = ? AND fingerprint = ?",
                     [(seen.last_seen.isoformat(), target, seen.fingerprint_sha256)
@@ -134,24 +135,31 @@ class CertificateHistory:
         for target in gone:
             self._refreshed.pop(target, None)
         if gone and self.path is not None:
-            self._guard(lambda: self._db.executemany(
+            self._guard(lambda: self._database.executemany(
                 "DELETE FROM certificate_history WHERE target = ?", [(t,) for t in gone]))
 
     def close(self) -> None:
         if self.path is not None:
             self.flush()
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+
+    @property
+    def _database(self) -> Database:
+        """The database, where the history is kept in one (`path` is not None)."""
+        assert self._db is not None
+        return self._db
 
     def _write(self, target: str, upserts: list[SeenCertificate], dropped: set[str]) -> None:
         def write() -> None:
-            with self._db.transaction():
-                self._db.executemany(
+            with self._database.transaction():
+                self._database.executemany(
                     "INSERT INTO certificate_history VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (target, fingerprint) DO UPDATE SET last_seen = excluded.last_seen",
                     [(target, seen.fingerprint_sha256, seen.first_seen.isoformat(),
                       seen.last_seen.isoformat(), seen.not_before.isoformat(),
                       seen.not_after.isoformat()) for seen in upserts])
-                self._db.executemany(
+                self._database.executemany(
                     "DELETE FROM certificate_history WHERE target = ? AND fingerprint = ?",
                     [(target, fingerprint) for fingerprint in dropped])
         self._guard(write)

@@ -22,16 +22,18 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
 
-from certwatch.alerting.notifier import AlertsConfig, alerts_config
 from certwatch.config import ConfigError, load_configuration
 from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
 from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.vocabulary import SourceKind
-from certwatch.daemon.demo import DemoEndpoints, with_demo
 from certwatch.serving.tls import tls_problem
+
+if TYPE_CHECKING:  # imported when the inventory asks for them
+    from certwatch.alerting.notifier import AlertsConfig
+    from certwatch.daemon.demo import DemoEndpoints
 
 __all__ = ["Loaded", "Loader", "owned_entries"]
 
@@ -137,12 +139,17 @@ class Loader:
         for problem in inventory.problems:
             log.error("invalid inventory entry; it is reported as a target in error",
                       extra={"source": inventory.source, "problem": problem})
-        alerts = alerts_config(inventory.alerts) if inventory.alerts is not None else None
-        return Loaded(inventory, alerts, web)
+        if inventory.alerts is None:
+            return Loaded(inventory, None, web)
+        from certwatch.alerting.notifier import alerts_config  # its sinks, httpx: when used
+
+        return Loaded(inventory, alerts_config(inventory.alerts), web)
 
     async def _with_demo(self, inventory: Inventory) -> Inventory:
         if not inventory.demo:
             return inventory
+        from certwatch.daemon.demo import DemoEndpoints, with_demo  # its own TLS servers
+
         if self._demo is None:
             self._demo_dir = tempfile.TemporaryDirectory(prefix="certwatch-demo-")
             self._demo = await DemoEndpoints(Path(self._demo_dir.name)).__aenter__()

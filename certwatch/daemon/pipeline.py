@@ -12,9 +12,8 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
-from certwatch.alerting.notifier import Notifier
 from certwatch.core.inventory import Endpoint
 from certwatch.core.renewal import SeenCertificate, last_renewal
 from certwatch.core.status import Change, TargetStatus, merge
@@ -27,6 +26,9 @@ from certwatch.sources.ari import RenewalInfoFetcher
 from certwatch.sources.revocation import RefusalChecks
 from certwatch.sources.trust import TrustStores
 from certwatch.sweep import judge_endpoint
+
+if TYPE_CHECKING:  # imported when alerts are configured (daemon.startup)
+    from certwatch.alerting.notifier import Notifier
 
 __all__ = ["Outcome", "Pipeline"]
 

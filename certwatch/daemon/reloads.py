@@ -77,5 +77,6 @@ class FirstSweep:
         if name in self._unprobed:
             self._unprobed.discard(name)
             if not self._unprobed:
+                self._unprobed = set()  # emptied, the set kept the table of every name
                 self.metrics.ready.set(1)
                 log.info("first sweep finished", extra={"targets": targets()})

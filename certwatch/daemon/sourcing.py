@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
-from certwatch.alerting.notifier import Notifier
 from certwatch.core.inventory import Endpoint
 from certwatch.core.sharding import WHOLE, Shard
 from certwatch.daemon.schedule import Schedule, utcnow
 from certwatch.daemon.store import Store
+
+if TYPE_CHECKING:
+    from certwatch.alerting.notifier import Notifier
 
 __all__ = ["FIRST_SWEEP_SPREAD", "endpoint_map", "invalid_entries", "swap_endpoints"]
 

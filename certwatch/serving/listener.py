@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import gc
 import logging
 import ssl
@@ -40,6 +39,8 @@ from typing import Any, Awaitable, Callable, cast
 
 from aiohttp import web
 
+from certwatch.memory import malloc_trim
+
 __all__ = ["ConnectionGuard", "GuardedSite", "ListenerLimits", "stream_transport"]
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,6 @@ SHUTDOWN_TIMEOUT = 5.0  # seconds for a closing TLS connection's close_notify
 WARN_EVERY = 60.0  # seconds between two warnings that the cap was reached
 TRIM_AFTER = 64  # open connections that make a flood worth returning memory after
 TRIM_DELAY = 1.0  # seconds after the flood has gone (closes come in bursts)
-
-
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), or None where the C library has none (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return lambda: trim(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +92,7 @@ class ConnectionGuard:
         self.closed_at_cap = 0  # connections closed to make room, or refused
         self._warned_at: float | None = None
         self._peak = 0  # the most open at once since memory was last returned
-        self._trim = _malloc_trim()
+        self._trim = malloc_trim  # None where the C library has none (musl, macOS)
         self._trimming: asyncio.TimerHandle | None = None
 
     @property
@@ -162,7 +153,7 @@ class ConnectionGuard:
         self._peak = len(self._open)
         assert self._trim is not None
         gc.collect()  # closed connections leave cycles (transports, handlers, tasks)
-        self._trim()
+        self._trim(0)
 
     def served(self, slot: _Slot) -> None:
         """A request was answered: the connection goes to the back of the queue."""

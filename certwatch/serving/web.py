@@ -7,7 +7,9 @@ so a scrape never waits for a probe. The two large responses (with 10,000 target
 few hundred targets at a time, so neither is ever held whole in memory, and the loop
 serves other requests (and probes) between chunks. The status page shows one page of
 rows: it selects over a small dict of each target (:func:`status_facts`) and builds the
-API's whole dict only for the rows it shows.
+API's whole dict only for the rows it shows. The pages' renderers are imported with
+the first page asked for, and bcrypt with a basic-auth configuration: a daemon only
+scraped never holds them.
 """
 
 from __future__ import annotations
@@ -26,11 +28,7 @@ from certwatch import __version__
 from certwatch.config.web import WebConfig
 from certwatch.core.status import TargetStatus
 from certwatch.render.report import sort_key, status_facts, status_to_dict
-from certwatch.render.selection import Query, select
-from certwatch.render.statuspage import status_page_parts
 from certwatch.render.stylesheet import CONTENT_SECURITY_POLICY
-from certwatch.render.targetpage import render_target_page, target_missing_page
-from certwatch.serving.auth import BasicAuth
 
 __all__ = ["DaemonView", "create_app"]
 
@@ -154,6 +152,8 @@ def _security(config: WebConfig) -> tuple[list[Any], Callable[[web.Request, web.
     """The web configuration's basic auth (a middleware) and headers (a response hook)."""
     middlewares: list[Any] = []
     if config.basic_auth_users:
+        from certwatch.serving.auth import BasicAuth
+
         auth = BasicAuth(config.basic_auth_users)
         open_paths = config.http.open_paths
 
@@ -210,6 +210,9 @@ def create_app(view: DaemonView, web_config: WebConfig | None = None, *,
 
     async def page(request: web.Request) -> web.StreamResponse:
         # The filter is in the URL and applied here: only one page of rows is rendered.
+        from certwatch.render.selection import Query, select
+        from certwatch.render.statuspage import status_page_parts
+
         query = Query.parse(request.query.items())
         if any(not value.strip() or (name, value) in _FORM_DEFAULTS
                for name, value in request.query.items()):
@@ -224,6 +227,9 @@ def create_app(view: DaemonView, web_config: WebConfig | None = None, *,
         return await _stream(request, parts, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
 
     async def target_page(request: web.Request) -> web.Response:
+        from certwatch.render.selection import Query
+        from certwatch.render.targetpage import render_target_page, target_missing_page
+
         key = request.query.get("key", "")
         back = Query.parse((k, v) for k, v in request.query.items() if k != "key")
         status = view.snapshot().get(key)

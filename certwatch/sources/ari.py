@@ -30,13 +30,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import httpx
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from certwatch.core.inventory import Endpoint
 from certwatch.core.renewal import RenewalInfo, RenewalWindow, certificate_id
 from certwatch.core.x509 import CertInfo
+
+if TYPE_CHECKING:  # imported with the first fetch: most inventories name no ACME directory
+    import httpx
 
 __all__ = ["RenewalInfoFetcher"]
 
@@ -169,6 +170,8 @@ class RenewalInfoFetcher:
 
     async def _get(self, endpoint: Endpoint, url: str) -> tuple[Any, float]:
         """The JSON body and the Retry-After (seconds, bounded) of one GET."""
+        import httpx
+
         client = self._client(endpoint.ca_file)
         try:
             async with asyncio.timeout(self.timeout):
@@ -201,6 +204,8 @@ class RenewalInfoFetcher:
         (a private CA's ACME server has a certificate from that CA, as its leaves do)."""
         client = self._clients.get(ca_file)
         if client is None:
+            import httpx
+
             context = ssl.create_default_context()
             if ca_file is not None:
                 context.load_verify_locations(cafile=str(ca_file))
@@ -212,6 +217,8 @@ class RenewalInfoFetcher:
 
 def _origin(url: str) -> str:
     """scheme://host[:port] of a URL: what a message names, never a path or query."""
+    import httpx
+
     parts = httpx.URL(url)
     host = f"[{parts.host}]" if ":" in parts.host else parts.host
     port = f":{parts.port}" if parts.port else ""

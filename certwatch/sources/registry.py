@@ -7,30 +7,47 @@ endpoint to the source its entry names. An entry that validation rejected is obs
 as its problems (a target in state error), by no source at all.
 
 A new source is one module with a class that observes endpoints, plus its line here.
+A source's module is imported when an inventory first uses it: the Kubernetes one (and
+its HTTP client) was ~2 MB of memory for the inventories, most of them, that have no
+Kubernetes entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 from datetime import datetime, timezone
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from certwatch.core.inventory import Endpoint, Inventory
 from certwatch.core.observation import Observation, ProbeError, Target
 from certwatch.core.vocabulary import ErrorKind, Phase, SourceKind
 from certwatch.sources import Following, Listener, Source, SourceHealth
-from certwatch.sources.files import FileSource
-from certwatch.sources.kubernetes import KubernetesSource
 from certwatch.sources.wire import Prober
+
+if TYPE_CHECKING:
+    from certwatch.sources.kubernetes import KubernetesSource
 
 __all__ = ["REGISTRY", "Sources", "rejected_observation"]
 
 Factory = Callable[[Inventory], Source]
 
+
+def _files(inventory: Inventory) -> Source:
+    from certwatch.sources.files import FileSource
+
+    return FileSource()
+
+
+def _kubernetes(inventory: Inventory) -> KubernetesSource:
+    from certwatch.sources.kubernetes import KubernetesSource
+
+    return KubernetesSource(inventory.kubernetes)
+
+
 REGISTRY: Mapping[str, Factory] = {
     SourceKind.TLS: lambda inventory: Prober(max_concurrency=inventory.max_concurrency),
-    SourceKind.FILE: lambda inventory: FileSource(),
-    SourceKind.KUBERNETES: lambda inventory: KubernetesSource(inventory.kubernetes),
+    SourceKind.FILE: _files,
+    SourceKind.KUBERNETES: _kubernetes,
 }
 
 
@@ -103,6 +120,10 @@ class Sources:
         """The endpoints the entries discover, found now (for `check`, which follows
         nothing)."""
         kubernetes = self.get(SourceKind.KUBERNETES)
+        if kubernetes is None:
+            return ()
+        from certwatch.sources.kubernetes import KubernetesSource  # imported: it was made
+
         if not isinstance(kubernetes, KubernetesSource):
             return ()
         entries = [e for e in endpoints if e.source == SourceKind.KUBERNETES and not e.rejected]

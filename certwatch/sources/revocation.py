@@ -22,9 +22,8 @@ import functools
 import logging
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Sequence
 
-import httpx
 from cryptography.x509 import ocsp
 
 from certwatch import __version__
@@ -34,6 +33,9 @@ from certwatch.core.refusals import Policy, judge_refusals, wanted
 from certwatch.core.revocation import CRLIndex, FetchFailure, Unknown, index_crl
 from certwatch.core.verify import TrustStore
 from certwatch.sources.trust import TrustStores
+
+if TYPE_CHECKING:  # imported with the first fetch: many chains name nothing to fetch
+    import httpx
 
 __all__ = ["RefusalChecks", "RevocationFetcher"]
 
@@ -130,6 +132,8 @@ class RevocationFetcher:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            import httpx
+
             # No proxies from the environment, no redirects to elsewhere: a CRL is where
             # the certificate says; http:// mostly (CRLs and OCSP are signed, not secret).
             self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False,
@@ -138,6 +142,8 @@ class RevocationFetcher:
 
     async def _body(self, method: str, url: str, content: bytes | None, limit: int,
                     settings: RevocationSettings) -> bytes:
+        import httpx
+
         headers = {"Content-Type": "application/ocsp-request"} if content is not None else {}
         async with self._slots, asyncio.timeout(settings.timeout):
             async with self._http().stream(method, url, content=content, headers=headers,
@@ -156,6 +162,8 @@ class RevocationFetcher:
                 return bytes(body)
 
     def _failure(self, url: str, exc: BaseException, settings: RevocationSettings) -> FetchFailure:
+        import httpx
+
         now = self._clock()
         if isinstance(exc, TimeoutError):
             return FetchFailure(url, Unknown.UNREACHABLE, f"{url}: no answer within "
