@@ -35,7 +35,6 @@ import json
 import multiprocessing
 import os
 import platform
-import signal
 import socket
 import ssl
 import subprocess
@@ -52,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/pki.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sweep.py
 
-from sweep import raise_fd_limit  # noqa: E402
+from sweep import raise_fd_limit, stop_process  # noqa: E402
 from tests.pki import make_leaf, make_root  # noqa: E402
 
 SAMPLE = 0.1  # seconds between RSS samples
@@ -271,15 +270,6 @@ def one_round(pid: int, port: int, mode: str, count: int, hold_seconds: float) -
     return result
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 def render(server: str, rounds: list[Round], targets: bool) -> str:
     lines = [f"{server}:",
              f"  {'mode':8} {'RSS before':>10} {'peak':>7} {'rise':>6} {'after':>7} {'back':>6}"
@@ -324,7 +314,7 @@ def main() -> int:
                 try:
                     rounds.append(one_round(process.pid, port, mode, args.connections, args.hold))
                 finally:
-                    stop(process)
+                    stop_process(process, 20)
             figures[name.split()[0]] = [asdict(r) for r in rounds]
             print(render(name, rounds, targets=name == "certwatch"), flush=True)
     results = REPO / "bench" / "results"

@@ -43,8 +43,10 @@ import json
 import multiprocessing
 import platform
 import resource
+import signal
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -91,6 +93,17 @@ def cpu_times() -> tuple[float, float]:
     """User and system CPU seconds of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime, usage.ru_stime
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to a benchmark's child process, then SIGKILL after `grace` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 def raise_fd_limit(needed: int) -> None:

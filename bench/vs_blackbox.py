@@ -42,7 +42,6 @@ import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -55,13 +54,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon import DaemonLog, cpu_seconds, get, memory_mb, wait_for_log  # noqa: E402
-from sweep import REPO, raise_fd_limit  # noqa: E402
+from sweep import REPO, raise_fd_limit, stop_process  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 
 DOMAIN = "bench.certwatch.test"
 START_TIMEOUT = 60.0
 HTTP_TIMEOUT = 30.0
+STOP_GRACE = 15.0  # seconds each process gets to stop on SIGTERM
 WARMUP = 100  # blackbox probes before the measured sweep
 NGINX = "/usr/sbin/nginx"
 BLACKBOX = "prometheus-blackbox-exporter"
@@ -102,16 +102,6 @@ def start(command: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, **kw)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def wait_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -254,7 +244,7 @@ def run_blackbox(args: argparse.Namespace, directory: Path, root: Path, target_p
                             f"(t{wrong[0]}): {bodies[wrong[0]][:300]!r}")
         return side
     finally:
-        stop(process)
+        stop_process(process, STOP_GRACE)
 
 
 # --- certwatch -----------------------------------------------------------------------------
@@ -342,7 +332,7 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
                             f"its schedule asks for about {args.targets * steady.seconds / args.interval:.0f}")
         return first, steady, memory_mb(process.pid)["VmHWM"]
     finally:
-        stop(process)
+        stop_process(process, STOP_GRACE)
         log.read()
         if log.levels.get("error") or log.levels.get("critical"):
             failures.append("certwatch logged errors: " + "; ".join(log.problems))
@@ -429,7 +419,7 @@ def main() -> int:
             first, steady, peak = run_certwatch(args, directory, root, port, server.pid,
                                                 not_after, failures, figures)
         finally:
-            stop(server)
+            stop_process(server, STOP_GRACE)
     figures.blackbox, figures.certwatch_first = figures_of(blackbox), figures_of(first)
     figures.certwatch_steady, figures.certwatch_peak_rss_mb = figures_of(steady), peak
     figures.ratios = {
