@@ -60,7 +60,6 @@ from certwatch.core.inventory import Endpoint  # noqa: E402
 from certwatch.core.observation import Observation, Target  # noqa: E402
 from certwatch.core.refusals import judge_refusals  # noqa: E402
 from certwatch.core.status import TargetStatus  # noqa: E402
-from certwatch.core.verify import TrustStore  # noqa: E402
 from certwatch.daemon.store import Store  # noqa: E402
 from certwatch.render.exposition import TargetExposition  # noqa: E402
 from certwatch.serving.metrics import DaemonMetrics  # noqa: E402
@@ -70,6 +69,7 @@ from tests import pki  # noqa: E402
 import daemon  # noqa: E402 - its requests, as bench/daemon.py makes them
 from daemon import get, healthz_during_scrape  # noqa: E402
 from statuspage import View as PageView  # noqa: E402 - the daemon's view over a store
+from statuspage import private_ca  # noqa: E402
 
 
 CLIENT_MARGIN = 60.0  # seconds beyond the requests' own bounds before the client is given up
@@ -88,13 +88,7 @@ class _NoEvidence:
 
 def _distinct(count: int, now: datetime) -> list[Assessment]:
     """`count` real assessments, each of its own leaf, as the daemon judges them."""
-    root = pki.make_root("bench root", not_before=now - timedelta(days=900),
-                         not_after=now + timedelta(days=3650))
-    intermediate = pki.make_intermediate(root, "bench issuing CA",
-                                         not_before=now - timedelta(days=400),
-                                         not_after=now + timedelta(days=1500))
-    trust = TrustStore.of([root.cert])
-    inter_der = intermediate.cert.public_bytes(Encoding.DER)
+    trust, intermediate, inter_der = private_ca(now, "bench issuing CA")
     policy = shipped_policy()
     out = []
     for i in range(count):

@@ -91,15 +91,19 @@ class View:
         return {}
 
 
-def build_store(count: int, critical: int, errors: int, now: datetime) -> tuple[Store, str]:
-    """`count` targets, as the daemon's pipeline would have stored them; and one key."""
+def private_ca(now: datetime, name: str) -> tuple[TrustStore, pki.Issued, bytes]:
+    """A bench root and its issuing CA `name`: the store trusting the root, the CA that
+    issues the leaves, and its DER (the chain's second certificate)."""
     root = pki.make_root("bench root", not_before=now - timedelta(days=900),
                          not_after=now + timedelta(days=3650))
-    intermediate = pki.make_intermediate(root, "bench issuing CA R11",
-                                         not_before=now - timedelta(days=400),
+    intermediate = pki.make_intermediate(root, name, not_before=now - timedelta(days=400),
                                          not_after=now + timedelta(days=1500))
-    trust = TrustStore.of([root.cert])
-    inter_der = intermediate.cert.public_bytes(Encoding.DER)
+    return TrustStore.of([root.cert]), intermediate, intermediate.cert.public_bytes(Encoding.DER)
+
+
+def build_store(count: int, critical: int, errors: int, now: datetime) -> tuple[Store, str]:
+    """`count` targets, as the daemon's pipeline would have stored them; and one key."""
+    trust, intermediate, inter_der = private_ca(now, "bench issuing CA R11")
     rng = random.Random(16)
     store = Store()
     key = ""
