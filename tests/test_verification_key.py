@@ -31,7 +31,8 @@ def root() -> Issued:
 
 @pytest.fixture(scope="module")
 def intermediate(root: Issued) -> Issued:
-    # Not valid before tomorrow's noon: a boundary inside the chain, after the leaf's start.
+    # It expires in 30 days, before the leaf (60 by default): a boundary of the chain
+    # that is not the leaf's, inside a lifetime the tests walk through.
     return make_intermediate(root, "Key Intermediate", not_before=NOW - 365 * DAY,
                              not_after=NOW + 30 * DAY)
 
