@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import ssl
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish its TLS handshake
 KINDS = {"secrets": ("v1", "Secret"), "configmaps": ("v1", "ConfigMap"),
          "ingresses": ("networking.k8s.io/v1", "Ingress"),
          "gateways": ("gateway.networking.k8s.io/v1", "Gateway")}
@@ -69,6 +71,14 @@ def _selected(obj: dict[str, Any], labels: str, fields: str) -> bool:
     return True
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection lost or a handshake failed (a client that refused our certificate,
+        or gave up): dropped quietly, as when the handshake ran in accept()."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 class FakeKubeAPI:
     """The server, its objects and its event history."""
 
@@ -86,9 +96,13 @@ class FakeKubeAPI:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
         self._context = context
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        # The handshake runs in each connection's thread (Handler.setup), bounded: in
+        # accept() it ran in the serving thread, where a client that connected and never
+        # finished its handshake held it, and shutdown() with it, for ever.
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -148,6 +162,12 @@ class FakeKubeAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                self.request.settimeout(HANDSHAKE_TIMEOUT)
+                self.request.do_handshake()
+                self.request.settimeout(None)
+                super().setup()
 
             def log_message(self, *args: Any) -> None:
                 pass

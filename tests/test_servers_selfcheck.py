@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests import pki
+from tests.kubeapi import FakeKubeAPI
 from tests.servers import (
     DripServer,
     GarbageServer,
@@ -335,3 +336,27 @@ def test_drip_sends_a_record_header_byte_by_byte() -> None:
         started = time.monotonic()
         assert b"".join(sock.recv(1) for _ in range(3)) == b"\x16\x03\x03"
         assert time.monotonic() - started >= 0.18
+
+
+def test_a_silent_client_holds_neither_the_fake_kube_api_nor_its_shutdown(tmp_path: Path) -> None:
+    """A client that connects and never finishes its handshake (a probe given up on)
+    once held the fake API server's accepting thread, and its shutdown, for ever."""
+    root = pki.make_root("Kube Selfcheck Root", not_before=NOT_BEFORE, not_after=NOT_AFTER)
+    cert, key = pki.make_leaf(root, ["127.0.0.1"], not_before=NOT_BEFORE,
+                              not_after=NOT_AFTER).write(tmp_path, "api")
+    (tmp_path / "token").write_text("token\n")
+    ctx = ssl.create_default_context(cafile=pki.write_pem(tmp_path / "root.pem", [root.cert]))
+    threads = threading.active_count()
+    api = FakeKubeAPI(tmp_path / "token", cert, key).__enter__()
+    with socket.create_connection(("127.0.0.1", api.port), timeout=TIMEOUT):  # silent
+        try:
+            with socket.create_connection(("127.0.0.1", api.port), timeout=TIMEOUT) as raw:
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1").close()  # served meanwhile
+        finally:
+            started = time.monotonic()
+            api.stop()
+        assert time.monotonic() - started < TIMEOUT
+    # The silent client's own thread ends with its connection (its handshake sees EOF).
+    deadline = time.monotonic() + TIMEOUT
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
