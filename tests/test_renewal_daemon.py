@@ -59,7 +59,12 @@ def test_a_renewal_under_the_running_daemon(pki: tuple[Issued, Path], receiver: 
                 "expiry", "renewal_overdue"})
         finally:
             server.close()
-        # The renewal: the service is redeployed on the same port with a new certificate.
+        # The renewal: the service is redeployed on the same port with a new certificate,
+        # after a downtime the daemon sees (a failed probe, retried a second later). Then
+        # the old certificate's last sighting and the new one's first are more than a
+        # second apart, as the history's times (to the second) can show.
+        wait_for("the service down", lambda: (t := daemon.targets().get("web"))
+                 and t["probe_success"] is False)
         new_files, new_end = short_lived(issuer, directory, "new", used=0 * MINUTE)
         with TLSServer({None: new_files}, port=port):
             after = wait_for("the renewal", lambda: (t := daemon.targets().get("web"))
