@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import (
+    ClientVerifier,
     Criticality,
     ExtensionPolicy,
     PolicyBuilder,
+    ServerVerifier,
     Store,
     VerificationError,
 )
@@ -61,6 +63,18 @@ def _shifted(moment: datetime, shift: timedelta) -> datetime:
         return moment
 
 
+# What a path built by cryptography depends on, so that targets presenting one chain share
+# it: the certificates (by fingerprint), the policy, the moment's stretch between two
+# validity boundaries of the chain and the store (as VerificationKey), and the name. A
+# name whose SAN entry cryptography surely matches (_NAME_MATCHED) passes its name check,
+# the only step that reads the name, so every such name gives one path: all the names
+# under one wildcard share it. Any other name keys its own.
+_PathKey = tuple[tuple[str, ...], "VerifyPolicy", object, datetime | None, datetime | None]
+_Path = tuple[tuple[str, ...] | None, str]  # the path's fingerprints (None: none), the error
+_NAME_MATCHED = object()
+PATHS_REMEMBERED = 1024  # paths kept per trust store; the oldest go first
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class TrustStore:
     """Trusted roots; built once per configuration, shared by every assessment."""
@@ -72,6 +86,9 @@ class TrustStore:
     # Every root's validity boundaries, sorted: a root becoming valid or expiring can
     # change any verification against this store (VerificationKey).
     boundaries: tuple[datetime, ...] = field(default=())
+    # The paths built against this store, shared by every target that presents the same
+    # chain (see _PathKey); they go with the store when a reload replaces it.
+    paths: dict[_PathKey, _Path] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, roots: Iterable[x509.Certificate]) -> TrustStore:
@@ -155,15 +172,10 @@ def verification_key(ders: tuple[bytes, ...], chain: Iterable[CertInfo], trust: 
                      name: str, policy: VerifyPolicy, now: datetime) -> VerificationKey | None:
     """The key of a verification of `chain` (parsed from `ders`) at `now`; None when
     `now` sits on a boundary (then nothing is reused)."""
-    moments = sorted(_boundaries(chain))
-    after = [m for m in (_last_before(moments, now), _last_before(trust.boundaries, now))
-             if m is not None]
-    before = [m for m in (_first_after(moments, now), _first_after(trust.boundaries, now))
-              if m is not None]
-    if now in moments or now in trust.boundaries:
+    window = _window(chain, trust, now)
+    if window is None:
         return None
-    return VerificationKey(ders, trust, name, policy, shared(max(after, default=None)),
-                           shared(min(before, default=None)))
+    return VerificationKey(ders, trust, name, policy, shared(window[0]), shared(window[1]))
 
 
 def _last_before(moments: Sequence[datetime], now: datetime) -> datetime | None:
@@ -216,22 +228,27 @@ def hostname_matches(cert: CertInfo, name: str) -> bool:
 
     The subject common name is ignored, as modern clients do.
     """
+    return _matching_san(cert, name) is not None
+
+
+def _matching_san(cert: CertInfo, name: str) -> str | None:
+    """The subjectAltName entry `name` matches (hostname_matches), as written; None if none."""
     try:
         ip = ipaddress.ip_address(name)
     except ValueError:
         ip = None
     if ip is not None:
-        return any(ipaddress.ip_address(a) == ip for a in cert.ip_addresses)
+        return next((a for a in cert.ip_addresses if ipaddress.ip_address(a) == ip), None)
     host = _normalise_host(name)
-    for pattern in cert.dns_names:
-        pattern = _normalise_host(pattern)
+    for written in cert.dns_names:
+        pattern = _normalise_host(written)
         if pattern == host:
-            return True
+            return written
         if pattern.startswith("*.") and "*" not in pattern[2:]:
             first, _, rest = host.partition(".")
             if first and rest == pattern[2:] and rest.count(".") >= 1:
-                return True
-    return False
+                return written
+    return None
 
 
 def _subject_for(name: str) -> DNSName | IPAddress | None:
@@ -259,22 +276,75 @@ def _name_in(cert: CertInfo, wanted: str) -> str:
 MAX_CHAIN_DEPTH = 8
 
 
+def _name_class(leaf: CertInfo, name: str) -> object:
+    """_NAME_MATCHED when cryptography's name check surely passes for `name`, a name it
+    has accepted as a subject: our own matcher finds a SAN entry for it written in the
+    form both compare (lower-case A-labels, no trailing dot), or an IP entry equal to it.
+    Otherwise `name` itself."""
+    written = _matching_san(leaf, name)
+    if written is None:
+        return name
+    if written in leaf.ip_addresses or _normalise_host(written) == written.lower():
+        return _NAME_MATCHED
+    return name
+
+
+def _window(chain: Iterable[CertInfo], trust: TrustStore, now: datetime,
+            ) -> tuple[datetime | None, datetime | None] | None:
+    """The last validity boundary before `now` and the first after it, of the chain's
+    certificates and the store's roots; None when `now` sits on one."""
+    moments = sorted(_boundaries(chain))
+    if now in moments or now in trust.boundaries:
+        return None
+    after = [m for m in (_last_before(moments, now), _last_before(trust.boundaries, now))
+             if m is not None]
+    before = [m for m in (_first_after(moments, now), _first_after(trust.boundaries, now))
+              if m is not None]
+    return max(after, default=None), min(before, default=None)
+
+
 def _build_path(chain: ParsedChain, trust: TrustStore, name: str, at: datetime,
-                policy: VerifyPolicy) -> tuple[list[x509.Certificate] | None, str]:
+                policy: VerifyPolicy) -> tuple[tuple[CertInfo, ...] | None, str]:
+    """The path cryptography builds from the chain to a trusted root at `at`, checking
+    `name`, and why there is none; built once for every target it is the same for."""
     subject = _subject_for(name)
     if trust.store is None:
         return None, "no trusted roots are configured"
     if subject is None:
         return None, f"{name!r} is not a valid DNS name or IP address"
     builder = PolicyBuilder().store(trust.store).time(at).max_chain_depth(MAX_CHAIN_DEPTH)
+    leaf = chain.infos[0]
+    sanless = not leaf.dns_names and not leaf.ip_addresses
+    try:
+        verifier: ServerVerifier | ClientVerifier = (
+            builder.extension_policies(ca_policy=policy.ca, ee_policy=policy.sanless_ee)
+            .build_client_verifier() if sanless else
+            builder.extension_policies(ca_policy=policy.ca, ee_policy=policy.ee)
+            .build_server_verifier(subject))
+    except ValueError as exc:  # a name cryptography refuses ("invalid domain name")
+        return None, str(exc)
+    window = _window(chain.infos, trust, at)
+    key = None
+    if window is not None:
+        key = (tuple(c.fingerprint_sha256 for c in chain.infos), policy,
+               _NAME_MATCHED if sanless else _name_class(leaf, name), *window)
+        if (found := trust.paths.get(key)) is not None:
+            return _path_infos(found[0], chain, trust), found[1]
+    path, error = _verified(verifier, chain)
+    if key is not None:
+        if len(trust.paths) >= PATHS_REMEMBERED:
+            del trust.paths[next(iter(trust.paths))]
+        trust.paths[key] = (path, error)
+    return _path_infos(path, chain, trust), error
+
+
+def _verified(verifier: ServerVerifier | ClientVerifier,
+              chain: ParsedChain) -> tuple[tuple[str, ...] | None, str]:
     leaf, intermediates = chain.certificates[0], list(chain.certificates[1:])
     try:
-        if not chain.infos[0].dns_names and not chain.infos[0].ip_addresses:
-            return (builder.extension_policies(ca_policy=policy.ca, ee_policy=policy.sanless_ee)
-                    .build_client_verifier().verify(leaf, intermediates).chain), ""
-        verifier = (builder.extension_policies(ca_policy=policy.ca, ee_policy=policy.ee)
-                    .build_server_verifier(subject))
-        return verifier.verify(leaf, intermediates), ""
+        path = (verifier.verify(leaf, intermediates).chain if isinstance(verifier, ClientVerifier)
+                else verifier.verify(leaf, intermediates))
+        return tuple(sha256_hex(cert) for cert in path), ""
     except (VerificationError, ValueError) as exc:  # ValueError: cryptography failing to
         if "max depth" in str(exc):                  # name a certificate it cannot decode
             sent = sum(1 for info in chain.infos[1:] if not info.self_issued)
@@ -282,6 +352,15 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str, at: datetime,
                           f"{MAX_CHAIN_DEPTH} intermediate certificates, and the server "
                           f"sent {sent}")
         return None, str(exc)
+
+
+def _path_infos(path: tuple[str, ...] | None, chain: ParsedChain,
+                trust: TrustStore) -> tuple[CertInfo, ...] | None:
+    """The path's certificates as this chain's and the store's CertInfos."""
+    if path is None:
+        return None
+    known = {**trust.infos, **{c.fingerprint_sha256: c for c in chain.infos}}
+    return tuple(info for fingerprint in path if (info := known.get(fingerprint)))
 
 
 # No client accepts an RSA or DSA key this small (Go, OpenSSL at security level 1 and
@@ -358,8 +437,7 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
         path = None
     infos: tuple[CertInfo, ...] = ()
     if path is not None:
-        known = {**trust.infos, **{c.fingerprint_sha256: c for c in chain.infos}}
-        infos = tuple(info for cert in path if (info := known.get(sha256_hex(cert))))
+        infos = path
         timing = _validity_problems(infos, now)
     else:
         timing = _validity_problems(chain.infos, now)
