@@ -12,6 +12,7 @@ Pure: no look-ups, no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import idna
@@ -51,6 +52,8 @@ def a_label(name: str) -> str:
     return ascii_name
 
 
+# Names compared again at every verification (each target's, each SAN entry's): kept.
+@functools.lru_cache(maxsize=4096)
 def match_form(name: str) -> str:
     """The form two names are compared in: A-labels, lower case, no trailing dot. A name
     that cannot be converted is only lower-cased (it will match nothing but itself)."""

@@ -262,13 +262,17 @@ def _subject_for(name: str) -> DNSName | IPAddress | None:
         return None
 
 
-def _name_in(cert: CertInfo, wanted: str) -> str:
-    """A name the certificate is valid for: `wanted` if it matches, else one of its SANs."""
-    if hostname_matches(cert, wanted):
-        return wanted
+def _name_in(cert: CertInfo, wanted: str) -> tuple[str, str | None]:
+    """A name the certificate is valid for: `wanted` if it matches, else one of its SANs;
+    with the SAN entry it matches (None if none)."""
+    if (written := _matching_san(cert, wanted)) is not None:
+        return wanted, written
     for name in cert.dns_names:
-        return name.replace("*", "wildcard", 1) if name.startswith("*.") else name
-    return cert.ip_addresses[0] if cert.ip_addresses else wanted
+        mine = name.replace("*", "wildcard", 1) if name.startswith("*.") else name
+        return mine, _matching_san(cert, mine)
+    if cert.ip_addresses:
+        return cert.ip_addresses[0], cert.ip_addresses[0]
+    return wanted, None
 
 
 # Intermediates followed between the leaf and a root: cryptography's default, set here
@@ -276,15 +280,13 @@ def _name_in(cert: CertInfo, wanted: str) -> str:
 MAX_CHAIN_DEPTH = 8
 
 
-def _name_class(leaf: CertInfo, name: str) -> object:
+def _name_class(leaf: CertInfo, name: str, written: str | None) -> object:
     """_NAME_MATCHED when cryptography's name check surely passes for `name`, a name it
-    has accepted as a subject: our own matcher finds a SAN entry for it written in the
-    form both compare (lower-case A-labels, no trailing dot), or an IP entry equal to it.
+    has accepted as a subject: `written`, the SAN entry our own matcher found for it, is
+    in the form both compare (lower-case A-labels, no trailing dot), or an IP entry.
     Otherwise `name` itself."""
-    written = _matching_san(leaf, name)
-    if written is None:
-        return name
-    if written in leaf.ip_addresses or _normalise_host(written) == written.lower():
+    if written is not None and (written in leaf.ip_addresses
+                                or _normalise_host(written) == written.lower()):
         return _NAME_MATCHED
     return name
 
@@ -303,10 +305,11 @@ def _window(chain: Iterable[CertInfo], trust: TrustStore, now: datetime,
     return max(after, default=None), min(before, default=None)
 
 
-def _build_path(chain: ParsedChain, trust: TrustStore, name: str, at: datetime,
-                policy: VerifyPolicy) -> tuple[tuple[CertInfo, ...] | None, str]:
+def _build_path(chain: ParsedChain, trust: TrustStore, name: str, written: str | None,
+                at: datetime, policy: VerifyPolicy) -> tuple[tuple[CertInfo, ...] | None, str]:
     """The path cryptography builds from the chain to a trusted root at `at`, checking
-    `name`, and why there is none; built once for every target it is the same for."""
+    `name` (`written`: the leaf's SAN entry it matches), and why there is none; built
+    once for every target it is the same for."""
     subject = _subject_for(name)
     if trust.store is None:
         return None, "no trusted roots are configured"
@@ -327,7 +330,7 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str, at: datetime,
     key = None
     if window is not None:
         key = (tuple(c.fingerprint_sha256 for c in chain.infos), policy,
-               _NAME_MATCHED if sanless else _name_class(leaf, name), *window)
+               _NAME_MATCHED if sanless else _name_class(leaf, name, written), *window)
         if (found := trust.paths.get(key)) is not None:
             return _path_infos(found[0], chain, trust), found[1]
     path, error = _verified(verifier, chain)
@@ -418,7 +421,8 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
     if not chain.infos:
         return Verification(False, False, (Problem.UNTRUSTED,), "no certificate to verify")
     leaf = chain.infos[0]
-    hostname_ok = hostname_matches(leaf, name)
+    path_name, written = _name_in(leaf, name)
+    hostname_ok = path_name == name and written is not None
     problems: list[Problem] = []
     details: list[str] = []
     if not hostname_ok:
@@ -428,10 +432,9 @@ def verify_chain(chain: ParsedChain, trust: TrustStore, name: str, now: datetime
 
     # Trust is judged at a moment when the chain is valid, so that time problems are
     # reported as such rather than as distrust; validity is then checked at `now`.
-    path_name = _name_in(leaf, name)
-    path, error = _build_path(chain, trust, path_name, now, policy)
+    path, error = _build_path(chain, trust, path_name, written, now, policy)
     if path is None and (moment := _moment_all_valid(chain.infos)) is not None:
-        path, error = _build_path(chain, trust, path_name, moment, policy)
+        path, error = _build_path(chain, trust, path_name, written, moment, policy)
     weak = _weak_key(leaf)
     if weak is not None:
         path = None
