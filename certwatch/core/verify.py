@@ -168,7 +168,7 @@ class VerificationKey:
                 and ders == self.ders)
 
 
-def verification_key(ders: tuple[bytes, ...], chain: Iterable[CertInfo], trust: TrustStore,
+def verification_key(ders: tuple[bytes, ...], chain: Sequence[CertInfo], trust: TrustStore,
                      name: str, policy: VerifyPolicy, now: datetime) -> VerificationKey | None:
     """The key of a verification of `chain` (parsed from `ders`) at `now`; None when
     `now` sits on a boundary (then nothing is reused)."""
@@ -291,12 +291,34 @@ def _name_class(leaf: CertInfo, name: str, written: str | None) -> object:
     return name
 
 
-def _window(chain: Iterable[CertInfo], trust: TrustStore, now: datetime,
+# The sorted validity boundaries of the chains verified lately, by the certificates'
+# fingerprints (hashing the CertInfos themselves would cost more than sorting).
+_CHAIN_BOUNDARIES: dict[tuple[str, ...], tuple[datetime, ...]] = {}
+
+
+def _chain_boundaries(chain: Sequence[CertInfo]) -> tuple[datetime, ...]:
+    """The chain's validity boundaries, sorted once for every target that presents it."""
+    key = tuple(c.fingerprint_sha256 for c in chain)
+    found = _CHAIN_BOUNDARIES.get(key)
+    if found is None:
+        if len(_CHAIN_BOUNDARIES) >= PATHS_REMEMBERED:
+            del _CHAIN_BOUNDARIES[next(iter(_CHAIN_BOUNDARIES))]
+        found = _CHAIN_BOUNDARIES[key] = tuple(sorted(_boundaries(chain)))
+    return found
+
+
+def _on(moments: Sequence[datetime], now: datetime) -> bool:
+    """Whether `now` is one of the sorted `moments`."""
+    index = bisect.bisect_left(moments, now)
+    return index < len(moments) and moments[index] == now
+
+
+def _window(chain: Sequence[CertInfo], trust: TrustStore, now: datetime,
             ) -> tuple[datetime | None, datetime | None] | None:
     """The last validity boundary before `now` and the first after it, of the chain's
     certificates and the store's roots; None when `now` sits on one."""
-    moments = sorted(_boundaries(chain))
-    if now in moments or now in trust.boundaries:
+    moments = _chain_boundaries(chain)
+    if _on(moments, now) or _on(trust.boundaries, now):
         return None
     after = [m for m in (_last_before(moments, now), _last_before(trust.boundaries, now))
              if m is not None]
