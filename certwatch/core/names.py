@@ -52,8 +52,9 @@ def a_label(name: str) -> str:
     return ascii_name
 
 
-# Names compared again at every verification (each target's, each SAN entry's): kept.
-@functools.lru_cache(maxsize=4096)
+# The SAN entries compared again at every verification: kept (the targets' own names
+# recur too, but each only once a sweep, and thousands of them would cost a megabyte).
+@functools.lru_cache(maxsize=256)
 def match_form(name: str) -> str:
     """The form two names are compared in: A-labels, lower case, no trailing dot. A name
     that cannot be converted is only lower-cased (it will match nothing but itself)."""
