@@ -15,6 +15,7 @@ closes; every step is bounded, and clients that vanish are logged at debug level
 from __future__ import annotations
 
 import asyncio
+from asyncio import sslproto
 import dataclasses
 import functools
 import ipaddress
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -47,7 +48,7 @@ RENEWED_DAYS = 90
 _HANDSHAKE_SECONDS = 5.0  # a client that connects and says nothing is dropped after this
 _LINGER_SECONDS = 5.0  # how long a connection stays open after the handshake at most
 _CLOSE_SECONDS = 1.0  # for the TLS close_notify exchange before the socket is aborted
-_STOP_SECONDS = 5.0  # for cancelled connections and the renewal task on exit
+_STOP_SECONDS = 5.0  # for the cancelled renewal task on exit
 
 # name, left-most label of its server name, days left (negative: expired), kind
 _ENDPOINTS: tuple[tuple[str, str, float, str], ...] = (
@@ -170,25 +171,24 @@ def _free_port(host: str) -> int:
 
 
 class _Connection(asyncio.Protocol):
-    """One client: TLS handshake, wait (bounded) for the client to hang up, close.
+    """One client, above asyncio's TLS layer: the handshake done, wait (bounded) for the
+    client to hang up, then close.
 
-    A plain Protocol rather than asyncio streams: on Python 3.11 a server-side
-    StreamWriter.start_tls races a client that closes right after its handshake
-    ("returning true from eof_received() has no effect when using ssl"), and a cancelled
-    stream handler is logged as an error at shutdown.
+    The TLS layer (:class:`asyncio.sslproto.SSLProtocol`, with the site's context of the
+    moment, so a renewal shows to the next client) is the connection's protocol from the
+    accept on, as in the daemon's own listener. Starting TLS afterwards (start_tls)
+    dropped a ClientHello that arrived first, as a client that speaks at once sends it.
     """
 
-    def __init__(self, site: _Site, tasks: set[asyncio.Task[None]]) -> None:
-        self._site, self._tasks = site, tasks
-        self._closed = asyncio.get_running_loop().create_future()
+    def __init__(self, connections: set[asyncio.Transport]) -> None:
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        task = asyncio.get_running_loop().create_task(self._converse(transport))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        # However the task ends (even cancelled before it ran), the socket goes with it;
-        # abort() is a no-op on a connection that is already closed.
-        task.add_done_callback(lambda _: transport.abort())  # type: ignore[attr-defined]
+        self._transport = stream_transport(transport)
+        self._connections.add(self._transport)
+        self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
         pass  # whatever the client says, the demo has nothing to answer
@@ -197,23 +197,20 @@ class _Connection(asyncio.Protocol):
         return None  # the client is done: let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closed.done():
-            self._closed.set_result(None)
+        if self._linger is not None:
+            self._linger.cancel()
+        if self._transport is not None:
+            self._connections.discard(self._transport)
 
-    async def _converse(self, raw: asyncio.BaseTransport) -> None:
-        assert self._site.context is not None
-        tls: asyncio.Transport | None = None
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                stream_transport(raw), self, self._site.context, server_side=True,
-                ssl_handshake_timeout=_HANDSHAKE_SECONDS, ssl_shutdown_timeout=_CLOSE_SECONDS)
-            await asyncio.wait([self._closed], timeout=_LINGER_SECONDS)
-        except OSError as exc:  # clients vanish, or do not speak TLS; ssl.SSLError is an OSError
-            log.debug("demo: %s: handshake with a client failed: %r", self._site.name, exc)
-        finally:
-            if tls is not None and not self._closed.done():
-                tls.close()  # TLS close_notify, bounded by ssl_shutdown_timeout
-                await asyncio.wait([self._closed], timeout=_CLOSE_SECONDS)
+
+def _accept(site: _Site, connections: set[asyncio.Transport]) -> asyncio.BaseProtocol:
+    """The protocol of a new connection: TLS with the site's context, the demo above it.
+    A client that fails the handshake is dropped quietly (asyncio logs it at debug)."""
+    assert site.context is not None
+    tls: Callable[..., asyncio.BaseProtocol] = sslproto.SSLProtocol  # typeshed: no waiter
+    return tls(asyncio.get_running_loop(), _Connection(connections), site.context, None,  # nor
+               server_side=True, ssl_handshake_timeout=_HANDSHAKE_SECONDS,  # float timeouts
+               ssl_shutdown_timeout=_CLOSE_SECONDS)
 
 
 class DemoEndpoints:
@@ -232,7 +229,7 @@ class DemoEndpoints:
         self._host = host
         self._renew_after = renew_after
         self._sites: list[_Site] = []
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Transport] = set()
         self._renewal: asyncio.Task[None] | None = None
         self._intermediate: _Issuer | None = None
 
@@ -278,7 +275,7 @@ class DemoEndpoints:
                 site.context = _server_context([leaf, intermediate.cert], key)
             self._sites.append(site)
             site.server = await asyncio.get_running_loop().create_server(
-                functools.partial(_Connection, site, self._connections), self._host, 0)
+                functools.partial(_accept, site, self._connections), self._host, 0)
             site.port = int(site.server.sockets[0].getsockname()[1])
         self._sites.append(_Site(_UNREACHABLE, f"unreachable.{DOMAIN}",
                                  port=_free_port(self._host)))
@@ -290,7 +287,10 @@ class DemoEndpoints:
         for site in self._sites:
             if site.server is not None:
                 site.server.close()
-        tasks = [*self._connections, *([self._renewal] if self._renewal else [])]
+        for transport in list(self._connections):
+            transport.abort()
+        self._connections.clear()
+        tasks = [self._renewal] if self._renewal else []
         for task in tasks:
             task.cancel()
         if tasks:
