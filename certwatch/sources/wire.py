@@ -131,14 +131,14 @@ def classify(exc: BaseException, phase: Phase, timeout: float) -> ProbeError:
     return ProbeError(ErrorKind.INTERNAL, phase, f"{type(exc).__name__}: {exc}")
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
+async def _close(transport: asyncio.WriteTransport) -> None:
     """Closes at once: abort() never waits for a close_notify a peer may never send.
 
     abort() closes the socket in a callback it schedules; yielding once lets that run,
     so the connection is gone before the caller releases its slot and the connection
     bound stays exact.
     """
-    writer.transport.abort()
+    transport.abort()
     await asyncio.sleep(0)
 
 
@@ -198,7 +198,7 @@ class Prober:
             started_at, start = datetime.now(timezone.utc), time.monotonic()
             target = Target(endpoint, address)
             handshake: Handshake | None = None
-            writer: asyncio.StreamWriter | None = None
+            transport: asyncio.WriteTransport | None = None
             phase = Phase.SETUP
             try:
                 try:
@@ -207,17 +207,28 @@ class Prober:
                     error = ProbeError(ErrorKind.CLIENT_CERT, Phase.SETUP, f"cannot load client certificate: {exc}")
                     return Observation(target, started_at, time.monotonic() - start, error=error)
                 phase = Phase.CONNECT if endpoint.proxy is None else Phase.PROXY
-                async with asyncio.timeout(endpoint.timeout):
-                    reader, writer = await _connect(endpoint, address)
-                if endpoint.protocol != "tls":
-                    phase = Phase.STARTTLS
+                if endpoint.proxy is None and endpoint.protocol == "tls":
+                    # Most probes: the handshake begins as the connection is made.
+                    handshake = Handshake(context, endpoint.server_name,
+                                          request_staple=endpoint.revocation.staple)
                     async with asyncio.timeout(endpoint.timeout):
-                        await DIALOGUES[endpoint.protocol](reader, writer, endpoint.verify_name)
-                phase = Phase.HANDSHAKE
-                handshake = Handshake(context, endpoint.server_name,
-                                      request_staple=endpoint.revocation.staple)
-                async with asyncio.timeout(endpoint.timeout):
-                    await handshake.run(reader, writer)
+                        transport, finished = await handshake.connect(address, endpoint.port)
+                    phase = Phase.HANDSHAKE
+                    async with asyncio.timeout(endpoint.timeout):
+                        await finished
+                else:
+                    async with asyncio.timeout(endpoint.timeout):
+                        reader, writer = await _connect(endpoint, address)
+                    transport = writer.transport
+                    if endpoint.protocol != "tls":
+                        phase = Phase.STARTTLS
+                        async with asyncio.timeout(endpoint.timeout):
+                            await DIALOGUES[endpoint.protocol](reader, writer, endpoint.verify_name)
+                    phase = Phase.HANDSHAKE
+                    handshake = Handshake(context, endpoint.server_name,
+                                          request_staple=endpoint.revocation.staple)
+                    async with asyncio.timeout(endpoint.timeout):
+                        await handshake.run(reader, writer)
                 return Observation(target, started_at, time.monotonic() - start,
                                    chain=handshake.chain, tls_version=handshake.version,
                                    cipher=handshake.cipher, ocsp_staple=handshake.staple)
@@ -227,5 +238,7 @@ class Prober:
                 return Observation(target, started_at, time.monotonic() - start, chain=chain,
                                    error=classify(exc, phase, endpoint.timeout))
             finally:
-                if writer is not None:
-                    await _close(writer)
+                if handshake is not None:
+                    handshake.release()
+                if transport is not None:
+                    await _close(transport)
