@@ -20,7 +20,10 @@ the same address, with the same CA, in the same run, one after the other:
   (cryptography's verifier: trust, validity, name), judges expiry, renewal, revocation
   (the staple; the bench's certificates name no CRL or OCSP URL) and the root-program
   lints, records the leaf in the certificate history and the status in its store. Its
-  first sweep, then a steady state of at least --steady seconds at that interval.
+  first sweep, then a steady state of at least --steady seconds at that interval. With
+  `--shards N`, N daemons run at once, each owning its shard (`--shard i/N`, rendezvous
+  hashing), as an operator would use more cores: the first sweep runs from the first
+  start to the last sweep's end, and CPU, probes and peak RSS are their sums.
 
 Measured from outside each process (/proc): CPU (user + sys) per probe, probes per
 second, peak RSS (VmHWM); nginx's CPU in each phase is printed too, to show it was not
@@ -261,81 +264,101 @@ def probes_total(port: int) -> float:
 def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_port: int,
                   nginx_pid: int, not_after: float, failures: list[str],
                   figures: Figures) -> tuple[Side, Side, float]:
-    inventory = directory / "certwatch.yaml"
-    (directory / "state").mkdir()
-    lines = [f"max_concurrency: {args.concurrency}", 'listen: "127.0.0.1:0"',
-             f"state_dir: {json.dumps(str(directory / 'state'))}", "defaults:",
-             f"  ca_file: {json.dumps(str(root))}", "  timeout: 10",
-             f"  interval: {args.interval:g}s", f"  retry_interval: {args.interval:g}s",
-             "endpoints:"]
-    lines += [f"  - {{name: t{i}, host: 127.0.0.1, port: {target_port}, "
-              f"server_name: t{i}.{DOMAIN}}}" for i in range(args.targets)]
-    inventory.write_text("\n".join(lines) + "\n")
+    """certwatch's daemon, or `--shards` of them (`--shard i/N`, one process each, at once,
+    each with `--concurrency`): their first sweep, from the first start to the last
+    sweep's end, and their steady state; CPU, probes and peak RSS summed over them."""
+    endpoints = [f"  - {{name: t{i}, host: 127.0.0.1, port: {target_port}, "
+                 f"server_name: t{i}.{DOMAIN}}}" for i in range(args.targets)]
     env = dict(os.environ)
     if args.event_loop:
         env["CERTWATCH_EVENT_LOOP"] = args.event_loop
-    log_path = directory / "certwatch.log"
-    process = start([sys.executable, "-m", "certwatch", "--log-format", "json", "run", "-c",
-                     str(inventory)], log_path, cwd=directory, env=env)
-    log = DaemonLog(log_path)
+    processes: list[subprocess.Popen[bytes]] = []
+    logs: list[DaemonLog] = []
     first, steady = Side(probes=args.targets), Side()
     try:
-        wait_for_log(process, log, "configuration loaded", START_TIMEOUT)
-        cpu0, nginx0 = sum(cpu_seconds(process.pid)), tree_cpu(nginx_pid)
-        loaded_at = log.time_of("configuration loaded")
+        for shard in range(args.shards):
+            state = directory / f"state-{shard}"  # a database each: shards share no file
+            state.mkdir()
+            inventory = directory / f"certwatch-{shard}.yaml"
+            inventory.write_text("\n".join([
+                f"max_concurrency: {args.concurrency}", 'listen: "127.0.0.1:0"',
+                f"state_dir: {json.dumps(str(state))}", "defaults:",
+                f"  ca_file: {json.dumps(str(root))}", "  timeout: 10",
+                f"  interval: {args.interval:g}s", f"  retry_interval: {args.interval:g}s",
+                "endpoints:", *endpoints]) + "\n")
+            sharding = ["--shard", f"{shard}/{args.shards}"] if args.shards > 1 else []
+            log_path = directory / f"certwatch-{shard}.log"
+            processes.append(start([sys.executable, "-m", "certwatch", "--log-format", "json",
+                                    "run", "-c", str(inventory), *sharding],
+                                   log_path, cwd=directory, env=env))
+            logs.append(DaemonLog(log_path))
+        pids = [p.pid for p in processes]
+
+        def cpu() -> float:
+            return sum(sum(cpu_seconds(pid)) for pid in pids)
+
+        for process, log in zip(processes, logs):
+            wait_for_log(process, log, "configuration loaded", START_TIMEOUT)
+        cpu0, nginx0 = cpu(), tree_cpu(nginx_pid)
+        loaded_at = min(t for log in logs if (t := log.time_of("configuration loaded")))
         first_profiler = None
-        if args.profile:  # the first sweep's samples beside the steady state's
+        if args.profile:  # the first sweep's samples beside the steady state's (shard 0's)
             from daemon import start_profiler
-            first_profiler = start_profiler(process.pid, args.profile.with_suffix(".first.txt"))
-        wait_for_log(process, log, "listening on", START_TIMEOUT)
-        port = int(log.first["listening on"]["port"])
-        wait_for_log(process, log, "first sweep finished", args.deadline)
+            first_profiler = start_profiler(pids[0], args.profile.with_suffix(".first.txt"))
+        for process, log in zip(processes, logs):
+            wait_for_log(process, log, "listening on", START_TIMEOUT)
+        ports = [int(log.first["listening on"]["port"]) for log in logs]
+        for process, log in zip(processes, logs):
+            wait_for_log(process, log, "first sweep finished", args.deadline)
         # The daemon says which loop it runs on, on its "listening on" line (one before
         # issue 15 does not: asyncio's).
-        logged = log.first["listening on"].get("event_loop")
+        logged = logs[0].first["listening on"].get("event_loop")
         figures.event_loop = logged or "asyncio (not logged)"
-        first.cpu_seconds = sum(cpu_seconds(process.pid)) - cpu0
+        first.cpu_seconds = cpu() - cpu0
         first.nginx_cpu_seconds = tree_cpu(nginx_pid) - nginx0
-        finished_at = log.time_of("first sweep finished")
-        assert loaded_at is not None and finished_at is not None
+        finished_at = max(t for log in logs if (t := log.time_of("first sweep finished")))
         first.seconds = finished_at - loaded_at
         if first_profiler is not None:
             from daemon import stop_profiler
             stop_profiler(first_profiler, args.profile.with_suffix(".first.txt"))
-        first.peak_rss_mb = memory_mb(process.pid)["VmHWM"]
+        first.peak_rss_mb = sum(memory_mb(pid)["VmHWM"] for pid in pids)
 
         time.sleep(args.interval)  # the second round of probes under way: the steady state
-        before = probes_total(port)
-        cpu0, nginx0, start_at = sum(cpu_seconds(process.pid)), tree_cpu(nginx_pid), time.monotonic()
+        before = sum(probes_total(port) for port in ports)
+        cpu0, nginx0, start_at = cpu(), tree_cpu(nginx_pid), time.monotonic()
         profiler = None
         if args.profile:
             from daemon import start_profiler
-            profiler = start_profiler(process.pid, args.profile)
+            profiler = start_profiler(pids[0], args.profile)
         time.sleep(max(args.steady, 60.0))
-        steady.cpu_seconds = sum(cpu_seconds(process.pid)) - cpu0
+        steady.cpu_seconds = cpu() - cpu0
         steady.nginx_cpu_seconds = tree_cpu(nginx_pid) - nginx0
         steady.seconds = time.monotonic() - start_at
         if profiler is not None:
             from daemon import stop_profiler
             stop_profiler(profiler, args.profile)
-        steady.probes = int(probes_total(port) - before)
-        steady.peak_rss_mb = memory_mb(process.pid)["VmHWM"]
-        status, body, _ = get(port, "/api/v1/targets")
-        targets = json.loads(body) if status == 200 else []
+        steady.probes = int(sum(probes_total(port) for port in ports) - before)
+        steady.peak_rss_mb = sum(memory_mb(pid)["VmHWM"] for pid in pids)
+        targets: list[dict[str, Any]] = []
+        for port in ports:
+            status, body, _ = get(port, "/api/v1/targets")
+            targets += json.loads(body) if status == 200 else []
         wrong = [t for t in targets if t["state"] != "ok" or datetime.fromisoformat(
             t["earliest_not_after"].replace("Z", "+00:00")).timestamp() != not_after]
-        if len(targets) != args.targets or wrong:
+        if len(targets) != args.targets or len({t["name"] for t in targets}) != args.targets \
+                or wrong:
             failures.append(f"certwatch: {len(targets)} targets listed, {len(wrong)} wrong; "
                             f"the first: {wrong[0] if wrong else None}")
         if steady.probes < args.targets * steady.seconds / args.interval * 0.8:
             failures.append(f"certwatch probed {steady.probes} times in {steady.seconds:.0f}s; "
                             f"its schedule asks for about {args.targets * steady.seconds / args.interval:.0f}")
-        return first, steady, memory_mb(process.pid)["VmHWM"]
+        return first, steady, sum(memory_mb(pid)["VmHWM"] for pid in pids)
     finally:
-        stop_process(process, STOP_GRACE)
-        log.read()
-        if log.levels.get("error") or log.levels.get("critical"):
-            failures.append("certwatch logged errors: " + "; ".join(log.problems))
+        for process, log in zip(processes, logs):
+            stop_process(process, STOP_GRACE)
+            log.read()
+            if log.levels.get("error") or log.levels.get("critical"):
+                failures.append("certwatch logged errors: " + "; ".join(log.problems))
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -354,6 +377,7 @@ class Figures:
     certwatch_steady: dict[str, float] = field(default_factory=dict)
     certwatch_peak_rss_mb: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)
+    shards: int = 1  # certwatch daemons run at once (--shard i/N); their figures summed
 
 
 def figures_of(side: Side) -> dict[str, float]:
@@ -370,7 +394,8 @@ def render(f: Figures) -> str:
 
     lines = [f"certwatch vs blackbox_exporter: {f.targets} SNI names on one loopback nginx, "
              f"concurrency {f.concurrency}, certwatch interval {f.interval:g} s, event loop "
-             f"{f.event_loop}, Python {f.python}, {f.cpus} CPUs",
+             f"{f.event_loop}, Python {f.python}, {f.cpus} CPUs"
+             + (f"; certwatch as {f.shards} shards at once, figures summed" if f.shards > 1 else ""),
              row("blackbox /probe", f.blackbox), row("certwatch first sweep", f.certwatch_first),
              row("certwatch steady", f.certwatch_steady),
              f"  certwatch peak RSS over the run: {f.certwatch_peak_rss_mb:.1f} MB", "  ratios (certwatch / blackbox):"]
@@ -396,19 +421,23 @@ def main() -> int:
                         help="seconds each sweep may take")
     parser.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], default=None,
                         help="certwatch's CERTWATCH_EVENT_LOOP (default: its own default)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="certwatch daemons, one a shard (--shard i/N), run at once: "
+                             "how an operator uses more cores (default 1)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="sample certwatch's steady state with py-spy into this file")
     args = parser.parse_args()
-    if args.targets < WARMUP or args.concurrency < 1 or args.interval <= 0:
-        parser.error(f"--targets must be at least {WARMUP}; --concurrency and --interval > 0")
+    if args.targets < WARMUP or args.concurrency < 1 or args.interval <= 0 or args.shards < 1:
+        parser.error(f"--targets must be at least {WARMUP}; --concurrency, --interval and "
+                     "--shards > 0")
     for tool in (NGINX, BLACKBOX):
         if shutil.which(tool) is None:
             raise SystemExit(f"FAIL: {tool} is missing (apt-get install nginx-light "
                              "prometheus-blackbox-exporter)")
-    raise_fd_limit(4 * args.concurrency + 256)
+    raise_fd_limit(4 * args.concurrency * args.shards + 256)
     failures: list[str] = []
     figures = Figures(args.targets, args.concurrency, args.interval, "",
-                      platform.python_version(), multiprocessing.cpu_count())
+                      platform.python_version(), multiprocessing.cpu_count(), shards=args.shards)
     with tempfile.TemporaryDirectory(prefix="certwatch-vs-blackbox-") as tmp:
         directory = Path(tmp)
         chain, key, root, not_after = make_pki(directory)
