@@ -22,7 +22,7 @@ import ctypes
 import logging
 from typing import Callable
 
-__all__ = ["TRIM_AFTER", "TRIM_INTERVAL", "Trimmer", "malloc_trim"]
+__all__ = ["TRIM_AFTER", "TRIM_INTERVAL", "Trimmer", "malloc_trim", "without"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 
 malloc_trim = _find_malloc_trim()
+
+
+def without(names: set[str], name: str) -> set[str]:
+    """`names` less `name`, and a new set once it is empty: a set keeps the table of its
+    largest size, and the first sweep's 10,000 names due at once left ~0.5 MB in each."""
+    names.discard(name)
+    return names if names else set()
 
 
 class Trimmer:

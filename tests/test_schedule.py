@@ -8,7 +8,8 @@ import time
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
-from certwatch.daemon.schedule import Schedule, repeating, tick_of, utcnow, without
+from certwatch.daemon.schedule import Schedule, repeating, tick_of, utcnow
+from certwatch.memory import without
 
 
 def _run_schedule(body: Callable[[Schedule, dict[str, Any]], Awaitable[None]],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from certwatch.config import ConfigError
+from certwatch.memory import without
 from certwatch.serving.metrics import DaemonMetrics
 
 __all__ = ["ConfigStatus", "FirstSweep"]
@@ -75,8 +76,7 @@ class FirstSweep:
     def probed(self, name: str, targets: Callable[[], int]) -> None:
         """`name` was probed (or left the inventory); `targets` counts what is known."""
         if name in self._unprobed:
-            self._unprobed.discard(name)
+            self._unprobed = without(self._unprobed, name)
             if not self._unprobed:
-                self._unprobed = set()  # emptied, the set kept the table of every name
                 self.metrics.ready.set(1)
                 log.info("first sweep finished", extra={"targets": targets()})

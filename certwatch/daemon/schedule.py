@@ -43,6 +43,8 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from certwatch.memory import without
+
 __all__ = ["Schedule", "jitter_of"]
 
 log = logging.getLogger(__name__)
@@ -114,13 +116,6 @@ def due_in(wait: float) -> datetime:
     spread = jitter_of(wait)
     return on_grid(utcnow() + timedelta(seconds=wait + random.uniform(-spread, spread)),
                    tick_of(wait))
-
-
-def without(names: set[str], name: str) -> set[str]:
-    """`names` less `name`, and a new set once it is empty: a set keeps the table of its
-    largest size, and the first sweep's 10,000 names due at once left ~0.5 MB in each."""
-    names.discard(name)
-    return names if names else set()
 
 
 def shared_job(enqueue: Callable[[str], None]) -> Callable[[str], None]:
