@@ -137,9 +137,9 @@ class Handshake:
         streams between the socket and OpenSSL (~0.1 ms of CPU a probe less than `run`).
         Returns the transport and the future that says how the handshake ended (the
         caller bounds it in time; it raises as `run` does)."""
-        finished = self.finished = asyncio.get_running_loop().create_future()
-        transport, _ = await asyncio.get_running_loop().create_connection(
-            lambda: _Driver(self), host, port)
+        loop = asyncio.get_running_loop()
+        finished = self.finished = loop.create_future()
+        transport, _ = await loop.create_connection(lambda: _Driver(self, finished), host, port)
         return transport, finished
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -220,8 +220,9 @@ class _Driver(asyncio.Protocol):
     ended. Nothing is buffered here: OpenSSL bounds the handshake's messages
     (max_cert_list), and reading stops once it is complete."""
 
-    def __init__(self, handshake: Handshake) -> None:
+    def __init__(self, handshake: Handshake, finished: asyncio.Future[None]) -> None:
         self._handshake = handshake
+        self._finished = finished
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -239,8 +240,8 @@ class _Driver(asyncio.Protocol):
         self._end(exc if exc is not None else TLSClosed())
 
     def _advance(self, data: bytes) -> None:
-        finished, transport = self._handshake.finished, self._transport
-        if finished is None or finished.done() or transport is None:
+        finished, transport = self._finished, self._transport
+        if finished.done() or transport is None:
             return
         try:
             complete = self._handshake.advance(data, transport)
@@ -252,6 +253,5 @@ class _Driver(asyncio.Protocol):
             finished.set_result(None)
 
     def _end(self, exc: BaseException) -> None:
-        finished = self._handshake.finished
-        if finished is not None and not finished.done():
-            finished.set_exception(exc)
+        if not self._finished.done():
+            self._finished.set_exception(exc)
