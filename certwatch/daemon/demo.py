@@ -15,7 +15,6 @@ closes; every step is bounded, and clients that vanish are logged at debug level
 from __future__ import annotations
 
 import asyncio
-from asyncio import sslproto
 import dataclasses
 import functools
 import ipaddress
@@ -23,11 +22,12 @@ import logging
 import socket
 import ssl
 import tempfile
+from asyncio import sslproto
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -171,24 +171,14 @@ def _free_port(host: str) -> int:
 
 
 class _Connection(asyncio.Protocol):
-    """One client, above asyncio's TLS layer: the handshake done, wait (bounded) for the
-    client to hang up, then close.
+    """One client, above the TLS layer (_TLS): the handshake done, wait (bounded) for the
+    client to hang up, then close."""
 
-    The TLS layer (:class:`asyncio.sslproto.SSLProtocol`, with the site's context of the
-    moment, so a renewal shows to the next client) is the connection's protocol from the
-    accept on, as in the daemon's own listener. Starting TLS afterwards (start_tls)
-    dropped a ClientHello that arrived first, as a client that speaks at once sends it.
-    """
-
-    def __init__(self, connections: set[asyncio.Transport]) -> None:
-        self._connections = connections
-        self._transport: asyncio.Transport | None = None
+    def __init__(self) -> None:
         self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = stream_transport(transport)
-        self._connections.add(self._transport)
-        self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, self._transport.close)
+        self._linger = asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
 
     def data_received(self, data: bytes) -> None:
         pass  # whatever the client says, the demo has nothing to answer
@@ -199,18 +189,38 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._linger is not None:
             self._linger.cancel()
-        if self._transport is not None:
-            self._connections.discard(self._transport)
+
+
+class _TLS(sslproto.SSLProtocol):
+    """asyncio's TLS layer as the connection's protocol from the accept on, with the
+    site's context of the moment (a renewal shows to the next client), as in the daemon's
+    own listener. Starting TLS afterwards (start_tls) dropped a ClientHello that arrived
+    first, as a client that speaks at once sends it. It keeps the socket in `connections`
+    while open, so that stopping aborts those still in their handshake too. A client that
+    fails the handshake is dropped quietly (asyncio logs it at debug)."""
+
+    def __init__(self, connections: set[asyncio.Transport], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections = connections
+        self._socket: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._socket = stream_transport(transport)
+        self._connections.add(self._socket)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._socket is not None:
+            self._connections.discard(self._socket)
+        super().connection_lost(exc)
 
 
 def _accept(site: _Site, connections: set[asyncio.Transport]) -> asyncio.BaseProtocol:
-    """The protocol of a new connection: TLS with the site's context, the demo above it.
-    A client that fails the handshake is dropped quietly (asyncio logs it at debug)."""
+    """The protocol of a new connection: TLS with the site's context, the demo above it."""
     assert site.context is not None
-    tls: Callable[..., asyncio.BaseProtocol] = sslproto.SSLProtocol  # typeshed: no waiter
-    return tls(asyncio.get_running_loop(), _Connection(connections), site.context, None,  # nor
-               server_side=True, ssl_handshake_timeout=_HANDSHAKE_SECONDS,  # float timeouts
-               ssl_shutdown_timeout=_CLOSE_SECONDS)
+    return _TLS(connections, asyncio.get_running_loop(), _Connection(), site.context, None,
+                server_side=True, ssl_handshake_timeout=_HANDSHAKE_SECONDS,
+                ssl_shutdown_timeout=_CLOSE_SECONDS)
 
 
 class DemoEndpoints:
