@@ -18,7 +18,7 @@ from certwatch.core.observation import Observation, Target
 from certwatch.core.policy import Expiry, judge_expiry
 from certwatch.core.renewal import Renewal, RenewalInfo, judge_renewal
 from certwatch.core.sharing import shared
-from certwatch.core.timestamps import SECONDS_PER_DAY
+from certwatch.core.timestamps import SECONDS_PER_DAY, minute_utc
 from certwatch.core.verify import (
     WEB_PKI,
     TrustStore,
@@ -176,11 +176,11 @@ def _judged(observation: Observation, now: datetime, chain: tuple[CertInfo, ...]
 
     days = expiry.days_left
     which = "leaf" if earliest.position == 0 else f"certificate {earliest.position} of the chain"
-    when = earliest.not_after.strftime("%Y-%m-%d %H:%M UTC")
+    when = minute_utc(earliest.not_after)
     summary = (f"{which} expired {-days:.1f} days ago ({when})" if days <= 0
                else f"{which} expires in {days:.1f} days ({when})")
     if renewal.overdue:
-        summary += f"; renewal overdue since {renewal.due_at:%Y-%m-%d %H:%M UTC}"
+        summary += f"; renewal overdue since {minute_utc(renewal.due_at)}"
     if rejected:
         summary += f"; clients reject it: {verification.detail}"
     if observation.error is not None:

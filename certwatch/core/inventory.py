@@ -6,6 +6,7 @@ Nothing here reads a file or the network; paths are kept as paths.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,8 +284,10 @@ class Inventory:
         return self.state if self.state is not None else self.state_dir
 
 
+@functools.lru_cache(maxsize=1024)
 def is_ip(text: str) -> bool:
-    """True for an IPv4 or IPv6 literal."""
+    """True for an IPv4 or IPv6 literal. Memoised: every probe asks of its endpoint's
+    host, and parsing one costs a few microseconds."""
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 
-__all__ = ["SECONDS_PER_DAY", "rfc3339"]
+__all__ = ["SECONDS_PER_DAY", "minute_utc", "rfc3339"]
 
 SECONDS_PER_DAY = 86400.0
 
@@ -15,3 +16,10 @@ def rfc3339(moment: datetime | None) -> str | None:
         return None
     # isoformat, not strftime: strftime does not zero-pad years before 1000
     return moment.astimezone(timezone.utc).replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+
+
+@functools.lru_cache(maxsize=256)
+def minute_utc(moment: datetime) -> str:
+    """"2027-03-04 05:06 UTC": how summaries name a moment. Memoised: every probe of a
+    target names the same notAfter, and strftime costs a few microseconds a call."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

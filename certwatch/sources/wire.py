@@ -142,6 +142,22 @@ async def _close(transport: asyncio.WriteTransport) -> None:
     await asyncio.sleep(0)
 
 
+async def _within(finished: asyncio.Future[None], timeout: float) -> None:
+    """Waits for a future that callbacks resolve, failed with TimeoutError after `timeout`
+    seconds. As asyncio.timeout would, for a third of its CPU: no task is cancelled (and
+    uncancelled); the future alone is failed, so what resolves it afterwards is ignored."""
+    timer = asyncio.get_running_loop().call_later(timeout, _time_out, finished)
+    try:
+        await finished
+    finally:
+        timer.cancel()
+
+
+def _time_out(finished: asyncio.Future[None]) -> None:
+    if not finished.done():
+        finished.set_exception(TimeoutError())
+
+
 async def _connect(endpoint: Endpoint,
                    address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A plaintext connection to the endpoint at `address`, directly or through its proxy."""
@@ -214,8 +230,7 @@ class Prober:
                     async with asyncio.timeout(endpoint.timeout):
                         transport, finished = await handshake.connect(address, endpoint.port)
                     phase = Phase.HANDSHAKE
-                    async with asyncio.timeout(endpoint.timeout):
-                        await finished
+                    await _within(finished, endpoint.timeout)
                 else:
                     async with asyncio.timeout(endpoint.timeout):
                         reader, writer = await _connect(endpoint, address)
