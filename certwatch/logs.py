@@ -48,6 +48,11 @@ class TextFormatter(logging.Formatter):
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """fmt: "json", "text", or "auto" (text when stderr is a terminal)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    # Neither format writes where a call was made from, nor its thread or process: not
+    # looking them up (the logging HOWTO's "Optimization") takes a third off each line,
+    # ~10 us, paid once a target in a first sweep (its "state new -> ok").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
