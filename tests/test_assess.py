@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from certwatch.core.inventory import Thresholds
 from certwatch.core.policy import judge_expiry
 from certwatch.core.assess import assess
+from certwatch.core.timestamps import minute_utc
 from certwatch.core.vocabulary import State
 from certwatch.core.verify import TrustStore, hostname_matches
 from certwatch.core.x509 import parse_certificate
@@ -195,6 +196,17 @@ def test_intermediate_expiring_first_sets_the_state(root: Issued, trust: TrustSt
     assert result.state is State.WARNING
     assert result.earliest is not None and result.earliest.subject == "CN=Short Intermediate"
     assert result.summary.startswith("certificate 1 of the chain expires in 10.0 days")
+
+
+def test_summary_names_the_not_after_minute_in_utc(root: Issued, trust: TrustStore) -> None:
+    short = make_intermediate(root, "Short Intermediate", not_before=days(-100), not_after=days(10))
+    result = judge(leaf(short, left=300), trust)
+    assert result.earliest is not None
+    assert result.summary.endswith(f"({result.earliest.not_after:%Y-%m-%d %H:%M} UTC)")
+    # Memoised by moment; a moment given in another zone is named in UTC all the same.
+    paris = timezone(timedelta(hours=1))
+    assert minute_utc(datetime(2027, 3, 4, 6, 6, 59, tzinfo=paris)) == "2027-03-04 05:06 UTC"
+    assert minute_utc(datetime(2027, 3, 4, 5, 6, tzinfo=timezone.utc)) == "2027-03-04 05:06 UTC"
 
 
 def test_leaf_without_aki_is_trusted_as_openssl_does(intermediate: Issued, trust: TrustStore) -> None:
