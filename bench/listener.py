@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/pki.py
@@ -127,10 +127,13 @@ async def _hold(port: int, count: int, mode: str, conn: Connection) -> None:
     async def one() -> None:
         nonlocal closed
         try:
-            tls = {} if mode == "silent" else {"ssl": client_context(),
-                                               "ssl_handshake_timeout": OPEN_TIMEOUT}
             async with asyncio.timeout(OPEN_TIMEOUT):
-                _, writer = await asyncio.open_connection("127.0.0.1", port, **tls)
+                if mode == "silent":
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                else:
+                    _, writer = await asyncio.open_connection(
+                        "127.0.0.1", port, ssl=client_context(),
+                        ssl_handshake_timeout=OPEN_TIMEOUT)
             writers.append(writer)
         except (OSError, TimeoutError):
             closed += 1  # refused, reset or closed by the server during the handshake
@@ -303,7 +306,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="certwatch-bench-listener-") as tmp:
         directory = Path(tmp)
         cert, key = make_files(directory)
-        servers = [("certwatch", lambda: start_certwatch(directory, cert, key))]
+        servers: list[tuple[str, Callable[[], tuple[subprocess.Popen[bytes], int]]]] = [
+            ("certwatch", lambda: start_certwatch(directory, cert, key))]
         if not args.no_peer:
             servers.append(("peer (aiohttp TCPSite, asyncio defaults)",
                             lambda: start_peer(cert, key)))

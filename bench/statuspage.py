@@ -54,6 +54,7 @@ from certwatch.core.inventory import Endpoint  # noqa: E402
 from certwatch.core.observation import Observation, ProbeError, Target  # noqa: E402
 from certwatch.core.status import TargetStatus  # noqa: E402
 from certwatch.core.verify import TrustStore  # noqa: E402
+from certwatch.core.vocabulary import ErrorKind, Phase  # noqa: E402
 from certwatch.daemon.store import Store  # noqa: E402
 from certwatch.serving.web import create_app  # noqa: E402
 from tests import pki  # noqa: E402
@@ -113,7 +114,7 @@ def build_store(count: int, critical: int, errors: int, now: datetime) -> tuple[
                             server_name=f"t{i}.bench.example", labels=labels)
         target = Target(endpoint, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
         if i < errors:
-            error = ProbeError("refused", "connect", "connection refused")
+            error = ProbeError(ErrorKind.REFUSED, Phase.CONNECT, "connection refused")
             observation = Observation(target, now, 0.001, error=error)
         else:
             left = 3.0 if i < errors + critical else rng.uniform(12, 200)
@@ -169,7 +170,7 @@ def measure(port: int, path: str, requests: int) -> Measured:
 
 
 async def serve_and_measure(view: View, paths: list[str], requests: int) -> list[Measured]:
-    runner = web.AppRunner(create_app(view))  # type: ignore[arg-type]
+    runner = web.AppRunner(create_app(view))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

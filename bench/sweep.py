@@ -136,7 +136,8 @@ class ConnectionCounter:
 
 def _established(sock: Any) -> bool:
     try:
-        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED
+        state: int = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        return state == TCP_ESTABLISHED
     except OSError:  # already closed on our side
         return False
 
