@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -301,10 +301,20 @@ def _chain_boundaries(chain: Sequence[CertInfo]) -> tuple[datetime, ...]:
     key = tuple(c.fingerprint_sha256 for c in chain)
     found = _CHAIN_BOUNDARIES.get(key)
     if found is None:
-        if len(_CHAIN_BOUNDARIES) >= PATHS_REMEMBERED:
-            del _CHAIN_BOUNDARIES[next(iter(_CHAIN_BOUNDARIES))]
-        found = _CHAIN_BOUNDARIES[key] = tuple(sorted(_boundaries(chain)))
+        found = _remember(_CHAIN_BOUNDARIES, key, tuple(sorted(_boundaries(chain))))
     return found
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(memo: dict[K, V], key: K, value: V) -> V:
+    """`value` kept in `memo` under `key`, the oldest entry dropped past PATHS_REMEMBERED."""
+    if len(memo) >= PATHS_REMEMBERED:
+        del memo[next(iter(memo))]
+    memo[key] = value
+    return value
 
 
 def _on(moments: Sequence[datetime], now: datetime) -> bool:
@@ -357,9 +367,7 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str, written: str |
             return _path_infos(found[0], chain, trust), found[1]
     path, error = _verified(verifier, chain)
     if key is not None:
-        if len(trust.paths) >= PATHS_REMEMBERED:
-            del trust.paths[next(iter(trust.paths))]
-        trust.paths[key] = (path, error)
+        _remember(trust.paths, key, (path, error))
     return _path_infos(path, chain, trust), error
 
 
