@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from certwatch.core.refusals import alert_conditions, alert_details
 from certwatch.core.status import TargetStatus
-from certwatch.core.timestamps import rfc3339
+from certwatch.core.timestamps import minute_utc, rfc3339
 from certwatch.core.vocabulary import Action, AlertKind, Severity
 
 __all__ = ["Alert", "AlertPolicy", "Notification", "decide"]
@@ -133,7 +133,7 @@ def conditions(status: TargetStatus, policy: AlertPolicy) -> dict[AlertKind, tup
         basis = "the CA's renewal window ended" if a.renewal.basis == "ari" else "due"
         found[AlertKind.RENEWAL_OVERDUE] = (
             Severity.WARNING,
-            f"{name}: certificate not renewed: {basis} {a.renewal.due_at:%Y-%m-%d %H:%M UTC}")
+            f"{name}: certificate not renewed: {basis} {minute_utc(a.renewal.due_at)}")
     if status.consecutive_failures >= policy.probe_failures and status.last_error is not None:
         found[AlertKind.PROBE] = (Severity.CRITICAL,
                                   f"{name}: {status.consecutive_failures} probes failed in a "

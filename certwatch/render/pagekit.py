@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from certwatch.core.timestamps import minute_utc
 from certwatch.core.vocabulary import ErrorKind, Phase, Problem, State
 from certwatch.render.report import safe_text
 from certwatch.render.stylesheet import CONTENT_SECURITY_POLICY, CSS
@@ -131,8 +132,9 @@ def utc(stamp: object, *, seconds: bool = False) -> str:
     moment = parse_time(stamp)
     if moment is None:
         return ""
-    return moment.astimezone(timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC")
+    if not seconds:
+        return minute_utc(moment)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # --- the frame of a page -------------------------------------------------------------------
