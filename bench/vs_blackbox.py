@@ -297,6 +297,12 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         def cpu() -> float:
             return sum(sum(cpu_seconds(pid)) for pid in pids)
 
+        def peak_rss() -> float:
+            return sum(memory_mb(pid)["VmHWM"] for pid in pids)
+
+        def probes() -> float:  # probes done so far, by the daemons' own counters
+            return sum(probes_total(port) for port in ports)
+
         for process, log in zip(processes, logs):
             wait_for_log(process, log, "configuration loaded", START_TIMEOUT)
         cpu0, nginx0 = cpu(), tree_cpu(nginx_pid)
@@ -321,10 +327,10 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         if first_profiler is not None:
             from daemon import stop_profiler
             stop_profiler(first_profiler, args.profile.with_suffix(".first.txt"))
-        first.peak_rss_mb = sum(memory_mb(pid)["VmHWM"] for pid in pids)
+        first.peak_rss_mb = peak_rss()
 
         time.sleep(args.interval)  # the second round of probes under way: the steady state
-        before = sum(probes_total(port) for port in ports)
+        before = probes()
         cpu0, nginx0, start_at = cpu(), tree_cpu(nginx_pid), time.monotonic()
         profiler = None
         if args.profile:
@@ -337,8 +343,8 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         if profiler is not None:
             from daemon import stop_profiler
             stop_profiler(profiler, args.profile)
-        steady.probes = int(sum(probes_total(port) for port in ports) - before)
-        steady.peak_rss_mb = sum(memory_mb(pid)["VmHWM"] for pid in pids)
+        steady.probes = int(probes() - before)
+        steady.peak_rss_mb = peak_rss()
         targets: list[dict[str, Any]] = []
         for port in ports:
             status, body, _ = get(port, "/api/v1/targets")
@@ -352,7 +358,7 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         if steady.probes < args.targets * steady.seconds / args.interval * 0.8:
             failures.append(f"certwatch probed {steady.probes} times in {steady.seconds:.0f}s; "
                             f"its schedule asks for about {args.targets * steady.seconds / args.interval:.0f}")
-        return first, steady, sum(memory_mb(pid)["VmHWM"] for pid in pids)
+        return first, steady, peak_rss()
     finally:
         for process, log in zip(processes, logs):
             stop_process(process, STOP_GRACE)
