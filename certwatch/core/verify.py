@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Mapping, Sequence, TypeVar
+from typing import Iterable, Mapping, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -35,7 +35,7 @@ from cryptography.x509.verification import (
 )
 
 from certwatch.core.names import match_form
-from certwatch.core.sharing import shared
+from certwatch.core.sharing import remember, shared
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
 from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
@@ -301,20 +301,9 @@ def _chain_boundaries(chain: Sequence[CertInfo]) -> tuple[datetime, ...]:
     key = tuple(c.fingerprint_sha256 for c in chain)
     found = _CHAIN_BOUNDARIES.get(key)
     if found is None:
-        found = _remember(_CHAIN_BOUNDARIES, key, tuple(sorted(_boundaries(chain))))
+        found = remember(_CHAIN_BOUNDARIES, key, tuple(sorted(_boundaries(chain))),
+                         PATHS_REMEMBERED)
     return found
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _remember(memo: dict[K, V], key: K, value: V) -> V:
-    """`value` kept in `memo` under `key`, the oldest entry dropped past PATHS_REMEMBERED."""
-    if len(memo) >= PATHS_REMEMBERED:
-        del memo[next(iter(memo))]
-    memo[key] = value
-    return value
 
 
 def _on(moments: Sequence[datetime], now: datetime) -> bool:
@@ -367,7 +356,7 @@ def _build_path(chain: ParsedChain, trust: TrustStore, name: str, written: str |
             return _path_infos(found[0], chain, trust), found[1]
     path, error = _verified(verifier, chain)
     if key is not None:
-        _remember(trust.paths, key, (path, error))
+        remember(trust.paths, key, (path, error), PATHS_REMEMBERED)
     return _path_infos(path, chain, trust), error
 
 
