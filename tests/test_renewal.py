@@ -3,6 +3,7 @@ injected), and the history's storage in the state database."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -26,7 +27,7 @@ from certwatch.core.renewal import (
 )
 from certwatch.core.vocabulary import State
 from certwatch.core.x509 import CertInfo, parse_certificate
-from certwatch.daemon.history import CertificateHistory
+from certwatch.daemon.history import WRITE_WINDOW, CertificateHistory
 from tests.pki import Issued, make_leaf, make_root
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -190,6 +191,35 @@ def test_the_history_survives_a_restart_and_forgets_removed_targets(tmp_path: Pa
     rows = db.execute("SELECT COUNT(*) FROM certificate_history").fetchone()[0]
     db.close()
     assert rows == 2 + HISTORY_PER_TARGET
+    reopened.close()
+
+
+def test_new_sightings_are_written_together_within_the_window(tmp_path: Path) -> None:
+    """In the daemon's event loop, new certificates wait up to WRITE_WINDOW to share one
+    transaction; a target forgotten meanwhile is not written, and close writes the rest."""
+    def rows() -> list[str]:
+        db = sqlite3.connect(tmp_path / "state" / "certwatch.db")
+        try:
+            return sorted(r[0] for r in db.execute("SELECT target FROM certificate_history"))
+        finally:
+            db.close()
+
+    async def scenario() -> None:
+        store = CertificateHistory(tmp_path / "state")
+        for n in range(3):
+            store.record(f"t{n}@127.0.0.1", seen(f"{n:064x}", NOW, NOW + DAY), NOW)
+        store.forget(["t2@127.0.0.1"])
+        assert rows() == []  # within the window: nothing written yet
+        await asyncio.sleep(WRITE_WINDOW + 0.5)
+        assert rows() == ["t0@127.0.0.1", "t1@127.0.0.1"]
+        store.record("t3@127.0.0.1", seen("3" * 64, NOW, NOW + DAY), NOW)
+        store.record("t0@127.0.0.1", seen("4" * 64, NOW + DAY, NOW + 9 * DAY), NOW + DAY)
+        store.close()  # before the window ends: written all the same
+
+    asyncio.run(scenario())
+    assert rows() == ["t0@127.0.0.1", "t0@127.0.0.1", "t1@127.0.0.1", "t3@127.0.0.1"]
+    reopened = CertificateHistory(tmp_path / "state")
+    assert [c.fingerprint_sha256[0] for c in reopened.of("t0@127.0.0.1")] == ["0", "4"]
     reopened.close()
 
 
