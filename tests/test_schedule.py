@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
-from certwatch.daemon.schedule import Schedule, repeating, tick_of, utcnow
+import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from certwatch.daemon.schedule import Schedule, _RunHere, repeating, tick_of, utcnow
 from certwatch.memory import without
 
 
@@ -173,6 +177,44 @@ def test_due_times_lie_on_their_waits_grid_and_do_not_drift() -> None:
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert all(3230 <= gap <= 3970 for gap in gaps)  # 3600 s ± 10%, ± half a tick
     assert abs(sum(gaps) / len(gaps) - 3600) < 15  # 2,000 draws of ±360 s: no drift
+
+
+def test_the_second_question_of_a_run_gets_the_first_answer_and_no_more() -> None:
+    """APScheduler asks a trigger twice a run with the same two moments: one jitter draw
+    answers both; another job asking with those moments draws its own."""
+    trigger = repeating(3600.0)
+    previous, now = utcnow(), utcnow()
+    firsts, seconds = [], []
+    for _ in range(20):
+        firsts.append(trigger.get_next_fire_time(previous, now))
+        seconds.append(trigger.get_next_fire_time(previous, now))
+    assert firsts == seconds
+    assert len(set(firsts)) > 1  # ±360 s on a 10 s grid: 20 equal draws would be chance
+
+
+def test_a_job_that_raises_is_logged_and_the_scheduler_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+
+    def fails(name: str) -> None:
+        ran.append(name)
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(),
+                                     executors={"default": _RunHere()})
+        scheduler.start()
+        scheduler.add_job(fails, "interval", seconds=0.1, args=("a",), id="a",
+                          next_run_time=utcnow())
+        deadline = time.monotonic() + 5
+        while len(ran) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        scheduler.shutdown(wait=False)
+
+    with caplog.at_level(logging.ERROR, logger="certwatch.daemon.schedule"):
+        asyncio.run(main())
+    assert len(ran) >= 3
+    assert "scheduling the probe of a failed" in caplog.text and "boom" in caplog.text
 
 
 def test_a_steady_job_is_due_on_the_grid() -> None:
