@@ -8,6 +8,7 @@ fields, Unicode for people, an invalid name a validation error with its line.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certwatch.config import ConfigError, parse_inventory
-from certwatch.core.names import a_label, for_people, match_form
+from certwatch.core.names import a_label, for_people, ip_literal, match_form
 from certwatch.core.status import TargetStatus
 from certwatch.core.verify import hostname_matches
 from certwatch.core.x509 import parse_certificate
@@ -64,6 +65,19 @@ def test_invalid_names(name: str, why: str) -> None:
     with pytest.raises(ValueError) as info:
         a_label(name)
     assert str(info.value).startswith(why)
+
+
+@pytest.mark.parametrize("name", [
+    "127.0.0.1", "10.1.2.3", "::1", "2001:db8::1", "fe80::1%eth0", "::ffff:192.0.2.1",
+    "t5.bench.certwatch.test", "1.2.3", "1.2.3.4.5", "01.2.3.4", "256.1.1.1", "", "...",
+    "١٢٧.0.0.1", "a:b", "1234", "xn--fa-hia.example", "[::1]"])
+def test_ip_literal_answers_as_ipaddress_does(name: str) -> None:
+    """The cheap test before the parse never turns away a literal ipaddress accepts."""
+    try:
+        expected = ipaddress.ip_address(name)
+    except ValueError:
+        expected = None
+    assert ip_literal(name) == expected
 
 
 def test_for_people_shows_unicode_and_leaves_the_rest() -> None:

@@ -34,7 +34,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from certwatch.core.names import match_form
+from certwatch.core.names import ip_literal, match_form
 from certwatch.core.sharing import remember, shared
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
@@ -233,10 +233,7 @@ def hostname_matches(cert: CertInfo, name: str) -> bool:
 
 def _matching_san(cert: CertInfo, name: str) -> str | None:
     """The subjectAltName entry `name` matches (hostname_matches), as written; None if none."""
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        ip = None
+    ip = ip_literal(name)
     if ip is not None:
         return next((a for a in cert.ip_addresses if ipaddress.ip_address(a) == ip), None)
     host = _normalise_host(name)
@@ -252,10 +249,9 @@ def _matching_san(cert: CertInfo, name: str) -> str | None:
 
 
 def _subject_for(name: str) -> DNSName | IPAddress | None:
-    try:
-        return IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        pass
+    ip = ip_literal(name)
+    if ip is not None:
+        return IPAddress(ip)
     try:
         return DNSName(_normalise_host(name))
     except ValueError:
