@@ -10,12 +10,15 @@ interval skips the runs that came round meanwhile, and one is never run twice at
 Re-adding a one-off job after every probe cost a quarter of a millisecond of CPU each (a
 new Job, its trigger, the signature check): a tenth of the steady state's cost a probe.
 
-Due times lie on a grid (a tick of at most a tenth of the jitter, up to 10 s), so the
-probes due within one tick start together. A probe that starts alone wakes the event
-loop, the kernel and OpenSSL's caches for itself: 2,000 loopback probes evenly spread at
-100 a second cost 2.3 ms of CPU each, the same in batches of 20 every 0.2 s 1.3 ms
-(bench/vs_blackbox.py measures the daemon's steady state). The jitter still spreads the
-batches over the interval, and a tick is small beside it.
+Due times lie on a grid (a tick of at most half the jitter, up to 10 s), so the probes
+due within one tick start together. A probe that starts alone wakes the event loop, the
+kernel and OpenSSL's caches for itself: 2,000 loopback probes evenly spread at 100 a
+second cost 2.3 ms of CPU each, the same in batches of 20 every 0.2 s 1.3 ms. A batch
+that fills the workers costs less again: at a 20 s interval (bench/vs_blackbox.py's
+steady state, 64 workers), ticks of 0.2, 0.5, 1 and 2 s cost 1.60, 1.55, 1.45 and
+1.46 ms a probe. The jitter still spreads the batches over the interval: a tick of half
+of it leaves each due time four or five places to fall, and the interval's phases
+twenty ticks at 20 s.
 
 A due job only puts the endpoint's name in a queue that `max_concurrency` workers take
 from, so 10,000 endpoints due at once are 10,000 names waiting, not 10,000 suspended
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_JITTER = 300.0  # seconds; jitter is 10% of the interval, at most this
 TICKS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds; each a multiple of the ones before
+TICK_OF_JITTER = 0.5  # a wait's tick is at most this share of its jitter
 CLOCK_CHECK = 5.0  # seconds between comparisons of the wall and monotonic clocks
 CLOCK_JUMP = 30.0  # a disagreement larger than this is a clock jump, not drift
 SCHEDULE_BATCH = 50  # endpoints scheduled between two turns of the event loop
@@ -75,9 +79,9 @@ def jitter_of(seconds: float) -> float:
 
 
 def tick_of(seconds: float) -> float:
-    """The grid the due times of a wait of `seconds` lie on: the largest of TICKS within a
-    tenth of its jitter (0, no grid, for waits under 10 s)."""
-    limit = jitter_of(seconds) / 10
+    """The grid the due times of a wait of `seconds` lie on: the largest of TICKS within
+    half its jitter (0, no grid, for waits under 2 s)."""
+    limit = jitter_of(seconds) * TICK_OF_JITTER
     return max((tick for tick in TICKS if tick <= limit), default=0.0)
 
 
