@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import DaemonLog, cpu_seconds, get, memory_mb, wait_for_log  # noqa: E402
+from daemon import LOG_POLL, DaemonLog, cpu_seconds, get, memory_mb, wait_for_log  # noqa: E402
 from sweep import REPO, raise_fd_limit, stop_process  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -261,6 +261,32 @@ def probes_total(port: int) -> float:
                if line.startswith("certwatch_probes_total{"))
 
 
+def cpu_once_logged(processes: list[subprocess.Popen[bytes]], logs: list[DaemonLog],
+                    prefix: str, nginx_pid: int) -> tuple[float, float]:
+    """The daemons' CPU seconds, each read as soon as its log says `prefix` (all logs
+    polled together, every LOG_POLL), summed; and nginx's when the first says it."""
+    read: dict[int, float] = {}
+    nginx = 0.0
+    end = time.monotonic() + START_TIMEOUT
+    while len(read) < len(processes):
+        for index, (process, log) in enumerate(zip(processes, logs)):
+            if index in read:
+                continue
+            log.read()
+            if prefix in log.first:
+                if not read:
+                    nginx = tree_cpu(nginx_pid)
+                read[index] = sum(cpu_seconds(process.pid))
+            elif process.poll() is not None:
+                raise SystemExit(f"FAIL: a daemon exited with status {process.returncode} "
+                                 f"before logging '{prefix}':\n  " + "\n  ".join(log.problems))
+        if time.monotonic() > end:
+            raise SystemExit(f"FAIL: a daemon did not log '{prefix}' within {START_TIMEOUT:g}s")
+        if len(read) < len(processes):
+            time.sleep(LOG_POLL)
+    return sum(read.values()), nginx
+
+
 def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_port: int,
                   nginx_pid: int, not_after: float, failures: list[str],
                   figures: Figures) -> tuple[Side, Side, float]:
@@ -303,9 +329,10 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
         def probes() -> float:  # probes done so far, by the daemons' own counters
             return sum(probes_total(port) for port in ports)
 
-        for process, log in zip(processes, logs):
-            wait_for_log(process, log, "configuration loaded", START_TIMEOUT)
-        cpu0, nginx0 = cpu(), tree_cpu(nginx_pid)
+        # Each daemon's CPU from its own "configuration loaded", nginx's from the first: a
+        # shard that comes up sooner probes while the others still load, and those probes
+        # count in the first sweep.
+        cpu0, nginx0 = cpu_once_logged(processes, logs, "configuration loaded", nginx_pid)
         loaded_at = min(t for log in logs if (t := log.time_of("configuration loaded")))
         first_profiler = None
         if args.profile:  # the first sweep's samples beside the steady state's (shard 0's)
