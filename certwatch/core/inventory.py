@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from certwatch.core.ctpolicy import CTLogList
+from certwatch.core.names import ip_literal
 from certwatch.core.rootprograms import DistrustRule
 from certwatch.core.selections import KubernetesAccess, Selection
 
@@ -287,12 +288,8 @@ class Inventory:
 @functools.lru_cache(maxsize=1024)
 def is_ip(text: str) -> bool:
     """True for an IPv4 or IPv6 literal. Memoised: every probe asks of its endpoint's
-    host, and parsing one costs a few microseconds."""
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    host, and parsing an address costs a few microseconds."""
+    return ip_literal(text) is not None
 
 
 def split_listen(listen: str) -> tuple[str | None, int]:
