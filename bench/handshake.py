@@ -54,9 +54,8 @@ def cpu_seconds() -> float:
 async def measure(args: argparse.Namespace, port: int, root: Path) -> int:
     names = [f"t{i}.{vs_blackbox.DOMAIN}" for i in range(NAMES)]
     endpoints = parse_inventory("\n".join(
-        ["defaults:", f"  ca_file: {json.dumps(str(root))}", "endpoints:"]
-        + [f"  - {{name: t{i}, host: 127.0.0.1, port: {port}, server_name: {name}}}"
-           for i, name in enumerate(names)])).endpoints
+        ["defaults:", f"  ca_file: {json.dumps(str(root))}", "endpoints:",
+         *vs_blackbox.endpoint_lines(NAMES, port)])).endpoints
     standard = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     standard.check_hostname, standard.verify_mode = False, ssl.CERT_NONE
     context, prober = client_context(), Prober(max_concurrency=CONCURRENCY)

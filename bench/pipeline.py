@@ -92,9 +92,8 @@ async def per_await_us(step: Callable[[], Awaitable[object]], calls: int, rounds
 
 
 async def measure(args: argparse.Namespace, directory: Path, port: int, root: Path) -> int:
-    text = "\n".join(["defaults:", f"  ca_file: {json.dumps(str(root))}", "endpoints:"] + [
-        f"  - {{name: t{i}, host: 127.0.0.1, port: {port}, "
-        f"server_name: t{i}.{vs_blackbox.DOMAIN}}}" for i in range(args.targets)])
+    text = "\n".join(["defaults:", f"  ca_file: {json.dumps(str(root))}", "endpoints:",
+                      *vs_blackbox.endpoint_lines(args.targets, port)])
     endpoints = parse_inventory(text).endpoints
     prober = Prober(max_concurrency=64)
     observed = await asyncio.gather(*(prober.observe(e) for e in endpoints))

@@ -75,6 +75,13 @@ TARGETS = {  # the issue's: certwatch / blackbox
 }
 
 
+def endpoint_lines(count: int, port: int) -> list[str]:
+    """The inventory entries of the first `count` names (t<i>), on the nginx at `port`:
+    the targets of this comparison, and of the benches that reuse its nginx."""
+    return [f"  - {{name: t{i}, host: 127.0.0.1, port: {port}, server_name: t{i}.{DOMAIN}}}"
+            for i in range(count)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -293,8 +300,7 @@ def run_certwatch(args: argparse.Namespace, directory: Path, root: Path, target_
     """certwatch's daemon, or `--shards` of them (`--shard i/N`, one process each, at once,
     each with `--concurrency`): their first sweep, from the first start to the last
     sweep's end, and their steady state; CPU, probes and peak RSS summed over them."""
-    endpoints = [f"  - {{name: t{i}, host: 127.0.0.1, port: {target_port}, "
-                 f"server_name: t{i}.{DOMAIN}}}" for i in range(args.targets)]
+    endpoints = endpoint_lines(args.targets, target_port)
     env = dict(os.environ)
     if args.event_loop:
         env["CERTWATCH_EVENT_LOOP"] = args.event_loop
