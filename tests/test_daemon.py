@@ -196,6 +196,31 @@ def test_metrics_api_renewal_and_removal(pki: tuple[Issued, Path], daemon_factor
     assert daemon.stop() == 0
 
 
+def test_new_targets_are_logged_when_not_ok_and_counted_by_state(
+        pki: tuple[Issued, Path], daemon_factory) -> None:  # type: ignore[no-untyped-def]
+    """A target first seen ok is no news: only "first sweep finished" counts it (its own
+    line is at debug). One first seen in trouble is logged at info, as any change is."""
+    issuer, directory = pki
+    config = directory / "certwatch.yaml"
+    with TLSServer({None: leaf_files(issuer, directory, "fine", 60)}) as fine, \
+            TLSServer({None: leaf_files(issuer, directory, "soon", 5)}) as soon:
+        write_inventory(config, [
+            f"{{name: fine, host: 127.0.0.1, port: {fine.port}, server_name: svc.test}}",
+            f"{{name: soon, host: 127.0.0.1, port: {soon.port}, server_name: svc.test}}",
+            f"{{name: down, host: 127.0.0.1, port: {closed_port()}}}",
+        ])
+        daemon = daemon_factory(config)
+        wait_for("readiness", lambda: daemon.get("/readyz")[0] == 200)
+        (finished,) = wait_for("the first sweep's line", lambda: [
+            e for e in daemon.logs() if e["message"] == "first sweep finished"])
+    assert finished["targets"] == 3
+    assert finished["states"] == {"ok": 1, "critical": 1, "error": 1}
+    changes = {e["target"].split("@")[0]: (e["level"], e["before"], e["state"])
+               for e in daemon.logs() if e["message"].startswith("state ")}
+    assert changes == {"soon": ("info", None, "critical"), "down": ("info", None, "error")}
+    assert daemon.stop() == 0
+
+
 def test_a_target_just_probed_says_when_its_next_probe_is(pki: tuple[Issued, Path],
                                                           daemon_factory) -> None:  # type: ignore[no-untyped-def]
     """The schedule knew (next_probe_at is the last probe plus the interval); the page said

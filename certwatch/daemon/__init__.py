@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -215,7 +216,8 @@ class Daemon:
         return outcome.wait
 
     def _first_probe_done(self, name: str) -> None:
-        self._first_sweep.probed(name, lambda: len(self.store.statuses()))
+        self._first_sweep.probed(
+            name, lambda: Counter(s.state.value for s in self.store.statuses()))
 
     # --- lifecycle ---------------------------------------------------------------------
 

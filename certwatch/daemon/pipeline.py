@@ -18,6 +18,7 @@ from certwatch.core.inventory import Endpoint
 from certwatch.core.renewal import SeenCertificate, last_renewal
 from certwatch.core.status import Change, TargetStatus, merge
 from certwatch.core.timestamps import rfc3339
+from certwatch.core.vocabulary import State
 from certwatch.daemon.history import CertificateHistory
 from certwatch.daemon.store import Store
 from certwatch.serving.metrics import DaemonMetrics
@@ -148,11 +149,18 @@ def log_replacement(key: str, history: Sequence[SeenCertificate]) -> None:
 
 
 def log_changes(changes: list[Change]) -> None:
+    """Each change of state at info; a target first seen ok at debug. A first sweep of
+    100,000 healthy targets is not 100,000 lines of news ("first sweep finished" counts
+    them by state), and its line was a twentieth of a first probe's CPU. A new target in
+    any other state is news, and logged."""
     for change in changes:
         status = change.status
         before = change.before.value if change.before else None
-        log.info(
-            "state %s -> %s: %s" % (before or "new", status.state.value, status.target.key),
+        level = logging.DEBUG if before is None and status.state is State.OK else logging.INFO
+        if not log.isEnabledFor(level):
+            continue
+        log.log(
+            level, "state %s -> %s: %s" % (before or "new", status.state.value, status.target.key),
             extra={"target": status.target.key, "before": before, "state": status.state.value,
                    "reasons": list(status.assessment.reasons),
                    "summary": status.assessment.summary},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from certwatch.config import ConfigError
 from certwatch.memory import without
@@ -73,10 +73,14 @@ class FirstSweep:
         self.started, self._unprobed = True, names
         self.metrics.ready.set(0 if names else 1)
 
-    def probed(self, name: str, targets: Callable[[], int]) -> None:
-        """`name` was probed (or left the inventory); `targets` counts what is known."""
+    def probed(self, name: str, states: Callable[[], Mapping[str, int]]) -> None:
+        """`name` was probed (or left the inventory); `states` counts the targets known,
+        by state: the one line that tells of the healthy ones (a target first seen ok is
+        logged at debug only)."""
         if name in self._unprobed:
             self._unprobed = without(self._unprobed, name)
             if not self._unprobed:
                 self.metrics.ready.set(1)
-                log.info("first sweep finished", extra={"targets": targets()})
+                counts = dict(states())
+                log.info("first sweep finished",
+                         extra={"targets": sum(counts.values()), "states": counts})
