@@ -31,3 +31,22 @@ def test_it_is_bounded() -> None:
         shared(Value("filler", count))
     again = Value("bounded", -1)
     assert shared(again) is again  # forgotten: the memo holds SHARED_VALUES at most
+
+
+def test_certificates_differing_only_beside_the_fingerprint_stay_apart() -> None:
+    """CertInfo hashes its fingerprint and position only; equality still reads every
+    field, so a parse that differs in any (a lenient name, say) is not taken for another."""
+    from datetime import datetime, timezone
+
+    from certwatch.core.x509 import CertInfo
+
+    moment = datetime(2027, 1, 1, tzinfo=timezone.utc)
+    one = CertInfo(0, "CN=a", "CN=ca", "a", ("a.test",), (), "01", moment, moment, "ab" * 32,
+                   "ec", 256, "ecdsa-with-sha256", 3, False, False)
+    same = CertInfo(0, "CN=a", "CN=ca", "a", ("a.test",), (), "01", moment, moment, "ab" * 32,
+                    "ec", 256, "ecdsa-with-sha256", 3, False, False)
+    other = CertInfo(0, "CN=b", "CN=ca", "a", ("a.test",), (), "01", moment, moment, "ab" * 32,
+                     "ec", 256, "ecdsa-with-sha256", 3, False, False)
+    assert one == same and hash(one) == hash(same) and shared((one,))[0] is one
+    assert shared((same,))[0] is one
+    assert other != one and shared((other,))[0] is other
