@@ -38,7 +38,7 @@ from certwatch.core.names import ip_literal, match_form
 from certwatch.core.sharing import remember, shared
 from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import Problem
-from certwatch.core.x509 import CertInfo, ParsedChain, names_of, parse_certificate, sha256_hex
+from certwatch.core.x509 import CertInfo, ParsedChain, names_of, root_info, sha256_hex
 
 __all__ = ["WEB_PKI", "TrustStore", "Verification", "VerificationKey", "VerifyPolicy",
            "hostname_matches", "time_problems", "verification_key", "verify_chain"]
@@ -96,7 +96,7 @@ class TrustStore:
         infos = {}
         for fingerprint, root in unique.items():
             with contextlib.suppress(ValueError):  # a root we cannot describe still anchors
-                infos[fingerprint] = parse_certificate(root.public_bytes(Encoding.DER), -1)
+                infos[fingerprint] = root_info(root.public_bytes(Encoding.DER))
         certs = tuple(unique.values())
         return cls(certs, Store(list(certs)) if certs else None,
                    frozenset(names_of(root)[0] for root in certs), infos,

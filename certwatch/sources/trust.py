@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def read_pem_certificates(path: Path) -> list[x509.Certificate]:
-    """Every certificate in a PEM file (a regular file within PEM_FILE's cap; OSError
-    otherwise); one unreadable block does not spoil the rest."""
-    certs, problems = pem_certificates(read_bounded(path, PEM_FILE))
+    """Every certificate in a PEM file of roots (a regular file within PEM_FILE's cap;
+    OSError otherwise); one unreadable block does not spoil the rest."""
+    certs, problems = pem_certificates(read_bounded(path, PEM_FILE), roots=True)
     for problem in problems:
         log.warning("skipping an unreadable certificate in %s: %s", path, problem)
     return certs
