@@ -47,3 +47,39 @@ def test_without_malloc_trim_it_does_nothing() -> None:
     trimmer = Trimmer(None, interval=0.01, after=1)
     run_trimmer(trimmer, 100, 0.1)  # returns at once, and stays out of the way
     assert trimmer.trims == 0
+
+
+def test_the_first_sweep_is_frozen_as_it_goes_and_unfrozen_when_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector's view stays frozen while the first sweep makes its statuses, and
+    nothing is left frozen once it has finished, or has taken too long."""
+    import gc
+
+    from certwatch.daemon import reloads
+    from certwatch.serving.metrics import DaemonMetrics
+
+    async def main() -> tuple[int, int, int]:
+        sweep = reloads.FirstSweep(DaemonMetrics())
+        sweep.expect({"a", "b"})
+        task = asyncio.create_task(sweep.frozen())
+        await asyncio.sleep(0.25)
+        during = gc.get_freeze_count()
+        sweep.probed("a", lambda: {})
+        await asyncio.sleep(0.15)
+        half = gc.get_freeze_count()
+        sweep.probed("b", lambda: {"ok": 2})
+        await asyncio.wait_for(task, 5)
+        return during, half, gc.get_freeze_count()
+
+    during, half, after = asyncio.run(main())
+    assert during > 0 and half > 0 and after == 0
+
+    monkeypatch.setattr(reloads, "FROZEN_AT_MOST", 0.3)
+
+    async def never_finishes() -> int:
+        sweep = reloads.FirstSweep(DaemonMetrics())
+        sweep.expect({"never"})
+        await asyncio.wait_for(sweep.frozen(), 5)
+        return gc.get_freeze_count()
+
+    assert asyncio.run(never_finishes()) == 0

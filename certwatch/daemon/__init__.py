@@ -256,7 +256,8 @@ class Daemon:
         watchers = [asyncio.create_task(self.loader.watch(self._stop, self.reload_poll,
                                                           self.reload, self._config_missing)),
                     asyncio.create_task(self._schedule.watch_clock()),
-                    asyncio.create_task(self._memory.run(self._stop))]
+                    asyncio.create_task(self._memory.run(self._stop)),
+                    asyncio.create_task(self._first_sweep.frozen())]
         await self._stop.wait()
         log.info("stopping: letting probes in flight finish",
                  extra={"in_flight": len(self._schedule.in_flight)})

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from certwatch.config.web import WebConfig
 from certwatch.core.inventory import Inventory
 from certwatch.core.sharding import WHOLE, Shard
 from certwatch.core.vocabulary import SourceKind
+from certwatch.memory import frozen_meanwhile
 from certwatch.serving.tls import tls_problem
 
 if TYPE_CHECKING:  # imported when the inventory asks for them
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 Signature = tuple[int, int, int]
 T = TypeVar("T")
 PARSE_SWITCH_INTERVAL = 0.001  # seconds a thread may hold the GIL while a file is parsed
-FREEZE_EVERY = 0.1  # seconds between two gc.freeze() while a file is parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,24 +65,6 @@ def _handing_over(load: Callable[..., T], *args: Any) -> T:
         raise exc.with_traceback(None)  # noqa: B904 - its frames hold the parsed document
     finally:
         sys.setswitchinterval(interval)
-
-
-async def _frozen_meanwhile(work: Awaitable[T]) -> T:
-    """Awaits `work`, freezing what exists every FREEZE_EVERY seconds (gc.freeze: the
-    cyclic collector skips it). A collection holds the GIL for as long as it takes, and
-    one walking the millions of objects of a large file being parsed took up to a
-    second of the event loop; this way a collection walks at most what was made since
-    the last freeze. When the work is done everything is unfrozen and collected as
-    usual. (Pausing the collector instead left the garbage of a minute of serving for
-    one collection at the end.)"""
-    task = asyncio.ensure_future(work)
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=FREEZE_EVERY)
-            gc.freeze()
-    finally:
-        gc.unfreeze()
-    return task.result()
 
 
 def owned_entries(inventory: Inventory, shard: Shard) -> Inventory:
@@ -127,7 +108,7 @@ class Loader:
             load = functools.partial(load_configuration, self.config_path,
                                      self.web_path if with_web else None, self.environ,
                                      tls_problem, strict=self.strict)
-            inventory, web = await _frozen_meanwhile(asyncio.to_thread(_handing_over, load))
+            inventory, web = await frozen_meanwhile(asyncio.to_thread(_handing_over, load))
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - MemoryError, a bug: this load fails, no more
