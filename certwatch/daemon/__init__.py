@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import logging
 import signal
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -216,8 +215,7 @@ class Daemon:
         return outcome.wait
 
     def _first_probe_done(self, name: str) -> None:
-        self._first_sweep.probed(
-            name, lambda: Counter(s.state.value for s in self.store.statuses()))
+        self._first_sweep.probed(name, self.store.statuses)
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -13,9 +13,11 @@ import contextlib
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Mapping
+from collections import Counter
+from typing import Callable, Iterable
 
 from certwatch.config import ConfigError
+from certwatch.core.status import TargetStatus
 from certwatch.memory import frozen_meanwhile, without
 from certwatch.serving.metrics import DaemonMetrics
 
@@ -90,15 +92,15 @@ class FirstSweep:
         with contextlib.suppress(TimeoutError):
             await frozen_meanwhile(asyncio.wait_for(self._finished.wait(), FROZEN_AT_MOST))
 
-    def probed(self, name: str, states: Callable[[], Mapping[str, int]]) -> None:
-        """`name` was probed (or left the inventory); `states` counts the targets known,
-        by state: the one line that tells of the healthy ones (a target first seen ok is
-        logged at debug only)."""
+    def probed(self, name: str, statuses: Callable[[], Iterable[TargetStatus]]) -> None:
+        """`name` was probed (or left the inventory); `statuses` are the targets known,
+        counted by state on the one line that tells of the healthy ones (a target first
+        seen ok is logged at debug only)."""
         if name in self._unprobed:
             self._unprobed = without(self._unprobed, name)
             if not self._unprobed:
                 self.metrics.ready.set(1)
                 self._finished.set()
-                counts = dict(states())
+                counts = dict(Counter(s.state.value for s in statuses()))
                 log.info("first sweep finished",
                          extra={"targets": sum(counts.values()), "states": counts})
