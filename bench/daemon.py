@@ -155,16 +155,21 @@ class DaemonLog:
         return datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
 
 
+def logged(process: subprocess.Popen[bytes], log: DaemonLog, prefix: str) -> bool:
+    """Whether the daemon's log says `prefix` yet; SystemExit if it exited before."""
+    log.read()
+    if prefix in log.first:
+        return True
+    if process.poll() is not None:
+        raise SystemExit(f"FAIL: the daemon exited with status {process.returncode} "
+                         f"before logging '{prefix}':\n  " + "\n  ".join(log.problems))
+    return False
+
+
 def wait_for_log(process: subprocess.Popen[bytes], log: DaemonLog, prefix: str,
                  timeout: float) -> None:
     end = time.monotonic() + timeout
-    while True:
-        log.read()
-        if prefix in log.first:
-            return
-        if process.poll() is not None:
-            raise SystemExit(f"FAIL: the daemon exited with status {process.returncode} "
-                             f"before logging '{prefix}':\n  " + "\n  ".join(log.problems))
+    while not logged(process, log, prefix):
         if time.monotonic() > end:
             raise SystemExit(f"FAIL: the daemon did not log '{prefix}' within {timeout:g}s")
         time.sleep(LOG_POLL)

@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon import LOG_POLL, DaemonLog, cpu_seconds, get, memory_mb, wait_for_log  # noqa: E402
+from daemon import (LOG_POLL, DaemonLog, cpu_seconds, get, logged, memory_mb,  # noqa: E402
+                    wait_for_log)
 from sweep import REPO, raise_fd_limit, stop_process  # noqa: E402
 
 sys.path.insert(0, str(REPO))
@@ -277,16 +278,10 @@ def cpu_once_logged(processes: list[subprocess.Popen[bytes]], logs: list[DaemonL
     end = time.monotonic() + START_TIMEOUT
     while len(read) < len(processes):
         for index, (process, log) in enumerate(zip(processes, logs)):
-            if index in read:
-                continue
-            log.read()
-            if prefix in log.first:
+            if index not in read and logged(process, log, prefix):
                 if not read:
                     nginx = tree_cpu(nginx_pid)
                 read[index] = sum(cpu_seconds(process.pid))
-            elif process.poll() is not None:
-                raise SystemExit(f"FAIL: a daemon exited with status {process.returncode} "
-                                 f"before logging '{prefix}':\n  " + "\n  ".join(log.problems))
         if time.monotonic() > end:
             raise SystemExit(f"FAIL: a daemon did not log '{prefix}' within {START_TIMEOUT:g}s")
         if len(read) < len(processes):
