@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from collections import Counter
 from typing import Callable, Iterable
 
 from certwatch.config import ConfigError
