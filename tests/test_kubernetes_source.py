@@ -234,7 +234,10 @@ def test_ingresses_with_the_annotation_become_endpoints(api: FakeKubeAPI,
 
     async def run() -> tuple[Any, ...]:
         async with following(inv) as (source, _, discovered):
-            await eventually("the discovery", lambda: _async(bool(discovered)))
+            # The listener hears of each reflector's first view: the Gateways' absence
+            # can come before the Ingresses are listed, so wait for what they name.
+            await eventually("the discovery",
+                             lambda: _async(bool(discovered) and source.discovered()))
             await eventually("the gateways' absence to settle", lambda: _async(source.health().up))
             return source.discovered()
 
