@@ -14,6 +14,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from certwatch.daemon.schedule import (SOON_TICK, Schedule, _RunHere, repeating, tick_of,
                                        utcnow)
+from certwatch.daemon.sourcing import FIRST_SWEEP_SPREAD
 from certwatch.memory import without
 
 
@@ -110,6 +111,27 @@ def test_the_first_probes_start_in_batches_on_a_grid() -> None:
         assert len(set(first)) <= 1.0 / SOON_TICK + 2  # not a hundred moments, a dozen
         assert all(start - timedelta(seconds=SOON_TICK) <= when
                    <= start + timedelta(seconds=1.0 + SOON_TICK) for when in first)
+
+    _run_schedule(body, run)
+
+
+def test_a_large_first_sweep_is_not_held_below_what_a_daemon_probes() -> None:
+    """1,000 new endpoints are all due within a second: a daemon probes 1,200-1,450 a
+    second on loopback, and a first sweep held at 500 a second (over at least 2 s) left
+    a daemon, and shards' two cores, waiting for due times."""
+    names = {f"e{i}": 30.0 for i in range(1000)}
+
+    async def run(name: str, seen: dict[str, Any]) -> float:
+        return 30.0
+
+    async def body(schedule: Schedule, seen: dict[str, Any]) -> None:
+        start = utcnow()
+        await schedule.schedule_soon(names, FIRST_SWEEP_SPREAD)
+        assert schedule._scheduler is not None
+        first = [job.next_run_time for job in schedule._scheduler.get_jobs()
+                 if job.next_run_time - start < timedelta(seconds=5)]  # not yet run
+        assert len(first) > 900
+        assert max(first) <= start + timedelta(seconds=1.0)
 
     _run_schedule(body, run)
 
