@@ -118,7 +118,7 @@ def test_the_first_probes_start_in_batches_on_a_grid() -> None:
 def test_a_large_first_sweep_is_not_held_below_what_a_daemon_probes() -> None:
     """1,000 new endpoints are all due within a second: a daemon probes 1,200-1,450 a
     second on loopback, and a first sweep held at 500 a second (over at least 2 s) left
-    a daemon, and shards' two cores, waiting for due times."""
+    a daemon, and two shards on two cores, waiting for due times."""
     names = {f"e{i}": 30.0 for i in range(1000)}
 
     async def run(name: str, seen: dict[str, Any]) -> float:
@@ -131,7 +131,7 @@ def test_a_large_first_sweep_is_not_held_below_what_a_daemon_probes() -> None:
         first = [job.next_run_time for job in schedule._scheduler.get_jobs()
                  if job.next_run_time - start < timedelta(seconds=5)]  # not yet run
         assert len(first) > 900
-        assert max(first) <= start + timedelta(seconds=1.0)
+        assert max(first) <= start + timedelta(seconds=1.0 + SOON_TICK)  # on its grid
 
     _run_schedule(body, run)
 
