@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from certwatch.core.assess import Assessment
-from certwatch.core.ctpolicy import CTLogList, CTVerdict, embedded_scts, judge_ct
+from certwatch.core.ctpolicy import SCT, CTLogList, CTVerdict, embedded_scts, judge_ct
 from certwatch.core.findings import Lint, LintCode, Refusals
 from certwatch.core.inventory import RevocationSettings
 from certwatch.core.revocation import (
@@ -62,8 +62,8 @@ from certwatch.core.timestamps import rfc3339
 from certwatch.core.vocabulary import AlertKind, Reason, Severity, State
 from certwatch.core.x509 import sha256_hex
 
-__all__ = ["Evidence", "Policy", "Wanted", "alert_conditions", "alert_details",
-           "judge_refusals", "revocation_summary", "wanted"]
+__all__ = ["Evidence", "PathCertificates", "Policy", "Wanted", "alert_conditions",
+           "alert_details", "judge_refusals", "path_certificates", "revocation_summary", "wanted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,25 +94,52 @@ def _roots_by_fingerprint(trust: TrustStore) -> dict[str, x509.Certificate]:
     return {sha256_hex(root): root for root in trust.roots}
 
 
+class Presented:
+    """A presented certificate, loaded once, and what the checks read of it every probe,
+    each read once. (Those look-ups are memoised in certwatch.core.revocation and
+    ctpolicy too, but keyed by the x509 object, whose hash digests the whole DER at every
+    look-up, ~1.5 us; this is found by its DER bytes, whose hash Python keeps.)"""
+
+    def __init__(self, cert: x509.Certificate) -> None:
+        self.cert = cert
+
+    @functools.cached_property
+    def crl_urls(self) -> tuple[str, ...]:
+        return crl_urls(self.cert)
+
+    @functools.cached_property
+    def ocsp_urls(self) -> tuple[str, ...]:
+        return ocsp_urls(self.cert)
+
+    @functools.cached_property
+    def must_staple(self) -> bool:
+        return must_staple(self.cert)
+
+    @functools.cached_property
+    def scts(self) -> tuple[SCT, ...]:
+        return embedded_scts(self.cert)
+
+
 @functools.lru_cache(maxsize=CERTIFICATE_MEMO)  # see certwatch.core.revocation
-def _certificate(der: bytes) -> x509.Certificate:
+def _presented(der: bytes) -> Presented:
     """A certificate loaded once: a CA's for every target it issued for, a leaf for the
-    look-ups before and after the fetches (each is memoised on the certificate)."""
-    return x509.load_der_x509_certificate(der)
+    look-ups before and after the fetches."""
+    return Presented(x509.load_der_x509_certificate(der))
 
 
-PathCertificates = list[tuple[int, x509.Certificate, x509.Certificate | None]]
+PathCertificates = list[tuple[int, Presented, x509.Certificate | None]]
 
 
-def _path_certificates(a: Assessment, trust: TrustStore) -> PathCertificates:
+def path_certificates(a: Assessment, trust: TrustStore) -> PathCertificates:
     """(position, certificate, issuer) for each presented certificate on the path clients
     build, leaf first; the issuer None when it is not at hand. (Loaded, not parsed: the
-    assessment has parsed them already.)"""
+    assessment has parsed them already.) Both `wanted` and `judge_refusals` need them: a
+    caller that runs both on one assessment computes them once and hands them to each."""
     ders = a.observation.chain
 
-    def load(position: int) -> x509.Certificate | None:
+    def load(position: int) -> Presented | None:
         try:
-            return _certificate(ders[position])
+            return _presented(ders[position])
         except (ValueError, IndexError):
             return None
 
@@ -121,33 +148,39 @@ def _path_certificates(a: Assessment, trust: TrustStore) -> PathCertificates:
         leaf = load(0)
         if leaf is None:
             return []
-        issuer = next((cert for info in a.chain[1:] if (cert := load(info.position)) is not None
-                       and cert.subject == leaf.issuer), None)
+        issuer = next((cert.cert for info in a.chain[1:] if (cert := load(info.position))
+                       is not None and cert.cert.subject == leaf.cert.issuer), None)
         return [(0, leaf, issuer)]
     roots = _roots_by_fingerprint(trust)
-    certs = [load(info.position) if info.position >= 0 else roots.get(info.fingerprint_sha256)
-             for info in path]
+    presented = [load(info.position) if info.position >= 0 else None for info in path]
+    # Each one's issuer is the next on the path: presented, or a root of the store.
+    issuers = [roots.get(info.fingerprint_sha256) if info.position < 0
+               else loaded.cert if loaded is not None else None
+               for info, loaded in zip(path[1:], presented[1:])] + [None]
     result = []
-    for index, info in enumerate(path):
-        cert = certs[index]
-        if info.position < 0 or cert is None or info.self_issued:
+    for info, loaded, issuer in zip(path, presented, issuers):
+        if info.position < 0 or loaded is None or info.self_issued:
             continue
-        result.append((info.position, cert, certs[index + 1] if index + 1 < len(certs) else None))
+        result.append((info.position, loaded, issuer))
     return result
 
 
-def wanted(a: Assessment, trust: TrustStore, settings: RevocationSettings) -> Wanted:
-    """The CRLs and OCSP responses the target's revocation checks need."""
+def wanted(a: Assessment, trust: TrustStore, settings: RevocationSettings, *,
+           certificates: PathCertificates | None = None) -> Wanted:
+    """The CRLs and OCSP responses the target's revocation checks need; `certificates`,
+    if given, are the assessment's :func:`path_certificates` under `trust`."""
     if a.leaf is None or not (settings.crl or settings.ocsp):
         return Wanted()
     crls: list[str] = []
     requests: list[tuple[str, bytes]] = []
-    for position, cert, issuer in _path_certificates(a, trust):
+    if certificates is None:
+        certificates = path_certificates(a, trust)
+    for position, presented, issuer in certificates:
         if settings.crl:
-            crls.extend(crl_urls(cert))
+            crls.extend(presented.crl_urls)
         if settings.ocsp and position == 0 and issuer is not None:
-            request = ocsp_request(cert, issuer)
-            requests.extend((url, request) for url in ocsp_urls(cert))
+            request = ocsp_request(presented.cert, issuer)
+            requests.extend((url, request) for url in presented.ocsp_urls)
     return Wanted(tuple(dict.fromkeys(crls)), tuple(requests))
 
 
@@ -155,17 +188,18 @@ def _revocation(a: Assessment, certificates: PathCertificates, settings: Revocat
                 evidence: Evidence, now: datetime) -> Revocation:
     checks: list[RevocationCheck] = []
     leaf_demands_staple = False
-    for position, cert, issuer in certificates:
+    for position, presented, issuer in certificates:
+        cert = presented.cert
         staple = a.observation.ocsp_staple
         if position == 0 and settings.staple and staple:
             checks.append(check_ocsp(staple, cert, issuer, position=0,
                                      source=RevocationSource.STAPLE, now=now,
                                      obtained_at=a.observation.started_at))
         if position == 0 and settings.staple and staple is not None:  # asked for
-            leaf_demands_staple = must_staple(cert)
+            leaf_demands_staple = presented.must_staple
         if settings.ocsp and position == 0 and issuer is not None:
             request = ocsp_request(cert, issuer)
-            for url in ocsp_urls(cert):
+            for url in presented.ocsp_urls:
                 got = evidence.ocsp(url, request)
                 checks.append(_pending(url, RevocationSource.OCSP, position, now) if got is None
                               else failed(got, RevocationSource.OCSP, position)
@@ -173,7 +207,7 @@ def _revocation(a: Assessment, certificates: PathCertificates, settings: Revocat
                               else check_ocsp(got[0], cert, issuer, position=0,
                                               source=RevocationSource.OCSP, now=now,
                                               obtained_at=got[1], url=url))
-        for url in crl_urls(cert) if settings.crl else ():
+        for url in presented.crl_urls if settings.crl else ():
             crl = evidence.crl(url)
             checks.append(_pending(url, RevocationSource.CRL, position, now) if crl is None
                           else failed(crl, RevocationSource.CRL, position)
@@ -214,16 +248,19 @@ def _lints(a: Assessment, ct: CTVerdict, policy: Policy, now: datetime) -> list[
 
 def judge_refusals(a: Assessment, trust: TrustStore, settings: RevocationSettings,
                    evidence: Evidence, policy: Policy, now: datetime, *,
-                   public_roots: frozenset[str]) -> Assessment:
+                   public_roots: frozenset[str],
+                   certificates: PathCertificates | None = None) -> Assessment:
     """The assessment with revocation and the root-program lints judged and applied.
     `public_roots` are the SHA-256 fingerprints of the publicly trusted roots: a chain
-    that ends at another root is a private CA's, and gets no lints."""
+    that ends at another root is a private CA's, and gets no lints. `certificates`, if
+    given, are the assessment's :func:`path_certificates` under `trust`."""
     if a.leaf is None:
         return a
-    certificates = _path_certificates(a, trust)
+    if certificates is None:
+        certificates = path_certificates(a, trust)
     revocation = _revocation(a, certificates, settings, evidence, now)
     leaf = certificates[0][1] if certificates and certificates[0][0] == 0 else None
-    scts = embedded_scts(leaf) if leaf is not None else ()
+    scts = leaf.scts if leaf is not None else ()
     path = a.verification.path if a.verification is not None else ()
     public = bool(path) and path[-1].fingerprint_sha256 in public_roots
     ct = judge_ct(scts, validity_of(a.leaf), policy.logs)

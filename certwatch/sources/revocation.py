@@ -29,7 +29,13 @@ from cryptography.x509 import ocsp
 from certwatch import __version__
 from certwatch.core.assess import Assessment
 from certwatch.core.inventory import Endpoint, RevocationSettings
-from certwatch.core.refusals import Policy, judge_refusals, wanted
+from certwatch.core.refusals import (
+    PathCertificates,
+    Policy,
+    judge_refusals,
+    path_certificates,
+    wanted,
+)
 from certwatch.core.revocation import CRLIndex, FetchFailure, Unknown, index_crl
 from certwatch.core.verify import TrustStore
 from certwatch.sources.trust import TrustStores
@@ -244,13 +250,15 @@ class RefusalChecks:
         self.fetcher = fetcher or RevocationFetcher()
 
     def judge(self, a: Assessment, endpoint: Endpoint, trust: TrustStores,
-              now: datetime) -> Assessment:
+              now: datetime, certificates: PathCertificates | None = None) -> Assessment:
         """Judges with the evidence at hand (no fetch): also for an earlier observation
-        judged again after a failed probe."""
+        judged again after a failed probe. `certificates`: the assessment's path
+        certificates, when the caller has them already."""
         try:
             return judge_refusals(a, trust.for_endpoint(endpoint), endpoint.revocation,
                                   self.fetcher, self.policy, now,
-                                  public_roots=trust.public_roots(endpoint))
+                                  public_roots=trust.public_roots(endpoint),
+                                  certificates=certificates)
         except Exception:  # noqa: BLE001 - a bug here must not cost the expiry judgement
             log.exception("revocation and policy checks failed for %s", a.target.key)
             return a
@@ -258,17 +266,23 @@ class RefusalChecks:
     async def check(self, assessments: Sequence[Assessment], endpoint: Endpoint,
                     trust: TrustStores, now: datetime) -> tuple[Assessment, ...]:
         """Fetches what the targets need (waiting at most the revocation timeout), then
-        judges each; never raises."""
+        judges each; never raises. Each target's path certificates are loaded once, for
+        both what to fetch and the judgement."""
         settings = endpoint.revocation
+        paths: list[PathCertificates | None] = [None] * len(assessments)
         try:
             store: TrustStore = trust.for_endpoint(endpoint)
-            needs = [wanted(a, store, settings) for a in assessments]
+            paths = [path_certificates(a, store) if a.leaf is not None else None
+                     for a in assessments]
+            needs = [wanted(a, store, settings, certificates=path)
+                     for a, path in zip(assessments, paths)]
             crls = list(dict.fromkeys(url for need in needs for url in need.crls))
             requests = list(dict.fromkeys(r for need in needs for r in need.ocsp))
             await self.fetcher.gather(crls, requests, settings)
         except Exception:  # noqa: BLE001 - soft-fail: judged with what is at hand
             log.exception("revocation fetches failed for %s", endpoint.name)
-        return tuple(self.judge(a, endpoint, trust, now) for a in assessments)
+        return tuple(self.judge(a, endpoint, trust, now, path)
+                     for a, path in zip(assessments, paths))
 
     async def aclose(self) -> None:
         await self.fetcher.aclose()
