@@ -263,10 +263,12 @@ def judge_refusals(a: Assessment, trust: TrustStore, settings: RevocationSetting
     scts = leaf.scts if leaf is not None else ()
     path = a.verification.path if a.verification is not None else ()
     public = bool(path) and path[-1].fingerprint_sha256 in public_roots
-    ct = judge_ct(scts, validity_of(a.leaf), policy.logs)
-    lints = tuple(_lints(a, ct, policy, now)) if public else ()
-    refusals = shared(Refusals(revocation, public, len(scts), ct.operators if public else (),
-                               lints))
+    operators: tuple[str, ...] = ()
+    lints: tuple[Lint, ...] = ()
+    if public:  # a private CA's chain is not held to Chrome's CT policy: no verdict needed
+        ct = judge_ct(scts, validity_of(a.leaf), policy.logs)
+        operators, lints = ct.operators, tuple(_lints(a, ct, policy, now))
+    refusals = shared(Refusals(revocation, public, len(scts), operators, lints))
 
     state, reasons, summary = a.state, list(a.reasons), a.summary
     if revocation.status is RevocationStatus.REVOKED:
