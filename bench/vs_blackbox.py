@@ -14,7 +14,7 @@ the same address, with the same CA, in the same run, one after the other:
   name, in Go's crypto/tls), and renders its metrics. Then its steady state as operators
   run it (unless --no-blackbox-steady): a real Prometheus (Debian's `prometheus`)
   scraping /probe for each name every --interval, as certwatch's steady state probes
-  them. A probe costs blackbox 1.4-1.9x more CPU in that steady state than in a sweep
+  them. A probe costs blackbox 1.1-1.9x more CPU in that steady state than in a sweep
   (on this 2-core VM, work that follows an idle gap runs slower), so certwatch's steady
   state is set against blackbox's, and, as the issue's first table did, against its sweep.
 - certwatch (`python -m certwatch run`, as operators run it; PYTHONPATH may point at
